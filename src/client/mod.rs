@@ -1,0 +1,3 @@
+//! Clients of the gateway shipped with flowgate: the terminal chat client (`chat`).
+
+pub mod chat;

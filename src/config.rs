@@ -1,0 +1,176 @@
+//! The gateway's one typed configuration ([`GatewayConfig`]) and the [`Secret`] type.
+//!
+//! Every field is a clap flag with an environment fallback; its doc comment is the user's
+//! documentation (the README's config table is generated from these definitions and checked by
+//! `tests/it/readme.rs`). Tests build values with [`GatewayConfig::for_tests`] and never touch
+//! the environment. The engine's settings live in [`crate::engine::EngineConfig`].
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::workflow::FlowFormat;
+
+/// A secret value (JWT secret, engine key, database URL). Never printed by `Debug`/`Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+    /// The secret itself. Call sites must not log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (development).
+    #[default]
+    Text,
+    /// One JSON object per line (production).
+    Json,
+}
+
+fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(s)
+}
+
+/// Gateway settings (`flowgate serve`; `flowgate demo` uses the same set).
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatewayConfig {
+    /// Address the gateway listens on (HTTP and WebSocket).
+    #[arg(long, env = "FLOWGATE_LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: SocketAddr,
+
+    /// Postgres connection URL of the agent database (tables `agent`, `published_agent`,
+    /// `unpublished_agent`; created by the embedded migrations if missing).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, conflicts_with = "flows_dir")]
+    pub database_url: Option<Secret>,
+
+    /// A folder with `agents.json` and workflow files, used instead of Postgres.
+    #[arg(long, env = "FLOWGATE_FLOWS_DIR")]
+    pub flows_dir: Option<PathBuf>,
+
+    /// Base URL of the execution engine; the gateway appends `/ws/execute/<flow_id>`.
+    #[arg(long, env = "FLOWGATE_ENGINE_URL", default_value = "ws://127.0.0.1:8001")]
+    pub engine_url: String,
+
+    /// Encoding of the flow definition sent to the engine (handshake frame 2): `yaml` for
+    /// flowgate's engine, `json` for the original Python engine.
+    #[arg(long, env = "FLOWGATE_ENGINE_FLOW_FORMAT", value_enum, default_value_t = FlowFormat::Yaml)]
+    pub engine_flow_format: FlowFormat,
+
+    /// HS256 secret that client JWTs are verified with. Without it every run is refused
+    /// (`unauthenticated`).
+    #[arg(long, env = "FLOWGATE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+
+    /// Leeway for `exp`/`nbf` checks of client tokens.
+    #[arg(long, env = "FLOWGATE_JWT_LEEWAY", default_value = "30s", value_parser = duration)]
+    pub jwt_leeway: Duration,
+
+    /// Accept the token in the `?token=` query parameter (compat with existing frontends).
+    #[arg(long, env = "FLOWGATE_ALLOW_QUERY_TOKEN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub allow_query_token: bool,
+
+    /// Shared key the gateway signs its short-lived engine-hop token with (the engine's
+    /// `FLOWGATE_ENGINE_KEY`). Without it the gateway connects to the engine unauthenticated.
+    #[arg(long, env = "FLOWGATE_ENGINE_KEY", hide_env_values = true)]
+    pub engine_key: Option<Secret>,
+
+    /// Time allowed to open the engine connection.
+    #[arg(long, env = "FLOWGATE_ENGINE_CONNECT_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub engine_connect_timeout: Duration,
+
+    /// Time allowed for each step of the engine handshake.
+    #[arg(long, env = "FLOWGATE_ENGINE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub engine_handshake_timeout: Duration,
+
+    /// A run fails with `engine_timeout` when the engine sends nothing for this long.
+    #[arg(long, env = "FLOWGATE_ENGINE_IDLE_TIMEOUT", default_value = "120s", value_parser = duration)]
+    pub engine_idle_timeout: Duration,
+
+    /// Largest frame accepted from the engine (bytes); larger is `engine_protocol_error`.
+    #[arg(long, env = "FLOWGATE_MAX_ENGINE_FRAME_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_engine_frame_bytes: usize,
+
+    /// Largest message accepted from a client (bytes); larger closes the socket with 1009.
+    #[arg(long, env = "FLOWGATE_MAX_CLIENT_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub max_client_message_bytes: usize,
+
+    /// Time allowed for one store query (and for acquiring a pooled connection).
+    #[arg(long, env = "FLOWGATE_STORE_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub store_timeout: Duration,
+
+    /// Maximum pooled Postgres connections.
+    #[arg(long, env = "FLOWGATE_DB_MAX_CONNECTIONS", default_value_t = 10)]
+    pub db_max_connections: u32,
+
+    /// Frames buffered per session between the relay and the client socket.
+    #[arg(long, env = "FLOWGATE_CLIENT_BUFFER", default_value_t = 256)]
+    pub client_buffer: usize,
+
+    /// Time allowed for one write to a client socket before the client is dropped as too slow.
+    #[arg(long, env = "FLOWGATE_CLIENT_WRITE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub client_write_timeout: Duration,
+
+    /// Interval of WebSocket pings to clients.
+    #[arg(long, env = "FLOWGATE_PING_INTERVAL", default_value = "20s", value_parser = duration)]
+    pub ping_interval: Duration,
+
+    /// On shutdown, time given to running runs to finish before clients are closed with 1012.
+    #[arg(long, env = "FLOWGATE_SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log output format.
+    #[arg(long, env = "FLOWGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl GatewayConfig {
+    /// A configuration for tests: port 0, the given engine, a known JWT secret, short timeouts.
+    pub fn for_tests(engine_url: impl Into<String>) -> GatewayConfig {
+        GatewayConfig {
+            listen: "127.0.0.1:0".parse().expect("valid address"),
+            database_url: None,
+            flows_dir: None,
+            engine_url: engine_url.into(),
+            engine_flow_format: FlowFormat::Yaml,
+            jwt_secret: Some(Secret::new("test-secret")),
+            jwt_leeway: Duration::from_secs(30),
+            allow_query_token: true,
+            engine_key: None,
+            engine_connect_timeout: Duration::from_secs(2),
+            engine_handshake_timeout: Duration::from_secs(5),
+            engine_idle_timeout: Duration::from_secs(10),
+            max_engine_frame_bytes: 4 * 1024 * 1024,
+            max_client_message_bytes: 64 * 1024,
+            store_timeout: Duration::from_secs(3),
+            db_max_connections: 5,
+            client_buffer: 256,
+            client_write_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(20),
+            shutdown_grace: Duration::from_secs(2),
+            log_format: LogFormat::Text,
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! flowgate: a streaming-chain orchestrator.
+//!
+//! ```text
+//! browser / CLI ──WS──> gateway (http, relay) ──WS──> execution engine (engine)
+//!                         │ auth: JWT            │ 4-step handshake, events
+//!                         │ store: Postgres | files
+//!                         │ workflow: stored JSON → normalized flow → YAML
+//! ```
+//!
+//! The binary (`src/main.rs`) only parses [`cli::Cli`], starts [`telemetry`] and calls into this
+//! library, so every part can be started in-process by the tests.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod engine;
+pub mod http;
+pub mod relay;
+pub mod store;
+pub mod telemetry;
+pub mod workflow;

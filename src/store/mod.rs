@@ -1,0 +1,122 @@
+//! Where agents and their workflows come from: Postgres (`postgres`) or a local folder (`files`).
+//!
+//! Owns the selection rule of PROTOCOL.md section 1 (`status = 'Active'` → published, else draft),
+//! the import of an `agents.json` folder into Postgres (`import`), and the original's `md5`.
+//! Called by the relay once per run (through the workflow cache) and by `/readyz`.
+//! Every SQL value is a bound parameter; the files store never leaves its folder.
+
+pub mod files;
+pub mod import;
+pub mod md5;
+pub mod postgres;
+
+use serde_json::Value;
+
+/// Which stored workflow row a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Version {
+    /// `published_agent.workflow`.
+    Published,
+    /// `unpublished_agent.workflow` (owner only).
+    Draft,
+}
+
+impl Version {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Version::Published => "published",
+            Version::Draft => "draft",
+        }
+    }
+}
+
+/// The `agent` row (the columns flowgate uses).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRecord {
+    pub agent_id: String,
+    pub owner: String,
+    /// `Active` or `Not Published`.
+    pub status: String,
+    pub name: String,
+    pub description: Option<String>,
+}
+
+impl AgentRecord {
+    /// The version a run gets when it does not ask for one.
+    pub fn default_version(&self) -> Version {
+        if self.status == "Active" {
+            Version::Published
+        } else {
+            Version::Draft
+        }
+    }
+}
+
+/// A stored workflow row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredWorkflow {
+    pub workflow: Value,
+    pub md5: String,
+    /// `last_edited_time` as RFC 3339 text when known (cache key together with `md5`).
+    pub last_edited: Option<String>,
+}
+
+/// Failures of the store, classified for the client.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or timed out (`store_unavailable`).
+    #[error("the workflow store is unavailable: {0}")]
+    Unavailable(String),
+    /// The agent id is not acceptable (e.g. path traversal for the files store).
+    #[error("invalid agent id: {0}")]
+    InvalidAgentId(String),
+    /// The stored data is unreadable (bad JSON file, …).
+    #[error("the stored data is unreadable: {0}")]
+    Corrupt(String),
+}
+
+/// The configured store. Cheap to clone.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Postgres(postgres::PgStore),
+    Files(files::FilesStore),
+}
+
+impl Store {
+    /// The agent row, or `None` when there is no such agent.
+    pub async fn agent(&self, agent_id: &str) -> Result<Option<AgentRecord>, StoreError> {
+        match self {
+            Store::Postgres(s) => s.agent(agent_id).await,
+            Store::Files(s) => s.agent(agent_id).await,
+        }
+    }
+
+    /// The workflow row of `version`, or `None` when that row does not exist.
+    pub async fn workflow(
+        &self,
+        agent_id: &str,
+        version: Version,
+    ) -> Result<Option<StoredWorkflow>, StoreError> {
+        match self {
+            Store::Postgres(s) => s.workflow(agent_id, version).await,
+            Store::Files(s) => s.workflow(agent_id, version).await,
+        }
+    }
+
+    /// Every agent (for the chat page's agent picker), ordered by id.
+    pub async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        match self {
+            Store::Postgres(s) => s.list_agents().await,
+            Store::Files(s) => s.list_agents().await,
+        }
+    }
+
+    /// Is the store reachable right now? (`/readyz`)
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(s) => s.ping().await,
+            Store::Files(s) => s.ping().await,
+        }
+    }
+}

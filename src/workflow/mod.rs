@@ -1,0 +1,102 @@
+//! Stored workflow → normalized flow definition → engine payload (YAML or JSON).
+//!
+//! Owns: parsing both stored shapes of PROTOCOL.md section 1 (`stored`), normalization to
+//! canonical type names and the engine's `{nodes, connections, start_element}` object
+//! (`normalize`), validation with JSON pointers (`validate`), the YAML 1.1-safe emitter (`yaml`),
+//! and the flow hash. Called by the gateway's relay (per run, through the workflow cache) and by
+//! the `convert` / `validate` subcommands.
+//!
+//! Invariant: `convert` never contacts anything and never panics; the same stored document always
+//! gives byte-identical output.
+
+pub mod cli;
+pub mod normalize;
+pub mod stored;
+pub mod validate;
+pub mod yaml;
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// How serious a validation finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Blocks the run (`invalid_workflow`).
+    Error,
+    /// Logged and shown by the CLI; the run goes ahead.
+    Warning,
+}
+
+/// One validation finding: where (JSON pointer into the *stored* document) and what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub pointer: String,
+    pub message: String,
+    pub severity: Severity,
+}
+
+/// A successfully converted workflow.
+#[derive(Debug, Clone)]
+pub struct Converted {
+    /// The normalized flow definition the engine runs: `{nodes, connections, start_element}`.
+    pub flow: Value,
+    /// Warnings (never errors).
+    pub warnings: Vec<Finding>,
+    /// Stable hash of the normalized flow definition (hex sha256 of its canonical JSON).
+    pub hash: String,
+}
+
+/// Conversion failed: every finding (errors and warnings), errors first.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the workflow is invalid: {}", summary(.findings))]
+pub struct InvalidWorkflow {
+    pub findings: Vec<Finding>,
+}
+
+fn summary(findings: &[Finding]) -> String {
+    let errors: Vec<&str> = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .map(|f| f.message.as_str())
+        .collect();
+    errors.join("; ")
+}
+
+/// The encoding of handshake frame 2 (the flow definition).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowFormat {
+    /// YAML (flowgate's own engine; YAML 1.2 readers also read JSON).
+    #[default]
+    Yaml,
+    /// JSON (the original Python engine parses JSON only).
+    Json,
+}
+
+/// Convert a stored workflow document (either shape) into the normalized flow definition.
+pub fn convert(stored: &Value) -> Result<Converted, InvalidWorkflow> {
+    let _ = stored;
+    todo!("workflow::convert")
+}
+
+/// Render the engine payload for frame 2.
+pub fn render(flow: &Value, format: FlowFormat) -> String {
+    match format {
+        FlowFormat::Yaml => yaml::to_yaml(flow),
+        FlowFormat::Json => serde_json::to_string(flow).expect("a Value always serializes"),
+    }
+}
+
+/// Build handshake frame 4 from a run request, as PROTOCOL.md section 2 describes:
+/// `initial_inputs` (if present and non-empty) as-is; otherwise `message` goes to the first
+/// `chat_input` node and `conversation_history` to the first `context_history` node.
+pub fn initial_inputs(
+    flow: &Value,
+    message: Option<&str>,
+    history: Option<&Value>,
+    initial: Option<&Value>,
+) -> Value {
+    let _ = (flow, message, history, initial);
+    todo!("workflow::initial_inputs")
+}

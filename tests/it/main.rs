@@ -1,0 +1,4 @@
+//! The integration test suite: one test binary (faster to link), one module per topic.
+//! Each module starts the real parts in-process on port 0 (see `common`).
+
+mod common;
