@@ -1,16 +1,63 @@
-//! `GET /healthz` (process alive) and `GET /readyz` (store and engine reachable).
+//! `GET /healthz` (the process is alive) and `GET /readyz` (the store and the engine are
+//! reachable; 503 with the reason otherwise). Both answer JSON.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use serde_json::json;
 
 use super::AppState;
 
 pub async fn healthz() -> impl IntoResponse {
-    (StatusCode::OK, "ok\n")
+    Json(json!({"status": "ok"}))
 }
 
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let _ = state;
-    (StatusCode::OK, "ok\n")
+    let store = match state.store.ping().await {
+        Ok(()) => json!({"ok": true}),
+        Err(e) => json!({"ok": false, "error": e.to_string()}),
+    };
+    let engine = match engine_reachable(&state).await {
+        Ok(()) => json!({"ok": true}),
+        Err(e) => json!({"ok": false, "error": e}),
+    };
+    let ready = store["ok"] == true && engine["ok"] == true && !state.shutdown.is_cancelled();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (
+        status,
+        Json(json!({
+            "status": if ready { "ready" } else { "not_ready" },
+            "store": store,
+            "engine": engine,
+            "shutting_down": state.shutdown.is_cancelled(),
+        })),
+    )
+}
+
+/// A TCP connect to the engine's host and port, bounded by the engine connect timeout.
+async fn engine_reachable(state: &AppState) -> Result<(), String> {
+    let url = &state.config.engine_url;
+    let rest = url
+        .strip_prefix("ws://")
+        .or_else(|| url.strip_prefix("wss://"))
+        .ok_or_else(|| format!("engine URL must start with ws:// or wss://: {url}"))?;
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let hostport = if hostport.contains(':') && !hostport.ends_with(']') {
+        hostport.to_owned()
+    } else if url.starts_with("wss://") {
+        format!("{hostport}:443")
+    } else {
+        format!("{hostport}:80")
+    };
+    match tokio::time::timeout(
+        state.config.engine_connect_timeout,
+        tokio::net::TcpStream::connect(&hostport),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("cannot connect to {hostport}: {e}")),
+        Err(_) => Err(format!("no connection to {hostport} within the connect timeout")),
+    }
 }

@@ -1,11 +1,148 @@
-//! The WebSocket upgrade of `GET /api/chat/execute/{agent_id}`.
+//! The WebSocket upgrade of `GET /api/chat/execute/{agent_id}`: finds the token (header,
+//! subprotocol, or query when allowed), verifies it, and hands the socket to
+//! [`crate::relay::session::serve`]. The query string and the subprotocol header are never
+//! logged.
 
-use axum::extract::{Path, State};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
 
 use super::AppState;
+use crate::relay::session::{self, Authn};
 
-pub async fn upgrade(State(state): State<AppState>, Path(agent_id): Path<String>) -> Response {
-    let _ = (state, agent_id);
-    ().into_response()
+/// Where the token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Header,
+    Subprotocol,
+    Query,
+}
+
+fn find_token(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    allow_query: bool,
+) -> Option<(String, Transport)> {
+    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+        && let Some(t) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))
+    {
+        return Some((t.trim().to_owned(), Transport::Header));
+    }
+    if let Some(v) = headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+    {
+        let mut parts = v.split(',').map(str::trim);
+        if parts.next().is_some_and(|p| p.eq_ignore_ascii_case("bearer"))
+            && let Some(t) = parts.next()
+            && !t.is_empty()
+        {
+            return Some((t.to_owned(), Transport::Subprotocol));
+        }
+    }
+    if allow_query && let Some(q) = query {
+        for pair in q.split('&') {
+            if let Some(t) = pair.strip_prefix("token=")
+                && !t.is_empty()
+            {
+                return Some((percent_decode(t), Transport::Query));
+            }
+        }
+    }
+    None
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push(h * 16 + l);
+            i += 3;
+            continue;
+        }
+        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+pub async fn upgrade(
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            return (
+                StatusCode::UPGRADE_REQUIRED,
+                format!("this endpoint is a WebSocket: {rejection}\n"),
+            )
+                .into_response();
+        }
+    };
+    if state.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    let found = find_token(&headers, query.as_deref(), state.config.allow_query_token);
+    let authn = match &found {
+        None => Authn::Missing,
+        Some((token, _)) => match state.verifier.verify(token) {
+            Ok(id) => Authn::Ok(id),
+            Err(e) => Authn::Refused(e),
+        },
+    };
+    let transport = found.as_ref().map(|(_, t)| *t);
+    let mut ws = ws
+        .max_message_size(state.config.max_client_message_bytes)
+        .max_frame_size(state.config.max_client_message_bytes);
+    if transport == Some(Transport::Subprotocol) {
+        ws = ws.protocols(["bearer"]);
+    }
+    let span = tracing::info_span!(
+        "session",
+        agent_id = %agent_id,
+        user_id = tracing::field::Empty,
+        transport = ?transport,
+    );
+    let sessions = state.sessions.clone();
+    ws.on_upgrade(move |socket| {
+        sessions.track_future(session::serve(state, socket, agent_id, authn).instrument(span))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_is_found_in_each_transport() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert_eq!(find_token(&h, None, true), Some(("abc".into(), Transport::Header)));
+        let mut h = HeaderMap::new();
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, "bearer, x.y.z".parse().unwrap());
+        assert_eq!(find_token(&h, None, true), Some(("x.y.z".into(), Transport::Subprotocol)));
+        let h = HeaderMap::new();
+        assert_eq!(find_token(&h, Some("a=1&token=t%2Bk"), true), Some(("t+k".into(), Transport::Query)));
+        assert_eq!(find_token(&h, Some("token=t"), false), None);
+    }
 }

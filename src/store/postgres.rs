@@ -1,38 +1,186 @@
 //! The Postgres store (sqlx, embedded migrations).
+//!
+//! Owns the pool and the read queries of the `agent`, `published_agent` and `unpublished_agent`
+//! tables. Every query is runtime-checked with bound parameters and runs under the configured
+//! timeout; a timeout or a connection failure is [`StoreError::Unavailable`], never "not found".
+
+use std::future::Future;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Postgres, Row};
 
 use super::{AgentRecord, StoreError, StoredWorkflow, Version};
 
+/// The embedded migrations of `migrations/` (agent tables, run log tables).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
 /// Agents served from Postgres. Cheap to clone.
 #[derive(Clone, Debug)]
-pub struct PgStore {}
+pub struct PgStore {
+    pool: PgPool,
+    timeout: Duration,
+}
 
 impl PgStore {
     /// Connect (pool of `max_connections`, `timeout` per acquire/query) and run the migrations.
     pub async fn connect(
         url: &crate::config::Secret,
         max_connections: u32,
-        timeout: std::time::Duration,
+        timeout: Duration,
     ) -> Result<PgStore, StoreError> {
-        let _ = (url, max_connections, timeout);
-        todo!()
+        let pool = connect_pool(url, max_connections, timeout).await?;
+        migrate(&pool, timeout).await?;
+        Ok(PgStore { pool, timeout })
+    }
+
+    /// A store over an existing (already migrated) pool; `timeout` bounds each query.
+    pub fn from_pool(pool: PgPool, timeout: Duration) -> PgStore {
+        PgStore { pool, timeout }
+    }
+
+    /// The underlying pool (shared with the run log).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
     pub async fn agent(&self, agent_id: &str) -> Result<Option<AgentRecord>, StoreError> {
-        let _ = agent_id;
-        todo!()
+        check_id(agent_id)?;
+        let query = sqlx::query(
+            "SELECT agent_id, owner, status, name, description FROM agent WHERE agent_id = $1",
+        )
+        .bind(agent_id)
+        .fetch_optional(&self.pool);
+        let row = bounded(self.timeout, query).await?;
+        row.map(|r| agent_from_row(&r)).transpose()
     }
+
     pub async fn workflow(
         &self,
         agent_id: &str,
         version: Version,
     ) -> Result<Option<StoredWorkflow>, StoreError> {
-        let _ = (agent_id, version);
-        todo!()
+        check_id(agent_id)?;
+        // The table name is one of two constants, never client input.
+        let sql = match version {
+            Version::Published => {
+                "SELECT workflow, md5, last_edited_time FROM published_agent WHERE agent_id = $1"
+            }
+            Version::Draft => {
+                "SELECT workflow, md5, last_edited_time FROM unpublished_agent WHERE agent_id = $1"
+            }
+        };
+        let query = sqlx::query(sql).bind(agent_id).fetch_optional(&self.pool);
+        let Some(row) = bounded(self.timeout, query).await? else {
+            return Ok(None);
+        };
+        let workflow: Option<Value> = row.try_get("workflow").map_err(corrupt)?;
+        let Some(workflow) = workflow else {
+            return Ok(None);
+        };
+        let md5: Option<String> = row.try_get("md5").map_err(corrupt)?;
+        let edited: Option<chrono::NaiveDateTime> =
+            row.try_get("last_edited_time").map_err(corrupt)?;
+        let md5 = match md5 {
+            Some(m) if !m.trim().is_empty() => m.trim().to_owned(),
+            _ => super::md5::md5_of(&workflow),
+        };
+        Ok(Some(StoredWorkflow {
+            workflow,
+            md5,
+            last_edited: edited.map(|t| t.and_utc().to_rfc3339()),
+        }))
     }
+
     pub async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        todo!()
+        let query = sqlx::query(
+            "SELECT agent_id, owner, status, name, description FROM agent ORDER BY agent_id",
+        )
+        .fetch_all(&self.pool);
+        let rows = bounded(self.timeout, query).await?;
+        rows.iter().map(agent_from_row).collect()
     }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
-        Ok(())
+        let query = sqlx::query("SELECT 1").execute(&self.pool);
+        bounded(self.timeout, query).await.map(|_| ())
     }
+}
+
+/// Open a pool without running migrations; an unreachable database is `Unavailable`.
+pub async fn connect_pool(
+    url: &crate::config::Secret,
+    max_connections: u32,
+    timeout: Duration,
+) -> Result<PgPool, StoreError> {
+    let connect = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(timeout)
+        .connect(url.expose());
+    bounded(timeout, connect).await
+}
+
+/// Apply the embedded migrations (idempotent; existing agent tables are kept as they are).
+pub async fn migrate(pool: &PgPool, timeout: Duration) -> Result<(), StoreError> {
+    match tokio::time::timeout(timeout, MIGRATOR.run(pool)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(sqlx::migrate::MigrateError::Execute(e))) => Err(classify(e)),
+        Ok(Err(e)) => Err(StoreError::Unavailable(format!("migrations failed: {e}"))),
+        Err(_) => Err(StoreError::Unavailable("migrations timed out".to_owned())),
+    }
+}
+
+/// Run a sqlx future under `timeout`, classifying failures.
+pub(crate) async fn bounded<T>(
+    timeout: Duration,
+    fut: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(result) => result.map_err(classify),
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "the database did not answer within {timeout:?}"
+        ))),
+    }
+}
+
+/// Decoding problems are corrupt data; everything else (I/O, pool timeout, server errors) means
+/// the store cannot serve right now.
+pub(crate) fn classify(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::TypeNotFound { .. } => corrupt(e),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+fn corrupt(e: sqlx::Error) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+/// Postgres text cannot hold NUL: such an id can name no agent, and binding it would be a server
+/// error rather than "not found".
+fn check_id(agent_id: &str) -> Result<(), StoreError> {
+    if agent_id.contains('\0') {
+        return Err(StoreError::InvalidAgentId(
+            "agent ids cannot contain NUL".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+fn agent_from_row(row: &<Postgres as sqlx::Database>::Row) -> Result<AgentRecord, StoreError> {
+    let text = |column: &str| -> Result<String, StoreError> {
+        let value: Option<String> = row.try_get(column).map_err(corrupt)?;
+        Ok(value.unwrap_or_default())
+    };
+    Ok(AgentRecord {
+        agent_id: text("agent_id")?,
+        owner: text("owner")?,
+        status: text("status")?,
+        name: text("name")?,
+        description: row.try_get("description").map_err(corrupt)?,
+    })
 }

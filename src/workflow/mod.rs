@@ -75,9 +75,34 @@ pub enum FlowFormat {
 }
 
 /// Convert a stored workflow document (either shape) into the normalized flow definition.
+///
+/// Every problem is reported at once (structural findings first, then the semantic ones); any
+/// error makes the whole conversion fail. Never panics, never contacts anything.
 pub fn convert(stored: &Value) -> Result<Converted, InvalidWorkflow> {
-    let _ = stored;
-    todo!("workflow::convert")
+    let normalized = normalize::normalize(stored);
+    let mut findings = normalized.findings.clone();
+    findings.extend(validate::validate(&normalized));
+    let (errors, warnings): (Vec<Finding>, Vec<Finding>) = findings
+        .into_iter()
+        .partition(|f| f.severity == Severity::Error);
+    if !errors.is_empty() {
+        let mut findings = errors;
+        findings.extend(warnings);
+        return Err(InvalidWorkflow { findings });
+    }
+    let hash = flow_hash(&normalized.flow);
+    Ok(Converted {
+        flow: normalized.flow,
+        warnings,
+        hash,
+    })
+}
+
+/// Hex sha256 of the compact JSON of a normalized flow (key order as in the flow).
+pub fn flow_hash(flow: &Value) -> String {
+    use sha2::Digest;
+    let json = serde_json::to_string(flow).unwrap_or_default();
+    hex::encode(sha2::Sha256::digest(json.as_bytes()))
 }
 
 /// Render the engine payload for frame 2.
@@ -97,6 +122,29 @@ pub fn initial_inputs(
     history: Option<&Value>,
     initial: Option<&Value>,
 ) -> Value {
-    let _ = (flow, message, history, initial);
-    todo!("workflow::initial_inputs")
+    if let Some(initial) = initial.filter(|i| i.as_object().is_some_and(|m| !m.is_empty())) {
+        return initial.clone();
+    }
+    let first_of = |kind: &str| {
+        flow.get("nodes")
+            .and_then(Value::as_object)
+            .and_then(|nodes| {
+                nodes
+                    .iter()
+                    .find(|(_, node)| node.get("type").and_then(Value::as_str) == Some(kind))
+            })
+            .map(|(id, _)| id.clone())
+    };
+    let mut inputs = serde_json::Map::new();
+    if let Some(message) = message
+        && let Some(id) = first_of("chat_input")
+    {
+        inputs.insert(id, serde_json::json!({ "chat_input": message }));
+    }
+    if let Some(history) = history
+        && let Some(id) = first_of("context_history")
+    {
+        inputs.insert(id, serde_json::json!({ "context_history": history }));
+    }
+    Value::Object(inputs)
 }

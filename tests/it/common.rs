@@ -1,1 +1,237 @@
-//! Shared helpers: spawn the reference engine and a gateway on port 0, connect clients.
+//! Shared helpers: start the reference engine and a gateway in-process on port 0, connect real
+//! WebSocket clients, collect runs.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use flowgate::config::{GatewayConfig, Secret};
+use flowgate::engine::{Engine, EngineConfig};
+use flowgate::http::{AppState, Gateway};
+use flowgate::store::Store;
+use flowgate::store::files::FilesStore;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, http};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "test-secret";
+/// How long a test waits for any one frame before failing.
+pub const FRAME_WAIT: Duration = Duration::from_secs(10);
+
+pub fn token(sub: &str) -> String {
+    flowgate::auth::mint_hs256(&Secret::new(SECRET), sub, Duration::from_secs(600))
+}
+
+/// A running reference engine.
+pub struct TestEngine {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl TestEngine {
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+}
+
+impl Drop for TestEngine {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn spawn_engine(config: EngineConfig) -> TestEngine {
+    let engine = Engine::build(config).await.expect("engine binds");
+    let addr = engine.local_addr();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(engine.run(shutdown.clone()));
+    TestEngine { addr, shutdown, task }
+}
+
+/// A running gateway (and usually its engine).
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+    pub engine: Option<TestEngine>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl TestApp {
+    pub fn ws_url(&self, agent: &str) -> String {
+        format!("ws://{}/api/chat/execute/{agent}", self.addr)
+    }
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+    pub async fn connect(&self, agent: &str, user: &str) -> Client {
+        Client::connect_bearer(&self.ws_url(agent), Some(&token(user))).await
+    }
+}
+
+pub async fn spawn_gateway(config: GatewayConfig, store: Store, engine: Option<TestEngine>) -> TestApp {
+    let gateway = Gateway::with_store(config, store).await.expect("gateway binds");
+    let addr = gateway.local_addr();
+    let state = gateway.state().clone();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(gateway.run(shutdown.clone()));
+    TestApp { addr, state, shutdown, task, engine }
+}
+
+/// Engine (test config) + gateway on the embedded sample agents.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(EngineConfig::for_tests(), |_| {}).await
+}
+
+pub async fn spawn_app_with(engine: EngineConfig, tweak: impl FnOnce(&mut GatewayConfig)) -> TestApp {
+    let engine = spawn_engine(engine).await;
+    let mut config = GatewayConfig::for_tests(engine.url());
+    tweak(&mut config);
+    spawn_gateway(config, Store::Files(FilesStore::embedded()), Some(engine)).await
+}
+
+/// Engine + gateway on a Postgres pool (from `#[sqlx::test]`) with `flows/` imported.
+pub async fn spawn_app_pg(pool: sqlx::PgPool) -> TestApp {
+    spawn_app_pg_with(pool, EngineConfig::for_tests(), |_| {}).await
+}
+
+pub async fn spawn_app_pg_with(
+    pool: sqlx::PgPool,
+    engine: EngineConfig,
+    tweak: impl FnOnce(&mut GatewayConfig),
+) -> TestApp {
+    let flows = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("flows");
+    flowgate::store::import::import_dir(&pool, &flows).await.expect("flows/ imports");
+    let store = Store::Postgres(flowgate::store::postgres::PgStore::from_pool(pool, Duration::from_secs(3)));
+    let engine = spawn_engine(engine).await;
+    let mut config = GatewayConfig::for_tests(engine.url());
+    tweak(&mut config);
+    spawn_gateway(config, store, Some(engine)).await
+}
+
+/// A real WebSocket client.
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub response: http::Response<Option<Vec<u8>>>,
+    /// The close frame, once received.
+    pub closed: Option<Option<CloseFrame>>,
+}
+
+impl Client {
+    pub async fn connect_bearer(url: &str, token: Option<&str>) -> Client {
+        let mut req = url.into_client_request().unwrap();
+        if let Some(t) = token {
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        Client::connect_request(req).await
+    }
+
+    pub async fn connect_request(req: http::Request<()>) -> Client {
+        let (ws, response) = tokio::time::timeout(FRAME_WAIT, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("connect in time")
+            .expect("upgrade succeeds");
+        Client { ws, response, closed: None }
+    }
+
+    pub async fn send_json(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).await.expect("send");
+    }
+
+    pub async fn send_text(&mut self, s: &str) {
+        self.ws.send(Message::text(s.to_owned())).await.expect("send");
+    }
+
+    /// The next text frame as JSON, or `None` when the socket closed (the close frame is kept).
+    pub async fn next(&mut self) -> Option<Value> {
+        loop {
+            let msg = tokio::time::timeout(FRAME_WAIT, self.ws.next())
+                .await
+                .expect("a frame within FRAME_WAIT");
+            match msg {
+                None | Some(Err(_)) => return None,
+                Some(Ok(Message::Text(t))) => {
+                    return Some(serde_json::from_str(&t).expect("server frames are JSON"));
+                }
+                Some(Ok(Message::Close(f))) => {
+                    self.closed = Some(f);
+                    return None;
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Frames until (and including) a terminal event, or until the socket closes.
+    pub async fn collect_run(&mut self) -> Vec<Value> {
+        let mut frames = Vec::new();
+        while let Some(f) = self.next().await {
+            let terminal = is_terminal(&f);
+            frames.push(f);
+            if terminal {
+                break;
+            }
+        }
+        frames
+    }
+
+    /// Wait for the close frame and return its code.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        while self.closed.is_none() {
+            if self.next().await.is_none() && self.closed.is_none() {
+                return None;
+            }
+        }
+        self.closed.clone().flatten().map(|f| u16::from(f.code))
+    }
+}
+
+pub fn is_terminal(f: &Value) -> bool {
+    matches!(f["type"].as_str(), Some("flow_completed" | "flow_error" | "flow_cancelled"))
+}
+
+pub fn types(frames: &[Value]) -> Vec<&str> {
+    frames.iter().map(|f| f["type"].as_str().unwrap_or("?")).collect()
+}
+
+/// Every frame carries the same `run_id` and `seq` 1, 2, 3, … without gaps.
+pub fn assert_run_stamps(frames: &[Value]) -> String {
+    let run_id = frames[0]["run_id"].as_str().expect("run_id on the first frame").to_owned();
+    uuid::Uuid::parse_str(&run_id).expect("run_id is a UUID");
+    for (i, f) in frames.iter().enumerate() {
+        assert_eq!(f["run_id"].as_str(), Some(run_id.as_str()), "run_id of frame {i}: {f}");
+        assert_eq!(f["seq"].as_u64(), Some(i as u64 + 1), "seq of frame {i}: {f}");
+    }
+    run_id
+}
+
+/// The concatenated `llm_chunk` text of a run.
+pub fn streamed_text(frames: &[Value]) -> String {
+    frames
+        .iter()
+        .filter(|f| f["type"] == "llm_chunk")
+        .filter_map(|f| f["data"]["content"].as_str())
+        .collect()
+}
+
+/// An address nothing listens on.
+pub async fn dead_addr() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}

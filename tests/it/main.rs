@@ -2,3 +2,7 @@
 //! Each module starts the real parts in-process on port 0 (see `common`).
 
 mod common;
+mod store;
+mod chat_client;
+mod chain;
+mod chain_pg;

@@ -1,0 +1,177 @@
+//! The gateway's client of an execution engine: connect, the 4-step handshake of PROTOCOL.md
+//! section 3, then a stream of event frames. Every await has a timeout; failures are classified
+//! as [`EngineError`] variants that map one-to-one onto error codes.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::protocol::ErrorCode;
+
+pub type EngineSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// What went wrong talking to the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("the execution engine is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the execution engine did not answer in time ({0})")]
+    Timeout(String),
+    #[error("the execution engine broke the protocol: {0}")]
+    Protocol(String),
+    #[error("the connection to the execution engine was lost: {0}")]
+    Lost(String),
+}
+
+impl EngineError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            EngineError::Unavailable(_) => ErrorCode::EngineUnavailable,
+            EngineError::Timeout(_) => ErrorCode::EngineTimeout,
+            EngineError::Protocol(_) => ErrorCode::EngineProtocolError,
+            EngineError::Lost(_) => ErrorCode::EngineLost,
+        }
+    }
+}
+
+/// Settings for one engine connection.
+#[derive(Debug, Clone)]
+pub struct EngineTarget {
+    /// e.g. `ws://127.0.0.1:8001` (no trailing path).
+    pub base_url: String,
+    /// The engine-hop bearer token, when configured.
+    pub bearer: Option<String>,
+    pub connect_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub max_frame_bytes: usize,
+}
+
+/// The four payloads the gateway sends in the handshake.
+pub struct Handshake<'a> {
+    pub flow: &'a str,
+    pub initial_inputs: &'a str,
+    pub config: &'a str,
+}
+
+/// Connect to `<base>/ws/execute/<flow_id>` and perform the handshake. Returns the socket, ready
+/// to read events.
+pub async fn open(
+    target: &EngineTarget,
+    flow_id: &str,
+    handshake: Handshake<'_>,
+) -> Result<EngineSocket, EngineError> {
+    let url = format!("{}/ws/execute/{}", target.base_url.trim_end_matches('/'), flow_id);
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| EngineError::Unavailable(format!("bad engine URL: {e}")))?;
+    if let Some(token) = &target.bearer {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| EngineError::Unavailable("engine token is not a valid header".into()))?;
+        request.headers_mut().insert(http::header::AUTHORIZATION, value);
+    }
+    let mut config = WebSocketConfig::default();
+    config.max_message_size = Some(target.max_frame_bytes);
+    config.max_frame_size = Some(target.max_frame_bytes);
+    let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+    let (mut socket, _) = match tokio::time::timeout(target.connect_timeout, connect).await {
+        Err(_) => {
+            return Err(EngineError::Unavailable(format!(
+                "no connection within {:?}",
+                target.connect_timeout
+            )));
+        }
+        Ok(Err(e)) => return Err(EngineError::Unavailable(describe_ws_error(&e))),
+        Ok(Ok(pair)) => pair,
+    };
+    let t = target.handshake_timeout;
+    expect_status(&mut socket, t, "ready").await?;
+    send(&mut socket, t, handshake.flow).await?;
+    expect_status(&mut socket, t, "received_flow").await?;
+    send(&mut socket, t, handshake.initial_inputs).await?;
+    expect_status(&mut socket, t, "received_inputs").await?;
+    send(&mut socket, t, handshake.config).await?;
+    expect_status(&mut socket, t, "starting").await?;
+    Ok(socket)
+}
+
+fn describe_ws_error(e: &tokio_tungstenite::tungstenite::Error) -> String {
+    use tokio_tungstenite::tungstenite::Error as E;
+    match e {
+        E::Http(resp) => format!("the engine answered HTTP {}", resp.status()),
+        E::Io(io) => io.to_string(),
+        other => other.to_string(),
+    }
+}
+
+async fn send(socket: &mut EngineSocket, t: Duration, text: &str) -> Result<(), EngineError> {
+    match tokio::time::timeout(t, socket.send(Message::text(text.to_owned()))).await {
+        Err(_) => Err(EngineError::Timeout("sending a handshake frame".into())),
+        Ok(Err(e)) => Err(EngineError::Lost(e.to_string())),
+        Ok(Ok(())) => Ok(()),
+    }
+}
+
+async fn expect_status(
+    socket: &mut EngineSocket,
+    t: Duration,
+    want: &str,
+) -> Result<(), EngineError> {
+    let text = loop {
+        match tokio::time::timeout(t, socket.next()).await {
+            Err(_) => {
+                return Err(EngineError::Timeout(format!("waiting for handshake `{want}`")));
+            }
+            Ok(None) => {
+                return Err(EngineError::Protocol(format!(
+                    "the engine closed the connection before handshake `{want}`"
+                )));
+            }
+            Ok(Some(Err(e))) => {
+                return Err(EngineError::Protocol(format!(
+                    "error before handshake `{want}`: {e}"
+                )));
+            }
+            Ok(Some(Ok(Message::Text(text)))) => break text,
+            Ok(Some(Ok(Message::Close(_)))) => {
+                return Err(EngineError::Protocol(format!(
+                    "the engine closed the connection before handshake `{want}`"
+                )));
+            }
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(Some(Ok(_))) => {
+                return Err(EngineError::Protocol(format!(
+                    "a non-text frame instead of handshake `{want}`"
+                )));
+            }
+        }
+    };
+    #[derive(serde::Deserialize)]
+    struct Status<'a> {
+        #[serde(borrow)]
+        status: Option<std::borrow::Cow<'a, str>>,
+    }
+    match serde_json::from_str::<Status>(&text) {
+        Ok(Status { status: Some(s) }) if s == want => Ok(()),
+        _ => Err(EngineError::Protocol(format!(
+            "expected handshake `{want}`, got {}",
+            preview(&text)
+        ))),
+    }
+}
+
+/// The first 80 characters of a frame, for error messages.
+pub fn preview(text: &Utf8Bytes) -> String {
+    let s: &str = text;
+    let mut out: String = s.chars().take(80).collect();
+    if s.chars().nth(80).is_some() {
+        out.push('…');
+    }
+    out
+}

@@ -1,0 +1,211 @@
+//! The client protocol of PROTOCOL.md sections 2 and 5: client frames, error codes, close codes,
+//! and the server frames the gateway itself writes.
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Error codes of contract v1 (`data.code`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    Unauthenticated,
+    Forbidden,
+    AgentNotFound,
+    WorkflowNotFound,
+    InvalidWorkflow,
+    InvalidRequest,
+    StoreUnavailable,
+    EngineUnavailable,
+    EngineTimeout,
+    EngineLost,
+    EngineProtocolError,
+    TooManyRuns,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::AgentNotFound => "agent_not_found",
+            ErrorCode::WorkflowNotFound => "workflow_not_found",
+            ErrorCode::InvalidWorkflow => "invalid_workflow",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::StoreUnavailable => "store_unavailable",
+            ErrorCode::EngineUnavailable => "engine_unavailable",
+            ErrorCode::EngineTimeout => "engine_timeout",
+            ErrorCode::EngineLost => "engine_lost",
+            ErrorCode::EngineProtocolError => "engine_protocol_error",
+            ErrorCode::TooManyRuns => "too_many_runs",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// The close code that follows this error, when the error ends the connection.
+    pub fn close_code(self) -> Option<u16> {
+        match self {
+            ErrorCode::Unauthenticated => Some(close::UNAUTHENTICATED),
+            ErrorCode::Forbidden => Some(close::FORBIDDEN),
+            ErrorCode::AgentNotFound => Some(close::AGENT_NOT_FOUND),
+            _ => None,
+        }
+    }
+}
+
+/// WebSocket close codes (PROTOCOL.md section 5).
+pub mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL: u16 = 1011;
+    pub const RESTART: u16 = 1012;
+    pub const TRY_AGAIN: u16 = 1013;
+    pub const UNAUTHENTICATED: u16 = 4401;
+    pub const FORBIDDEN: u16 = 4403;
+    pub const AGENT_NOT_FOUND: u16 = 4404;
+    pub const TOO_SLOW: u16 = 4408;
+    pub const RATE_LIMITED: u16 = 4429;
+}
+
+/// A run request (the first frame, or any later frame without `type`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RunRequest {
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub conversation_history: Option<Vec<Value>>,
+    #[serde(default)]
+    pub initial_inputs: Option<serde_json::Map<String, Value>>,
+    /// Self-asserted identity of the original protocol; ignored (the token decides).
+    #[serde(default)]
+    pub user_id: Option<Value>,
+    /// Must equal the path's agent id when present.
+    #[serde(default)]
+    pub agent_id: Option<String>,
+    /// `published` or `draft`; default: the agent's status decides.
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+/// Every frame a client may send.
+#[derive(Debug, Clone)]
+pub enum ClientFrame {
+    Run(Box<RunRequest>),
+    Cancel,
+    Resume { run_id: uuid::Uuid, after_seq: u64 },
+    Auth { token: String },
+}
+
+/// A client frame that could not be understood; the text says what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadFrame(pub String);
+
+impl ClientFrame {
+    /// Parse one text frame. Never panics; every failure says which field was wrong.
+    pub fn parse(text: &str) -> Result<ClientFrame, BadFrame> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| BadFrame(format!("the frame is not valid JSON: {e}")))?;
+        let Value::Object(map) = value else {
+            return Err(BadFrame("the frame must be a JSON object".into()));
+        };
+        let kind = match map.get("type") {
+            None => None,
+            Some(Value::String(s)) => Some(s.as_str()),
+            Some(_) => return Err(BadFrame("`type` must be a string".into())),
+        };
+        match kind {
+            None | Some("run") => {
+                let req: RunRequest = serde_json::from_value(Value::Object(map))
+                    .map_err(|e| BadFrame(format!("invalid run request: {e}")))?;
+                if let Some(v) = &req.version
+                    && v != "published"
+                    && v != "draft"
+                {
+                    return Err(BadFrame(
+                        "`version` must be \"published\" or \"draft\"".into(),
+                    ));
+                }
+                Ok(ClientFrame::Run(Box::new(req)))
+            }
+            Some("cancel") => Ok(ClientFrame::Cancel),
+            Some("resume") => {
+                let run_id = map
+                    .get("run_id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| BadFrame("`resume` needs a `run_id` string".into()))?;
+                let run_id = uuid::Uuid::parse_str(run_id)
+                    .map_err(|_| BadFrame("`run_id` is not a UUID".into()))?;
+                let after_seq = match map.get("after_seq") {
+                    None => 0,
+                    Some(v) => v.as_u64().ok_or_else(|| {
+                        BadFrame("`after_seq` must be a non-negative integer".into())
+                    })?,
+                };
+                Ok(ClientFrame::Resume { run_id, after_seq })
+            }
+            Some("auth") => {
+                let token = map
+                    .get("token")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| BadFrame("`auth` needs a `token` string".into()))?;
+                Ok(ClientFrame::Auth { token: token.to_owned() })
+            }
+            Some(other) => Err(BadFrame(format!(
+                "unknown frame type `{}`: expected a run request, cancel, resume or auth",
+                truncate(other, 40)
+            ))),
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Seconds since the epoch as a float (the envelope's `timestamp`).
+pub fn now_ts() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// `{"type":"error","data":{"error","code"}}` (not part of a run).
+pub fn error_frame(code: ErrorCode, message: &str) -> String {
+    json!({"type": "error", "timestamp": now_ts(), "data": {"error": message, "code": code.as_str()}})
+        .to_string()
+}
+
+/// A compat `status` frame.
+pub fn status_value(message: &str) -> Value {
+    json!({"type": "status", "timestamp": now_ts(), "data": {"message": message}})
+}
+
+pub const STATUS_RETRIEVING: &str = "Retrieving workflow...";
+pub const STATUS_PREPARING: &str = "Preparing workflow for execution...";
+pub const STATUS_STARTING: &str = "Starting execution...";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_without_type_is_a_run_request() {
+        let f = ClientFrame::parse(r#"{"message":"hi","user_id":"x"}"#).unwrap();
+        assert!(matches!(f, ClientFrame::Run(r) if r.message.as_deref() == Some("hi")));
+    }
+
+    #[test]
+    fn malformed_frames_say_what_is_wrong() {
+        assert!(ClientFrame::parse("nope").unwrap_err().0.contains("not valid JSON"));
+        assert!(ClientFrame::parse("[1]").unwrap_err().0.contains("JSON object"));
+        assert!(ClientFrame::parse(r#"{"type":"resume"}"#).unwrap_err().0.contains("run_id"));
+        assert!(ClientFrame::parse(r#"{"message":5}"#).unwrap_err().0.contains("run request"));
+        assert!(ClientFrame::parse(r#"{"version":"old"}"#).unwrap_err().0.contains("version"));
+        assert!(ClientFrame::parse(r#"{"type":"dance"}"#).unwrap_err().0.contains("dance"));
+    }
+}

@@ -1,0 +1,472 @@
+//! One run: load → convert → engine handshake → relay events, as its own task.
+//!
+//! Design note. A run is a task separate from the client socket. It is the only place where
+//! `seq` is assigned ([`Emitter`]), so every frame of a run — the gateway's own `status` and
+//! error frames and every engine event — gets `run_id` and a gap-free `seq` in send order, and
+//! the run guarantees exactly one terminal event (`flow_completed`, `flow_error` or
+//! `flow_cancelled`): after the first terminal frame nothing else of the run is sent and the
+//! engine socket is closed. Engine frames are not re-serialized: the run peeks at `type` (and, for
+//! a few types, at `data.element_id`/`content`) and splices `"run_id"` and `"seq"` before the
+//! final `}` of the engine's own bytes.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::engine_client::{self, EngineError, EngineSocket, EngineTarget, Handshake};
+use super::protocol::{self, ErrorCode, RunRequest};
+use crate::auth::Identity;
+use crate::http::AppState;
+use crate::store::{StoreError, Version};
+
+/// What a run sends to its session.
+#[derive(Debug)]
+pub enum RunMsg {
+    /// A stamped frame for the client.
+    Frame(Utf8Bytes),
+    /// After the terminal frame: close the client socket with this code.
+    Close(u16, &'static str),
+}
+
+/// Everything a run needs.
+pub struct RunSpec {
+    pub run_id: Uuid,
+    pub agent_id: String,
+    pub identity: Identity,
+    pub request: RunRequest,
+}
+
+/// Assigns `seq` and enforces "one terminal event, nothing after it".
+struct Emitter {
+    run_id: Uuid,
+    run_id_text: String,
+    seq: u64,
+    out: mpsc::Sender<RunMsg>,
+    finished: bool,
+}
+
+impl Emitter {
+    /// Send a frame the gateway built; `run_id`/`seq` are added. Returns false when the session
+    /// is gone.
+    async fn value(&mut self, mut frame: Value) -> bool {
+        if self.finished {
+            return false;
+        }
+        self.seq += 1;
+        if let Value::Object(map) = &mut frame {
+            map.insert("run_id".into(), Value::String(self.run_id_text.clone()));
+            map.insert("seq".into(), Value::from(self.seq));
+        }
+        let text = frame.to_string();
+        self.send(text).await
+    }
+
+    /// Send an engine frame (a JSON object text) with `run_id`/`seq` spliced in.
+    async fn engine(&mut self, raw: &str) -> bool {
+        if self.finished {
+            return false;
+        }
+        self.seq += 1;
+        let body = raw.trim_end();
+        let body = &body[..body.len() - 1]; // checked by `peek`: ends with '}'
+        let text = format!(
+            "{body},\"run_id\":\"{}\",\"seq\":{}}}",
+            self.run_id_text, self.seq
+        );
+        self.send(text).await
+    }
+
+    async fn send(&mut self, text: String) -> bool {
+        self.out.send(RunMsg::Frame(Utf8Bytes::from(text))).await.is_ok()
+    }
+
+    async fn terminal_error(&mut self, code: ErrorCode, message: &str, extra: Value) {
+        let mut data = json!({"error": message, "code": code.as_str()});
+        if let (Value::Object(d), Value::Object(e)) = (&mut data, extra) {
+            d.extend(e);
+        }
+        self.value(json!({"type": "flow_error", "timestamp": protocol::now_ts(), "data": data}))
+            .await;
+        self.finished = true;
+        if let Some(close) = code.close_code() {
+            let _ = self.out.send(RunMsg::Close(close, code.as_str())).await;
+        }
+    }
+}
+
+/// What the run knows about the stream so far (for `flow_cancelled` and `engine_lost`).
+#[derive(Default)]
+struct Progress {
+    current_element: Option<String>,
+    partial_output: String,
+    partial_cap: usize,
+}
+
+impl Progress {
+    fn push_text(&mut self, s: &str) {
+        if self.partial_output.len() + s.len() <= self.partial_cap {
+            self.partial_output.push_str(s);
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Peek<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    run_id: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    seq: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize, Default)]
+struct PeekData<'a> {
+    #[serde(default, borrow)]
+    element_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+}
+
+/// Run to completion. Never returns before the terminal frame was handed to the session (or the
+/// session went away).
+pub async fn execute(state: AppState, spec: RunSpec, out: mpsc::Sender<RunMsg>, cancel: CancellationToken) {
+    let mut em = Emitter {
+        run_id: spec.run_id,
+        run_id_text: spec.run_id.to_string(),
+        seq: 0,
+        out,
+        finished: false,
+    };
+    let config = state.config.clone();
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => {
+            cancelled(&mut em, &Progress::default()).await;
+        }
+        prepared = prepare(&state, &spec, &mut em) => {
+            let Some(handshake) = prepared else { return };
+            let target = EngineTarget {
+                base_url: config.engine_url.clone(),
+                bearer: config.engine_key.as_ref().map(crate::auth::mint_engine_token),
+                connect_timeout: config.engine_connect_timeout,
+                handshake_timeout: config.engine_handshake_timeout,
+                max_frame_bytes: config.max_engine_frame_bytes,
+            };
+            let flow_id = em.run_id.to_string();
+            let opened = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => None,
+                r = engine_client::open(&target, &flow_id, Handshake {
+                    flow: &handshake.flow,
+                    initial_inputs: &handshake.initial_inputs,
+                    config: &handshake.config,
+                }) => Some(r),
+            };
+            match opened {
+                None => cancelled(&mut em, &Progress::default()).await,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "engine connection failed");
+                    em.terminal_error(e.code(), &e.to_string(), json!({})).await;
+                }
+                Some(Ok(socket)) => {
+                    relay(&state, &spec, &mut em, socket, &cancel, &handshake).await;
+                }
+            }
+        }
+    }
+}
+
+struct Prepared {
+    flow: String,
+    initial_inputs: String,
+    config: String,
+    hash: String,
+    version: Version,
+}
+
+/// Load and convert the workflow; on failure the terminal error has been sent and `None` returned.
+async fn prepare(state: &AppState, spec: &RunSpec, em: &mut Emitter) -> Option<Prepared> {
+    em.value(protocol::status_value(protocol::STATUS_RETRIEVING)).await;
+    let agent = match state.store.agent(&spec.agent_id).await {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            let msg = format!("agent `{}` does not exist", spec.agent_id);
+            em.terminal_error(ErrorCode::AgentNotFound, &msg, json!({})).await;
+            return None;
+        }
+        Err(e) => {
+            store_error(em, &e).await;
+            return None;
+        }
+    };
+    let version = match spec.request.version.as_deref() {
+        Some("draft") => Version::Draft,
+        Some(_) => Version::Published,
+        None => agent.default_version(),
+    };
+    if version == Version::Draft && agent.owner != spec.identity.user_id {
+        let msg = format!(
+            "agent `{}` is not published, and its draft is only available to its owner",
+            spec.agent_id
+        );
+        em.terminal_error(ErrorCode::Forbidden, &msg, json!({})).await;
+        return None;
+    }
+    let stored = match state.store.workflow(&spec.agent_id, version).await {
+        Ok(Some(w)) => w,
+        Ok(None) => {
+            let msg = format!(
+                "agent `{}` has no {} workflow",
+                spec.agent_id,
+                version.as_str()
+            );
+            em.terminal_error(ErrorCode::WorkflowNotFound, &msg, json!({})).await;
+            return None;
+        }
+        Err(e) => {
+            store_error(em, &e).await;
+            return None;
+        }
+    };
+    em.value(protocol::status_value(protocol::STATUS_PREPARING)).await;
+    let converted = match state.cache.get_or_convert(
+        &spec.agent_id,
+        version,
+        &stored,
+        state.config.engine_flow_format,
+    ) {
+        Ok(c) => c,
+        Err(invalid) => {
+            let details: Vec<Value> = invalid
+                .findings
+                .iter()
+                .map(|f| json!({"pointer": f.pointer, "message": f.message, "severity": f.severity}))
+                .collect();
+            em.terminal_error(
+                ErrorCode::InvalidWorkflow,
+                &invalid.to_string(),
+                json!({"details": details}),
+            )
+            .await;
+            return None;
+        }
+    };
+    for w in &converted.warnings {
+        tracing::warn!(pointer = %w.pointer, "workflow warning: {}", w.message);
+    }
+    let history = spec
+        .request
+        .conversation_history
+        .as_ref()
+        .map(|h| Value::Array(h.clone()));
+    let initial = spec.request.initial_inputs.as_ref().map(|m| Value::Object(m.clone()));
+    let inputs = crate::workflow::initial_inputs(
+        &converted.flow,
+        spec.request.message.as_deref(),
+        history.as_ref(),
+        initial.as_ref(),
+    );
+    // The config frame is built here only; nothing from the client reaches it.
+    let config = json!({"run": {
+        "run_id": em.run_id.to_string(),
+        "agent_id": spec.agent_id,
+        "user_id": spec.identity.user_id,
+        "version": version.as_str(),
+    }});
+    em.value(protocol::status_value(protocol::STATUS_STARTING)).await;
+    Some(Prepared {
+        flow: converted.payload.clone(),
+        initial_inputs: inputs.to_string(),
+        config: config.to_string(),
+        hash: converted.hash.clone(),
+        version,
+    })
+}
+
+async fn store_error(em: &mut Emitter, e: &StoreError) {
+    tracing::warn!(error = %e, "store failure");
+    let code = match e {
+        StoreError::Unavailable(_) => ErrorCode::StoreUnavailable,
+        StoreError::InvalidAgentId(_) => ErrorCode::AgentNotFound,
+        StoreError::Corrupt(_) => ErrorCode::Internal,
+    };
+    em.terminal_error(code, &e.to_string(), json!({})).await;
+}
+
+async fn cancelled(em: &mut Emitter, progress: &Progress) {
+    em.value(json!({
+        "type": "flow_cancelled",
+        "timestamp": protocol::now_ts(),
+        "data": {
+            "element_id": progress.current_element,
+            "partial_output": progress.partial_output,
+            "reason": "cancelled by the client",
+        }
+    }))
+    .await;
+    em.finished = true;
+}
+
+/// Close the engine socket promptly (bounded) and drop it.
+async fn close_engine(mut socket: EngineSocket, wait: Duration) {
+    let frame = CloseFrame { code: CloseCode::Normal, reason: "".into() };
+    let _ = tokio::time::timeout(wait, socket.send(Message::Close(Some(frame)))).await;
+}
+
+async fn relay(
+    state: &AppState,
+    spec: &RunSpec,
+    em: &mut Emitter,
+    mut socket: EngineSocket,
+    cancel: &CancellationToken,
+    prepared: &Prepared,
+) {
+    let idle = state.config.engine_idle_timeout;
+    let mut progress = Progress {
+        partial_cap: state.config.max_engine_frame_bytes,
+        ..Progress::default()
+    };
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => {
+                close_engine(socket, Duration::from_millis(200)).await;
+                cancelled(em, &progress).await;
+                return;
+            }
+            n = tokio::time::timeout(idle, socket.next()) => n,
+        };
+        let text = match next {
+            Err(_) => {
+                let msg = format!("the engine sent nothing for {}", humantime::format_duration(idle));
+                em.terminal_error(ErrorCode::EngineTimeout, &msg, json!({"partial_output": progress.partial_output}))
+                    .await;
+                close_engine(socket, Duration::from_millis(200)).await;
+                return;
+            }
+            Ok(None) => {
+                lost(em, &progress, "the engine closed the connection before the run ended").await;
+                return;
+            }
+            Ok(Some(Err(e))) => {
+                use tokio_tungstenite::tungstenite::Error as E;
+                let err = match &e {
+                    E::Capacity(_) => EngineError::Protocol(format!("oversize frame: {e}")),
+                    E::Protocol(_) | E::Utf8(_) => EngineError::Protocol(e.to_string()),
+                    _ => EngineError::Lost(e.to_string()),
+                };
+                if let EngineError::Lost(m) = &err {
+                    lost(em, &progress, m).await;
+                } else {
+                    em.terminal_error(err.code(), &err.to_string(), json!({"partial_output": progress.partial_output}))
+                        .await;
+                }
+                return;
+            }
+            Ok(Some(Ok(Message::Text(t)))) => t,
+            Ok(Some(Ok(Message::Close(_)))) => {
+                lost(em, &progress, "the engine closed the connection before the run ended").await;
+                return;
+            }
+            Ok(Some(Ok(Message::Binary(_)))) => {
+                em.terminal_error(
+                    ErrorCode::EngineProtocolError,
+                    "the execution engine broke the protocol: a binary frame",
+                    json!({"partial_output": progress.partial_output}),
+                )
+                .await;
+                close_engine(socket, Duration::from_millis(200)).await;
+                return;
+            }
+            Ok(Some(Ok(_))) => continue, // ping/pong: tungstenite answers pings itself
+        };
+        let raw: &str = text.as_str();
+        let peek = match serde_json::from_str::<Peek>(raw) {
+            Ok(p) if raw.trim_start().starts_with('{') && raw.trim_end().ends_with('}') => p,
+            _ => {
+                let msg = format!(
+                    "the execution engine broke the protocol: not an event frame: {}",
+                    engine_client::preview(&text)
+                );
+                em.terminal_error(ErrorCode::EngineProtocolError, &msg, json!({"partial_output": progress.partial_output}))
+                    .await;
+                close_engine(socket, Duration::from_millis(200)).await;
+                return;
+            }
+        };
+        let kind = peek.kind.as_ref();
+        match kind {
+            "element_started" | "llm_chunk" | "final_output" => {
+                let data: PeekData = peek
+                    .data
+                    .and_then(|d| serde_json::from_str(d.get()).ok())
+                    .unwrap_or_default();
+                match kind {
+                    "element_started" => progress.current_element = data.element_id.map(Cow::into_owned),
+                    "llm_chunk" => {
+                        if let Some(c) = &data.content {
+                            progress.push_text(c);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+        let sent = if kind == "flow_started" || peek.run_id.is_some() || peek.seq.is_some() {
+            // Rare: rebuild the frame (flow_started gains data.workflow).
+            let mut v: Value = match serde_json::from_str(raw) {
+                Ok(v) => v,
+                Err(_) => continue,
+            };
+            if kind == "flow_started"
+                && let Some(Value::Object(data)) = v.get_mut("data")
+            {
+                data.insert(
+                    "workflow".into(),
+                    json!({"agent_id": spec.agent_id, "version": prepared.version.as_str(), "hash": prepared.hash}),
+                );
+            }
+            if let Value::Object(m) = &mut v {
+                m.remove("run_id");
+                m.remove("seq");
+            }
+            em.value(v).await
+        } else {
+            em.engine(raw).await
+        };
+        if !sent {
+            close_engine(socket, Duration::from_millis(200)).await;
+            return;
+        }
+        if kind == "flow_completed" || kind == "flow_error" {
+            em.finished = true;
+            close_engine(socket, Duration::from_millis(200)).await;
+            return;
+        }
+    }
+}
+
+async fn lost(em: &mut Emitter, progress: &Progress, why: &str) {
+    let msg = format!("the connection to the execution engine was lost: {why}");
+    em.terminal_error(
+        ErrorCode::EngineLost,
+        &msg,
+        json!({"partial_output": progress.partial_output, "element_id": progress.current_element}),
+    )
+    .await;
+}
