@@ -61,7 +61,9 @@ pub struct Verifier {
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Verifier").field("configured", &self.key.is_some()).finish()
+        f.debug_struct("Verifier")
+            .field("configured", &self.key.is_some())
+            .finish()
     }
 }
 
@@ -99,12 +101,18 @@ impl Verifier {
             .sub
             .filter(|s| !s.is_empty())
             .ok_or(AuthError::NoSubject)?;
-        Ok(Identity { user_id, expires_at: data.claims.exp })
+        Ok(Identity {
+            user_id,
+            expires_at: data.claims.exp,
+        })
     }
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Mint an HS256 token for `sub`, valid for `ttl`.
@@ -170,7 +178,9 @@ mod tests {
     fn minted_token_verifies_and_carries_the_subject() {
         let s = Secret::new("k");
         let t = mint_hs256(&s, "alice", Duration::from_secs(60));
-        let id = Verifier::hs256(Some(&s), Duration::from_secs(0)).verify(&t).unwrap();
+        let id = Verifier::hs256(Some(&s), Duration::from_secs(0))
+            .verify(&t)
+            .unwrap();
         assert_eq!(id.user_id, "alice");
     }
 
@@ -184,7 +194,12 @@ mod tests {
     #[test]
     fn expired_token_is_refused() {
         let s = Secret::new("k");
-        let claims = Claims { sub: Some("a".into()), exp: now_secs() - 120, iat: None, nbf: None };
+        let claims = Claims {
+            sub: Some("a".into()),
+            exp: now_secs() - 120,
+            iat: None,
+            nbf: None,
+        };
         let t = jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(b"k"))
             .unwrap();
         let err = Verifier::hs256(Some(&s), Duration::from_secs(30)).verify(&t);

@@ -118,9 +118,9 @@ pub async fn run(command: Command) -> std::process::ExitCode {
         }
         Command::Token(args) => crate::auth::run_token(args),
         Command::Chat(args) => crate::client::chat::run(args).await,
-        Command::Agents { command: AgentsCommand::Import { dir, database_url } } => {
-            crate::store::import::run(&dir, &database_url).await
-        }
+        Command::Agents {
+            command: AgentsCommand::Import { dir, database_url },
+        } => crate::store::import::run(&dir, &database_url).await,
         Command::Convert { file, to } => crate::workflow::cli::convert(&file, to),
         Command::Validate { file } => crate::workflow::cli::validate(&file),
     }

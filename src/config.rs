@@ -63,7 +63,12 @@ pub struct GatewayConfig {
 
     /// Postgres connection URL of the agent database (tables `agent`, `published_agent`,
     /// `unpublished_agent`; created by the embedded migrations if missing).
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, conflicts_with = "flows_dir")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        conflicts_with = "flows_dir"
+    )]
     pub database_url: Option<Secret>,
 
     /// A folder with `agents.json` and workflow files, used instead of Postgres.
@@ -71,7 +76,11 @@ pub struct GatewayConfig {
     pub flows_dir: Option<PathBuf>,
 
     /// Base URL of the execution engine; the gateway appends `/ws/execute/<flow_id>`.
-    #[arg(long, env = "FLOWGATE_ENGINE_URL", default_value = "ws://127.0.0.1:8001")]
+    #[arg(
+        long,
+        env = "FLOWGATE_ENGINE_URL",
+        default_value = "ws://127.0.0.1:8001"
+    )]
     pub engine_url: String,
 
     /// Encoding of the flow definition sent to the engine (handshake frame 2): `yaml` for

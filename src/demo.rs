@@ -17,7 +17,11 @@ use crate::store::files::FilesStore;
 pub const DEMO_USER: &str = "alice";
 
 fn random_secret() -> Secret {
-    Secret::new(format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()))
+    Secret::new(format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    ))
 }
 
 pub async fn run(args: DemoArgs) -> ExitCode {
@@ -42,7 +46,10 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     let engine = match Engine::build(engine_config).await {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("flowgate demo: cannot bind the engine on {}: {e}", args.engine_listen);
+            eprintln!(
+                "flowgate demo: cannot bind the engine on {}: {e}",
+                args.engine_listen
+            );
             return ExitCode::from(1);
         }
     };
@@ -62,7 +69,11 @@ pub async fn run(args: DemoArgs) -> ExitCode {
         }
     };
     let addr = gateway.local_addr();
-    let token = crate::auth::mint_hs256(&jwt_secret, DEMO_USER, std::time::Duration::from_secs(12 * 3600));
+    let token = crate::auth::mint_hs256(
+        &jwt_secret,
+        DEMO_USER,
+        std::time::Duration::from_secs(12 * 3600),
+    );
 
     println!("flowgate demo is running (engine on {engine_addr}, gateway on {addr}).");
     println!();
@@ -72,7 +83,9 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     println!("              cargo run --release -- chat assistant \"Hello there\"");
     println!();
     println!("  Agents: echo, assistant, router (draft of bob: forbidden for alice), legacy.");
-    println!("  The token is for user `{DEMO_USER}` and valid for 12 hours. Ctrl-C stops the demo.");
+    println!(
+        "  The token is for user `{DEMO_USER}` and valid for 12 hours. Ctrl-C stops the demo."
+    );
 
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();

@@ -16,7 +16,11 @@ fn rfc3339(s: &str) -> Result<DateTime<FixedOffset>, chrono::ParseError> {
 #[derive(Debug, Clone, clap::Args)]
 pub struct EngineConfig {
     /// Address the engine listens on.
-    #[arg(long = "listen", env = "FLOWGATE_ENGINE_LISTEN", default_value = "127.0.0.1:8001")]
+    #[arg(
+        long = "listen",
+        env = "FLOWGATE_ENGINE_LISTEN",
+        default_value = "127.0.0.1:8001"
+    )]
     pub listen: SocketAddr,
 
     /// Shared key (HS256) that gateways sign their engine-hop token with. When set, connections
@@ -33,7 +37,11 @@ pub struct EngineConfig {
     pub llm_token_delay: Duration,
 
     /// Model name reported in `llm_prompt` when an LLM element sets no `model` parameter.
-    #[arg(long, env = "FLOWGATE_ENGINE_LLM_MODEL", default_value = "flowgate-scripted")]
+    #[arg(
+        long,
+        env = "FLOWGATE_ENGINE_LLM_MODEL",
+        default_value = "flowgate-scripted"
+    )]
     pub llm_model: String,
 
     /// Largest frame the engine accepts from a gateway (bytes).

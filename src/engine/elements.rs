@@ -21,7 +21,7 @@ use chrono::{DateTime, FixedOffset, Utc};
 use serde_json::{Map, Value, json};
 
 use super::executor::{Emitter, Failure, Route, RunEnv};
-use super::flow::{Node, py_repr, py_str, preview};
+use super::flow::{Node, preview, py_repr, py_str};
 use super::{llm, rest};
 
 /// What an element produced.
@@ -34,7 +34,10 @@ pub struct Outcome {
 
 impl Outcome {
     fn outputs(outputs: Map<String, Value>) -> Outcome {
-        Outcome { outputs, route: None }
+        Outcome {
+            outputs,
+            route: None,
+        }
     }
 }
 
@@ -131,13 +134,18 @@ pub async fn run(
         "flow_select" => flow_select(node, inputs),
         "rest_api" => rest::call(node, inputs, env, emitter).await,
         "custom" => fail("custom code is disabled on this engine"),
-        other => fail(format!("Element type '{other}' is not implemented by this engine")),
+        other => fail(format!(
+            "Element type '{other}' is not implemented by this engine"
+        )),
     }
 }
 
 async fn end(node: &Node, inputs: Map<String, Value>, emitter: &Emitter) -> ElementResult {
     let text = inputs.get("text_input").cloned().unwrap_or(Value::Null);
-    let tx = inputs.get("proposed_transaction").cloned().unwrap_or(Value::Null);
+    let tx = inputs
+        .get("proposed_transaction")
+        .cloned()
+        .unwrap_or(Value::Null);
     let data = json!({
         "flow_id": emitter.flow_id(),
         "element_id": node.id,
@@ -164,9 +172,13 @@ async fn chat_input(node: &Node, inputs: Map<String, Value>, emitter: &Emitter) 
     let problem = if text.trim().is_empty() {
         required.then(|| "Chat input is required but was empty".to_owned())
     } else if len < min {
-        Some(format!("Chat input is shorter than the minimum of {min} characters"))
+        Some(format!(
+            "Chat input is shorter than the minimum of {min} characters"
+        ))
     } else if len > max {
-        Some(format!("Chat input is longer than the maximum of {max} characters ({len})"))
+        Some(format!(
+            "Chat input is longer than the maximum of {max} characters ({len})"
+        ))
     } else {
         None
     };
@@ -296,12 +308,16 @@ fn select_path(data: &Value, path: &str) -> Option<Value> {
 }
 
 async fn selector(node: &Node, inputs: Map<String, Value>, emitter: &Emitter) -> ElementResult {
-    let data = inputs.get("data").cloned().map(as_json).unwrap_or(Value::Null);
+    let data = inputs
+        .get("data")
+        .cloned()
+        .map(as_json)
+        .unwrap_or(Value::Null);
     let key = param_str(node, "key").unwrap_or("");
     let found_value = select_path(&data, key);
     let found = found_value.is_some();
-    let value = found_value
-        .unwrap_or_else(|| param(node, "default_value").cloned().unwrap_or(Value::Null));
+    let value =
+        found_value.unwrap_or_else(|| param(node, "default_value").cloned().unwrap_or(Value::Null));
     let path_used = if found { Value::from(key) } else { Value::Null };
     let event = json!({
         "element_id": node.id,
@@ -376,18 +392,27 @@ impl SplitMix {
 }
 
 fn fnv1a(text: &str) -> u64 {
-    text.bytes()
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 static ENTROPY_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 async fn random_generator(node: &Node, env: &RunEnv, emitter: &Emitter) -> ElementResult {
-    let seed = match param(node, "seed").and_then(Value::as_u64).or(env.config.seed) {
+    let seed = match param(node, "seed")
+        .and_then(Value::as_u64)
+        .or(env.config.seed)
+    {
         Some(seed) => seed ^ fnv1a(&node.id),
         None => {
-            let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-            (nanos.as_nanos() as u64) ^ ENTROPY_COUNTER.fetch_add(1, Ordering::Relaxed).rotate_left(32)
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            (nanos.as_nanos() as u64)
+                ^ ENTROPY_COUNTER
+                    .fetch_add(1, Ordering::Relaxed)
+                    .rotate_left(32)
         }
     };
     let mut rng = SplitMix(seed);
@@ -418,7 +443,11 @@ async fn random_generator(node: &Node, env: &RunEnv, emitter: &Emitter) -> Eleme
         }
         "uuid" => {
             let bytes = (u128::from(rng.next()) << 64) | u128::from(rng.next());
-            Value::String(uuid::Builder::from_random_bytes(bytes.to_be_bytes()).into_uuid().to_string())
+            Value::String(
+                uuid::Builder::from_random_bytes(bytes.to_be_bytes())
+                    .into_uuid()
+                    .to_string(),
+            )
         }
         "choice" => match param(node, "choices").and_then(Value::as_array) {
             Some(choices) if !choices.is_empty() => {
@@ -440,7 +469,10 @@ async fn random_generator(node: &Node, env: &RunEnv, emitter: &Emitter) -> Eleme
 }
 
 async fn time(node: &Node, env: &RunEnv, emitter: &Emitter) -> ElementResult {
-    let now: DateTime<FixedOffset> = env.config.fixed_time.unwrap_or_else(|| Utc::now().fixed_offset());
+    let now: DateTime<FixedOffset> = env
+        .config
+        .fixed_time
+        .unwrap_or_else(|| Utc::now().fixed_offset());
     let tz = param_str(node, "timezone").unwrap_or("UTC");
     let offset = if tz.eq_ignore_ascii_case("utc") || tz == "Z" {
         FixedOffset::east_opt(0)
@@ -450,12 +482,16 @@ async fn time(node: &Node, env: &RunEnv, emitter: &Emitter) -> ElementResult {
             .map(|d| *d.offset())
     };
     let Some(offset) = offset else {
-        return fail(format!("Unknown timezone '{tz}' (use UTC or an offset like +02:00)"));
+        return fail(format!(
+            "Unknown timezone '{tz}' (use UTC or an offset like +02:00)"
+        ));
     };
     let local = now.with_timezone(&offset);
     let pattern = param_str(node, "format").unwrap_or("%Y-%m-%d %H:%M:%S");
     let mut formatted = String::new();
-    if std::fmt::Write::write_fmt(&mut formatted, format_args!("{}", local.format(pattern))).is_err() {
+    if std::fmt::Write::write_fmt(&mut formatted, format_args!("{}", local.format(pattern)))
+        .is_err()
+    {
         return fail(format!("Invalid time format '{pattern}'"));
     }
     let mut outputs = Map::new();
@@ -474,8 +510,14 @@ async fn time(node: &Node, env: &RunEnv, emitter: &Emitter) -> ElementResult {
 }
 
 fn llm_params(node: &Node, env: &RunEnv) -> (String, f64, u64) {
-    let model = param_str(node, "model").unwrap_or(&env.config.llm_model).to_owned();
-    (model, param_f64(node, "temperature", 0.7), param_u64(node, "max_tokens", 1000))
+    let model = param_str(node, "model")
+        .unwrap_or(&env.config.llm_model)
+        .to_owned();
+    (
+        model,
+        param_f64(node, "temperature", 0.7),
+        param_u64(node, "max_tokens", 1000),
+    )
 }
 
 async fn llm_text(
@@ -499,7 +541,10 @@ async fn llm_text(
     emitter.emit("llm_prompt", data).await?;
     let delay: Duration = env.config.llm_token_delay;
     let mut text = String::new();
-    for (i, chunk) in llm::chunks(&llm::reply(&prompt), env.config.llm_tokens).into_iter().enumerate() {
+    for (i, chunk) in llm::chunks(&llm::reply(&prompt), env.config.llm_tokens)
+        .into_iter()
+        .enumerate()
+    {
         if i > 0 && !delay.is_zero() {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -581,12 +626,18 @@ fn compare(left: &Value, op: &str, right: &Value) -> Result<bool, String> {
             Value::Object(m) => m.contains_key(&llm::text_of(left)),
             _ => false,
         }),
-        other => Err(format!("Unknown comparison '{other}' (expected == != > < >= <= in)")),
+        other => Err(format!(
+            "Unknown comparison '{other}' (expected == != > < >= <= in)"
+        )),
     }
 }
 
 fn case(node: &Node, inputs: Map<String, Value>) -> ElementResult {
-    let variables = inputs.get("variables").cloned().map(as_json).unwrap_or(Value::Null);
+    let variables = inputs
+        .get("variables")
+        .cloned()
+        .map(as_json)
+        .unwrap_or(Value::Null);
     let Some(cases) = param(node, "cases").and_then(Value::as_array) else {
         return fail("Case needs a `cases` list");
     };
@@ -594,7 +645,9 @@ fn case(node: &Node, inputs: Map<String, Value>) -> ElementResult {
     let mut chosen = None;
     for entry in cases {
         let Some((id, rule)) = entry.as_object().and_then(|m| m.iter().next()) else {
-            return fail("Each case must be an object `{<case_id>: {variable1, variable2, compare}}`");
+            return fail(
+                "Each case must be an object `{<case_id>: {variable1, variable2, compare}}`",
+            );
         };
         keys.push(id.clone());
         if chosen.is_some() {
@@ -609,8 +662,14 @@ fn case(node: &Node, inputs: Map<String, Value>) -> ElementResult {
         }
     }
     let mut outputs = Map::new();
-    outputs.insert("result".into(), chosen.clone().map_or(Value::Null, Value::String));
-    Ok(Outcome { outputs, route: Some(Route { keys, chosen }) })
+    outputs.insert(
+        "result".into(),
+        chosen.clone().map_or(Value::Null, Value::String),
+    );
+    Ok(Outcome {
+        outputs,
+        route: Some(Route { keys, chosen }),
+    })
 }
 
 fn flow_select(node: &Node, inputs: Map<String, Value>) -> ElementResult {
@@ -629,11 +688,20 @@ fn flow_select(node: &Node, inputs: Map<String, Value>) -> ElementResult {
         return fail("Flow select has no flow to choose");
     };
     if !keys.contains(&wanted) {
-        return fail(format!("Flow '{wanted}' is not one of flows_to_switch {}", py_repr(&json!(keys))));
+        return fail(format!(
+            "Flow '{wanted}' is not one of flows_to_switch {}",
+            py_repr(&json!(keys))
+        ));
     }
     let mut outputs = Map::new();
     outputs.insert("selected_flow".into(), wanted.clone().into());
-    Ok(Outcome { outputs, route: Some(Route { keys, chosen: Some(wanted) }) })
+    Ok(Outcome {
+        outputs,
+        route: Some(Route {
+            keys,
+            chosen: Some(wanted),
+        }),
+    })
 }
 
 #[cfg(test)]
@@ -651,10 +719,16 @@ mod tests {
 
     #[test]
     fn merge_deep_merges_objects_and_concatenates_lists() {
-        let m = deep_merge(json!({"a": {"x": 1}, "b": 1}), json!({"a": {"y": 2}, "b": 3}));
+        let m = deep_merge(
+            json!({"a": {"x": 1}, "b": 1}),
+            json!({"a": {"y": 2}, "b": 3}),
+        );
         assert_eq!(m, json!({"a": {"x": 1, "y": 2}, "b": 3}));
         assert_eq!(deep_merge(json!([1]), json!([2, 3])), json!([1, 2, 3]));
-        assert_eq!(deep_merge(json!("a"), json!(1)), json!({"data1": "a", "data2": 1}));
+        assert_eq!(
+            deep_merge(json!("a"), json!(1)),
+            json!({"data1": "a", "data2": 1})
+        );
     }
 
     #[test]

@@ -28,10 +28,10 @@ use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::EngineStats;
 use super::config::EngineConfig;
 use super::elements::{self, Outcome};
-use super::flow::{Flow, Node, matches_type, py_repr, preview};
-use super::EngineStats;
+use super::flow::{Flow, Node, matches_type, preview, py_repr};
 
 /// Why a run stopped early.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,7 +64,9 @@ impl From<Stop> for Failure {
 
 /// Seconds since the epoch, with microsecond precision (the envelope's `timestamp`).
 pub fn epoch_secs() -> f64 {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     d.as_micros() as f64 / 1e6
 }
 
@@ -78,7 +80,11 @@ pub struct Emitter {
 
 impl Emitter {
     pub fn new(tx: mpsc::Sender<String>, cancel: CancellationToken, flow_id: &str) -> Emitter {
-        Emitter { tx, cancel, flow_id: flow_id.into() }
+        Emitter {
+            tx,
+            cancel,
+            flow_id: flow_id.into(),
+        }
     }
 
     /// The flow id of the run (the path's `flow_id`).
@@ -171,7 +177,10 @@ impl Executor {
         let flow_id = self.emitter.flow_id().to_owned();
         let started = self
             .emitter
-            .emit("flow_started", json!({"flow_id": flow_id, "start_time": epoch_secs()}))
+            .emit(
+                "flow_started",
+                json!({"flow_id": flow_id, "start_time": epoch_secs()}),
+            )
             .await;
         if started.is_ok() {
             let start = self.flow.start_element.clone();
@@ -239,9 +248,10 @@ impl Executor {
                     return Ok(false);
                 }
             }
-            let node = self.flow.node(&id).cloned().ok_or_else(|| {
-                Stop::Failed(format!("element `{id}` is not part of the flow"))
-            })?;
+            let node =
+                self.flow.node(&id).cloned().ok_or_else(|| {
+                    Stop::Failed(format!("element `{id}` is not part of the flow"))
+                })?;
             let route = self.run_element(&node, backtracking).await?;
             self.in_progress.remove(&id);
             if backtracking {
@@ -272,7 +282,11 @@ impl Executor {
     /// The children a branching element's route selects (rule in [`super::elements`]).
     fn choose(&self, children: &[String], route: &Route) -> Vec<String> {
         let label_of = |id: &String| {
-            let name = self.flow.node(id).map(|n| n.name.clone()).unwrap_or_default();
+            let name = self
+                .flow
+                .node(id)
+                .map(|n| n.name.clone())
+                .unwrap_or_default();
             (id.clone(), name)
         };
         let labels: Vec<(String, String)> = children.iter().map(label_of).collect();
@@ -291,7 +305,10 @@ impl Executor {
                 Some(k) => route.keys.iter().position(|key| key == k),
                 None => Some(route.keys.len()),
             };
-            index.and_then(|i| children.get(i).cloned()).into_iter().collect()
+            index
+                .and_then(|i| children.get(i).cloned())
+                .into_iter()
+                .collect()
         }
     }
 
@@ -318,7 +335,11 @@ impl Executor {
             }
         }
         for (name, value) in &inputs {
-            let ty = node.input_schema.get(name).and_then(|s| s.get("type")).and_then(Value::as_str);
+            let ty = node
+                .input_schema
+                .get(name)
+                .and_then(|s| s.get("type"))
+                .and_then(Value::as_str);
             if let Some(ty) = ty
                 && !value.is_null()
                 && !matches_type(value, ty)
@@ -330,8 +351,14 @@ impl Executor {
             }
         }
         for (name, spec) in &node.input_schema {
-            let required = spec.get("required").and_then(Value::as_bool).unwrap_or(false);
-            if required && inputs.get(name).is_none_or(Value::is_null) && node.kind != Some("chat_input") {
+            let required = spec
+                .get("required")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            if required
+                && inputs.get(name).is_none_or(Value::is_null)
+                && node.kind != Some("chat_input")
+            {
                 return Err(format!("Required input '{name}' is missing"));
             }
         }
@@ -340,7 +367,11 @@ impl Executor {
 
     /// Run one element: `element_started`, `processing`, its own events, then
     /// `element_completed` (or one `element_error`).
-    async fn run_element(&mut self, node: &Node, backtracking: bool) -> Result<Option<Route>, Stop> {
+    async fn run_element(
+        &mut self,
+        node: &Node,
+        backtracking: bool,
+    ) -> Result<Option<Route>, Stop> {
         let flow_id = self.emitter.flow_id().to_owned();
         let head = |extra: Map<String, Value>| {
             let mut data = Map::new();
@@ -352,7 +383,9 @@ impl Executor {
             data.insert("backtracking".into(), backtracking.into());
             Value::Object(data)
         };
-        self.emitter.emit("element_started", head(Map::new())).await?;
+        self.emitter
+            .emit("element_started", head(Map::new()))
+            .await?;
         self.stats.elements_started.fetch_add(1, Ordering::SeqCst);
         if let Some(message) = elements::processing_message(node) {
             let data = json!({"element_id": node.id, "message": message});

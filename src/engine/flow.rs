@@ -87,7 +87,11 @@ const TYPES: &[(&str, &[&str])] = &[
 
 /// The canonical name of an element type, or `None` when the engine does not know it.
 pub fn canonical_type(name: &str) -> Option<&'static str> {
-    let squashed: String = name.chars().filter(|c| *c != '_').flat_map(char::to_lowercase).collect();
+    let squashed: String = name
+        .chars()
+        .filter(|c| *c != '_')
+        .flat_map(char::to_lowercase)
+        .collect();
     TYPES.iter().find_map(|(canon, aliases)| {
         let canon_squashed = canon.replace('_', "");
         (canon_squashed == squashed || aliases.contains(&squashed.as_str())).then_some(*canon)
@@ -100,13 +104,16 @@ fn split_ref(s: &str) -> Option<(String, String)> {
 }
 
 fn str_field<'a>(obj: &'a Map<String, Value>, keys: &[&str]) -> Option<&'a str> {
-    keys.iter().find_map(|k| obj.get(*k).and_then(Value::as_str))
+    keys.iter()
+        .find_map(|k| obj.get(*k).and_then(Value::as_str))
 }
 
 impl Flow {
     /// Parse the flow definition object of handshake frame 2.
     pub fn parse(value: &Value, max_elements: usize) -> Result<Flow, String> {
-        let obj = value.as_object().ok_or("the flow definition is not an object")?;
+        let obj = value
+            .as_object()
+            .ok_or("the flow definition is not an object")?;
         let raw_nodes = obj
             .get("nodes")
             .and_then(Value::as_object)
@@ -119,11 +126,18 @@ impl Flow {
         }
         let mut nodes = Vec::with_capacity(raw_nodes.len());
         for (id, raw) in raw_nodes {
-            let n = raw.as_object().ok_or_else(|| format!("element `{id}` is not an object"))?;
+            let n = raw
+                .as_object()
+                .ok_or_else(|| format!("element `{id}` is not an object"))?;
             let type_name = str_field(n, &["type"])
                 .ok_or_else(|| format!("element `{id}` has no `type`"))?
                 .to_owned();
-            let obj_field = |k: &str| n.get(k).and_then(Value::as_object).cloned().unwrap_or_default();
+            let obj_field = |k: &str| {
+                n.get(k)
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default()
+            };
             let parameters = match n.get("parameters").and_then(Value::as_object) {
                 Some(p) => p.clone(),
                 None => obj_field("parametersObject"),
@@ -148,7 +162,9 @@ impl Flow {
             Some(_) => return Err("`connections` is not a list".into()),
         };
         for (i, raw) in raw_conns.iter().enumerate() {
-            let c = raw.as_object().ok_or_else(|| format!("connection {i} is not an object"))?;
+            let c = raw
+                .as_object()
+                .ok_or_else(|| format!("connection {i} is not an object"))?;
             let from = str_field(c, &["from_id", "source"])
                 .ok_or_else(|| format!("connection {i} has no `from_id`"))?;
             let to = str_field(c, &["to_id", "target"])
@@ -158,7 +174,8 @@ impl Flow {
                     return Err(format!("connection {i} refers to unknown element `{end}`"));
                 }
             }
-            let kind = match str_field(c, &["connection_type", "connectionType"]).unwrap_or("both") {
+            let kind = match str_field(c, &["connection_type", "connectionType"]).unwrap_or("both")
+            {
                 "control" => ConnKind::Control,
                 "data" => ConnKind::Data,
                 "both" => ConnKind::Both,
@@ -176,9 +193,15 @@ impl Flow {
             .ok_or("the flow definition has no `start_element`")?
             .to_owned();
         if !raw_nodes.contains_key(&start_element) {
-            return Err(format!("start_element `{start_element}` is not an element of the flow"));
+            return Err(format!(
+                "start_element `{start_element}` is not an element of the flow"
+            ));
         }
-        Ok(Flow { nodes, connections, start_element })
+        Ok(Flow {
+            nodes,
+            connections,
+            start_element,
+        })
     }
 
     /// The element with this id.
@@ -279,7 +302,10 @@ mod tests {
     fn aliases_map_to_canonical_types_and_unknown_types_stay_unknown() {
         assert_eq!(canonical_type("ChatInput"), Some("chat_input"));
         assert_eq!(canonical_type("LLMText"), Some("llm_text"));
-        assert_eq!(canonical_type("BuildTransaction"), Some("build_transaction_json"));
+        assert_eq!(
+            canonical_type("BuildTransaction"),
+            Some("build_transaction_json")
+        );
         assert_eq!(canonical_type("rest_api"), Some("rest_api"));
         assert_eq!(canonical_type("teleport"), None);
     }

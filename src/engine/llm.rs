@@ -42,7 +42,9 @@ pub fn render_prompt(template: Option<&str>, inputs: &Map<String, Value>) -> Str
         let after = &rest[open + 1..];
         match after.find('}') {
             Some(close)
-                if after[..close].chars().all(|c| c.is_alphanumeric() || c == '_')
+                if after[..close]
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || c == '_')
                     && !after[..close].is_empty() =>
             {
                 match lookup(&after[..close]) {
@@ -116,9 +118,12 @@ pub fn structured(schema: &Map<String, Value>, prompt: &str) -> Map<String, Valu
                         .any(|w| lower.contains(w));
                     if urgent { "high" } else { "low" }.to_owned()
                 }
-                "primary_intent" | "intent" => {
-                    if prompt.contains('?') { "question" } else { "statement" }.to_owned()
+                "primary_intent" | "intent" => if prompt.contains('?') {
+                    "question"
+                } else {
+                    "statement"
                 }
+                .to_owned(),
                 _ => {
                     let words: Vec<&str> = prompt.split_whitespace().take(8).collect();
                     format!("{name}: {}", words.join(" "))

@@ -1,39 +1,96 @@
 //! The reference execution engine (`flowgate engine`).
 //!
 //! Owns `GET /ws/execute/{flow_id}`: the 4-step handshake of PROTOCOL.md section 3 (flow frame
-//! as YAML or JSON), the depth-first executor of section 4 (`executor`), the element library
-//! (`elements`), the scripted streaming LLM (`llm`) and the fault modes tests use (`fault`).
+//! as YAML or JSON) and the socket loop (`server`), the flow model (`flow`), the depth-first
+//! executor of section 4 (`executor`), the element library (`elements`, `rest`), the scripted
+//! streaming LLM (`llm`) and the fault modes tests use (`fault`).
 //! Used by tests, benchmarks, the demo and the compose stack.
+//!
+//! Invariants: exactly one terminal event per run (`flow_completed` or `flow_error`); a run
+//! stops before its next element or LLM chunk once its socket is gone; the config frame is
+//! only read for run identity (`run`), it never switches anything on.
 
 pub mod config;
+pub mod elements;
+pub mod executor;
+pub mod fault;
+pub mod flow;
+pub mod llm;
+pub mod rest;
+pub mod server;
 
 pub use config::EngineConfig;
+pub use fault::Fault;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Counters tests and operators can read while the engine runs.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Elements that sent `element_started`, over all runs.
+    pub elements_started: AtomicUsize,
+    /// Runs whose executor has finished (terminal event sent, failed, or stopped).
+    pub runs_ended: AtomicUsize,
+}
 
 /// A bound, not yet serving engine. `build` binds; `run` serves until `shutdown` is cancelled.
 pub struct Engine {
     listener: tokio::net::TcpListener,
     config: EngineConfig,
+    stats: Arc<EngineStats>,
 }
 
 impl Engine {
     /// Bind the listener (use port 0 in tests) without serving yet.
     pub async fn build(config: EngineConfig) -> std::io::Result<Engine> {
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
-        Ok(Engine { listener, config })
+        Ok(Engine {
+            listener,
+            config,
+            stats: Arc::default(),
+        })
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
-    /// Serve until `shutdown` is cancelled; running flows are stopped and their sockets closed.
+    /// The engine's counters (shared with the running engine).
+    pub fn stats(&self) -> Arc<EngineStats> {
+        self.stats.clone()
+    }
+
+    /// Serve until `shutdown` is cancelled; running flows are stopped and their sockets closed
+    /// (1012), waiting at most `shutdown_grace` for them.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        let _ = (self.config, shutdown);
-        todo!("engine::run")
+        let grace = self.config.shutdown_grace;
+        let tracker = TaskTracker::new();
+        let state = server::AppState {
+            config: Arc::new(self.config),
+            stats: self.stats,
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+        };
+        let app = server::router(state);
+        let result = axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await;
+        tracker.close();
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                ?grace,
+                "engine sessions still running after the shutdown grace"
+            );
+        }
+        result
     }
 }
 

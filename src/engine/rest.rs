@@ -42,15 +42,26 @@ fn parse_url(url: &str) -> Result<Target, String> {
         return Err(format!("'{url}' has no usable host"));
     }
     let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse().map_err(|_| format!("'{url}' has an invalid port"))?),
+        Some((h, p)) => (
+            h,
+            p.parse()
+                .map_err(|_| format!("'{url}' has an invalid port"))?,
+        ),
         None => (authority, 80),
     };
-    Ok(Target { host: host.to_ascii_lowercase(), port, path })
+    Ok(Target {
+        host: host.to_ascii_lowercase(),
+        port,
+        path,
+    })
 }
 
 fn allowed(allow: &[String], t: &Target) -> bool {
     let with_port = format!("{}:{}", t.host, t.port);
-    allow.iter().map(|a| a.trim().to_ascii_lowercase()).any(|a| a == t.host || a == with_port)
+    allow
+        .iter()
+        .map(|a| a.trim().to_ascii_lowercase())
+        .any(|a| a == t.host || a == with_port)
 }
 
 fn decode_chunked(mut body: &[u8]) -> Option<Vec<u8>> {
@@ -72,10 +83,16 @@ async fn exchange(t: &Target, request: Vec<u8>, limit: usize) -> Result<(u16, Ve
     let mut stream = tokio::net::TcpStream::connect((t.host.as_str(), t.port))
         .await
         .map_err(|e| format!("cannot connect to {}:{}: {e}", t.host, t.port))?;
-    stream.write_all(&request).await.map_err(|e| format!("sending the request failed: {e}"))?;
+    stream
+        .write_all(&request)
+        .await
+        .map_err(|e| format!("sending the request failed: {e}"))?;
     let mut raw = Vec::new();
     let mut limited = (&mut stream).take(limit as u64 + 64 * 1024 + 1);
-    limited.read_to_end(&mut raw).await.map_err(|e| format!("reading the response failed: {e}"))?;
+    limited
+        .read_to_end(&mut raw)
+        .await
+        .map_err(|e| format!("reading the response failed: {e}"))?;
     let head_end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -107,7 +124,12 @@ pub async fn call(
     env: &RunEnv,
     emitter: &Emitter,
 ) -> Result<Outcome, Failure> {
-    let url = node.parameters.get("url").and_then(Value::as_str).unwrap_or("").to_owned();
+    let url = node
+        .parameters
+        .get("url")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
     let method = node
         .parameters
         .get("method")
@@ -126,10 +148,15 @@ pub async fn call(
             let mut outputs = Map::new();
             outputs.insert("response".into(), response);
             outputs.insert("status_code".into(), status.into());
-            Ok(Outcome { outputs, route: None })
+            Ok(Outcome {
+                outputs,
+                route: None,
+            })
         }
         Err(error) => {
-            emitter.emit("api_error", json!({"element_id": node.id, "error": error})).await?;
+            emitter
+                .emit("api_error", json!({"element_id": node.id, "error": error}))
+                .await?;
             Err(Failure::Element(format!("REST API call failed: {error}")))
         }
     }
@@ -197,7 +224,10 @@ mod tests {
     #[test]
     fn urls_parse_and_only_listed_hosts_are_allowed() {
         let t = parse_url("http://Example.com:8080/a?b=1").unwrap();
-        assert_eq!((t.host.as_str(), t.port, t.path.as_str()), ("example.com", 8080, "/a?b=1"));
+        assert_eq!(
+            (t.host.as_str(), t.port, t.path.as_str()),
+            ("example.com", 8080, "/a?b=1")
+        );
         assert!(allowed(&["example.com".into()], &t));
         assert!(allowed(&["example.com:8080".into()], &t));
         assert!(!allowed(&["example.com:80".into()], &t));
@@ -208,6 +238,9 @@ mod tests {
 
     #[test]
     fn chunked_bodies_decode() {
-        assert_eq!(decode_chunked(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(), b"abcde");
+        assert_eq!(
+            decode_chunked(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(),
+            b"abcde"
+        );
     }
 }

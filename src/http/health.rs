@@ -23,7 +23,11 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         Err(e) => json!({"ok": false, "error": e}),
     };
     let ready = store["ok"] == true && engine["ok"] == true && !state.shutdown.is_cancelled();
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (
         status,
         Json(json!({
@@ -58,6 +62,8 @@ async fn engine_reachable(state: &AppState) -> Result<(), String> {
     {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(format!("cannot connect to {hostport}: {e}")),
-        Err(_) => Err(format!("no connection to {hostport} within the connect timeout")),
+        Err(_) => Err(format!(
+            "no connection to {hostport} within the connect timeout"
+        )),
     }
 }

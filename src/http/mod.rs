@@ -39,10 +39,15 @@ pub struct AppState {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot bind {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot open the agent store: {0}")]
     Store(#[from] crate::store::StoreError),
-    #[error("no agent store configured: pass --database-url (DATABASE_URL) or --flows-dir (FLOWGATE_FLOWS_DIR)")]
+    #[error(
+        "no agent store configured: pass --database-url (DATABASE_URL) or --flows-dir (FLOWGATE_FLOWS_DIR)"
+    )]
     NoStore,
 }
 
@@ -63,7 +68,10 @@ impl Gateway {
     pub async fn with_store(config: GatewayConfig, store: Store) -> Result<Gateway, StartError> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
-            .map_err(|source| StartError::Bind { addr: config.listen, source })?;
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
         let verifier = Verifier::hs256(config.jwt_secret.as_ref(), config.jwt_leeway);
         let state = AppState {
             config: Arc::new(config),
@@ -77,7 +85,9 @@ impl Gateway {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     /// The state (tests use it to reach the store or trigger shutdown).
@@ -100,7 +110,10 @@ impl Gateway {
         state.shutdown.cancel();
         state.sessions.close();
         let grace = state.config.shutdown_grace + std::time::Duration::from_secs(2);
-        if tokio::time::timeout(grace, state.sessions.wait()).await.is_err() {
+        if tokio::time::timeout(grace, state.sessions.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("sessions still open after the shutdown grace period");
         }
         Ok(())

@@ -25,8 +25,12 @@ fn find_token(
     query: Option<&str>,
     allow_query: bool,
 ) -> Option<(String, Transport)> {
-    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
-        && let Some(t) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        && let Some(t) = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
     {
         return Some((t.trim().to_owned(), Transport::Header));
     }
@@ -35,7 +39,9 @@ fn find_token(
         .and_then(|v| v.to_str().ok())
     {
         let mut parts = v.split(',').map(str::trim);
-        if parts.next().is_some_and(|p| p.eq_ignore_ascii_case("bearer"))
+        if parts
+            .next()
+            .is_some_and(|p| p.eq_ignore_ascii_case("bearer"))
             && let Some(t) = parts.next()
             && !t.is_empty()
         {
@@ -137,12 +143,24 @@ mod tests {
     fn token_is_found_in_each_transport() {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
-        assert_eq!(find_token(&h, None, true), Some(("abc".into(), Transport::Header)));
+        assert_eq!(
+            find_token(&h, None, true),
+            Some(("abc".into(), Transport::Header))
+        );
         let mut h = HeaderMap::new();
-        h.insert(header::SEC_WEBSOCKET_PROTOCOL, "bearer, x.y.z".parse().unwrap());
-        assert_eq!(find_token(&h, None, true), Some(("x.y.z".into(), Transport::Subprotocol)));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            "bearer, x.y.z".parse().unwrap(),
+        );
+        assert_eq!(
+            find_token(&h, None, true),
+            Some(("x.y.z".into(), Transport::Subprotocol))
+        );
         let h = HeaderMap::new();
-        assert_eq!(find_token(&h, Some("a=1&token=t%2Bk"), true), Some(("t+k".into(), Transport::Query)));
+        assert_eq!(
+            find_token(&h, Some("a=1&token=t%2Bk"), true),
+            Some(("t+k".into(), Transport::Query))
+        );
         assert_eq!(find_token(&h, Some("token=t"), false), None);
     }
 }

@@ -26,10 +26,12 @@ pub struct CachedFlow {
     pub warnings: Vec<Finding>,
 }
 
+type Entries = HashMap<(String, Version), Arc<CachedFlow>>;
+
 /// Cheap to clone; shared by all sessions of a gateway.
 #[derive(Clone)]
 pub struct WorkflowCache {
-    inner: Arc<Mutex<HashMap<(String, Version), Arc<CachedFlow>>>>,
+    inner: Arc<Mutex<Entries>>,
     capacity: usize,
     hits: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -91,7 +93,7 @@ impl WorkflowCache {
         Ok(entry)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, Version), Arc<CachedFlow>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         // A panic while holding this lock cannot leave the map inconsistent (single inserts).
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }

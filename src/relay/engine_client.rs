@@ -65,7 +65,11 @@ pub async fn open(
     flow_id: &str,
     handshake: Handshake<'_>,
 ) -> Result<EngineSocket, EngineError> {
-    let url = format!("{}/ws/execute/{}", target.base_url.trim_end_matches('/'), flow_id);
+    let url = format!(
+        "{}/ws/execute/{}",
+        target.base_url.trim_end_matches('/'),
+        flow_id
+    );
     let mut request = url
         .as_str()
         .into_client_request()
@@ -74,7 +78,9 @@ pub async fn open(
         let value = format!("Bearer {token}")
             .parse()
             .map_err(|_| EngineError::Unavailable("engine token is not a valid header".into()))?;
-        request.headers_mut().insert(http::header::AUTHORIZATION, value);
+        request
+            .headers_mut()
+            .insert(http::header::AUTHORIZATION, value);
     }
     let mut config = WebSocketConfig::default();
     config.max_message_size = Some(target.max_frame_bytes);
@@ -126,7 +132,9 @@ async fn expect_status(
     let text = loop {
         match tokio::time::timeout(t, socket.next()).await {
             Err(_) => {
-                return Err(EngineError::Timeout(format!("waiting for handshake `{want}`")));
+                return Err(EngineError::Timeout(format!(
+                    "waiting for handshake `{want}`"
+                )));
             }
             Ok(None) => {
                 return Err(EngineError::Protocol(format!(

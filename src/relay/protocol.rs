@@ -149,7 +149,9 @@ impl ClientFrame {
                     .get("token")
                     .and_then(Value::as_str)
                     .ok_or_else(|| BadFrame("`auth` needs a `token` string".into()))?;
-                Ok(ClientFrame::Auth { token: token.to_owned() })
+                Ok(ClientFrame::Auth {
+                    token: token.to_owned(),
+                })
             }
             Some(other) => Err(BadFrame(format!(
                 "unknown frame type `{}`: expected a run request, cancel, resume or auth",
@@ -201,11 +203,41 @@ mod tests {
 
     #[test]
     fn malformed_frames_say_what_is_wrong() {
-        assert!(ClientFrame::parse("nope").unwrap_err().0.contains("not valid JSON"));
-        assert!(ClientFrame::parse("[1]").unwrap_err().0.contains("JSON object"));
-        assert!(ClientFrame::parse(r#"{"type":"resume"}"#).unwrap_err().0.contains("run_id"));
-        assert!(ClientFrame::parse(r#"{"message":5}"#).unwrap_err().0.contains("run request"));
-        assert!(ClientFrame::parse(r#"{"version":"old"}"#).unwrap_err().0.contains("version"));
-        assert!(ClientFrame::parse(r#"{"type":"dance"}"#).unwrap_err().0.contains("dance"));
+        assert!(
+            ClientFrame::parse("nope")
+                .unwrap_err()
+                .0
+                .contains("not valid JSON")
+        );
+        assert!(
+            ClientFrame::parse("[1]")
+                .unwrap_err()
+                .0
+                .contains("JSON object")
+        );
+        assert!(
+            ClientFrame::parse(r#"{"type":"resume"}"#)
+                .unwrap_err()
+                .0
+                .contains("run_id")
+        );
+        assert!(
+            ClientFrame::parse(r#"{"message":5}"#)
+                .unwrap_err()
+                .0
+                .contains("run request")
+        );
+        assert!(
+            ClientFrame::parse(r#"{"version":"old"}"#)
+                .unwrap_err()
+                .0
+                .contains("version")
+        );
+        assert!(
+            ClientFrame::parse(r#"{"type":"dance"}"#)
+                .unwrap_err()
+                .0
+                .contains("dance")
+        );
     }
 }

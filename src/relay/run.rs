@@ -88,7 +88,10 @@ impl Emitter {
     }
 
     async fn send(&mut self, text: String) -> bool {
-        self.out.send(RunMsg::Frame(Utf8Bytes::from(text))).await.is_ok()
+        self.out
+            .send(RunMsg::Frame(Utf8Bytes::from(text)))
+            .await
+            .is_ok()
     }
 
     async fn terminal_error(&mut self, code: ErrorCode, message: &str, extra: Value) {
@@ -143,7 +146,12 @@ struct PeekData<'a> {
 
 /// Run to completion. Never returns before the terminal frame was handed to the session (or the
 /// session went away).
-pub async fn execute(state: AppState, spec: RunSpec, out: mpsc::Sender<RunMsg>, cancel: CancellationToken) {
+pub async fn execute(
+    state: AppState,
+    spec: RunSpec,
+    out: mpsc::Sender<RunMsg>,
+    cancel: CancellationToken,
+) {
     let mut em = Emitter {
         run_id: spec.run_id,
         run_id_text: spec.run_id.to_string(),
@@ -200,12 +208,14 @@ struct Prepared {
 
 /// Load and convert the workflow; on failure the terminal error has been sent and `None` returned.
 async fn prepare(state: &AppState, spec: &RunSpec, em: &mut Emitter) -> Option<Prepared> {
-    em.value(protocol::status_value(protocol::STATUS_RETRIEVING)).await;
+    em.value(protocol::status_value(protocol::STATUS_RETRIEVING))
+        .await;
     let agent = match state.store.agent(&spec.agent_id).await {
         Ok(Some(a)) => a,
         Ok(None) => {
             let msg = format!("agent `{}` does not exist", spec.agent_id);
-            em.terminal_error(ErrorCode::AgentNotFound, &msg, json!({})).await;
+            em.terminal_error(ErrorCode::AgentNotFound, &msg, json!({}))
+                .await;
             return None;
         }
         Err(e) => {
@@ -223,7 +233,8 @@ async fn prepare(state: &AppState, spec: &RunSpec, em: &mut Emitter) -> Option<P
             "agent `{}` is not published, and its draft is only available to its owner",
             spec.agent_id
         );
-        em.terminal_error(ErrorCode::Forbidden, &msg, json!({})).await;
+        em.terminal_error(ErrorCode::Forbidden, &msg, json!({}))
+            .await;
         return None;
     }
     let stored = match state.store.workflow(&spec.agent_id, version).await {
@@ -234,7 +245,8 @@ async fn prepare(state: &AppState, spec: &RunSpec, em: &mut Emitter) -> Option<P
                 spec.agent_id,
                 version.as_str()
             );
-            em.terminal_error(ErrorCode::WorkflowNotFound, &msg, json!({})).await;
+            em.terminal_error(ErrorCode::WorkflowNotFound, &msg, json!({}))
+                .await;
             return None;
         }
         Err(e) => {
@@ -242,7 +254,8 @@ async fn prepare(state: &AppState, spec: &RunSpec, em: &mut Emitter) -> Option<P
             return None;
         }
     };
-    em.value(protocol::status_value(protocol::STATUS_PREPARING)).await;
+    em.value(protocol::status_value(protocol::STATUS_PREPARING))
+        .await;
     let converted = match state.cache.get_or_convert(
         &spec.agent_id,
         version,
@@ -254,7 +267,9 @@ async fn prepare(state: &AppState, spec: &RunSpec, em: &mut Emitter) -> Option<P
             let details: Vec<Value> = invalid
                 .findings
                 .iter()
-                .map(|f| json!({"pointer": f.pointer, "message": f.message, "severity": f.severity}))
+                .map(
+                    |f| json!({"pointer": f.pointer, "message": f.message, "severity": f.severity}),
+                )
                 .collect();
             em.terminal_error(
                 ErrorCode::InvalidWorkflow,
@@ -273,7 +288,11 @@ async fn prepare(state: &AppState, spec: &RunSpec, em: &mut Emitter) -> Option<P
         .conversation_history
         .as_ref()
         .map(|h| Value::Array(h.clone()));
-    let initial = spec.request.initial_inputs.as_ref().map(|m| Value::Object(m.clone()));
+    let initial = spec
+        .request
+        .initial_inputs
+        .as_ref()
+        .map(|m| Value::Object(m.clone()));
     let inputs = crate::workflow::initial_inputs(
         &converted.flow,
         spec.request.message.as_deref(),
@@ -287,7 +306,8 @@ async fn prepare(state: &AppState, spec: &RunSpec, em: &mut Emitter) -> Option<P
         "user_id": spec.identity.user_id,
         "version": version.as_str(),
     }});
-    em.value(protocol::status_value(protocol::STATUS_STARTING)).await;
+    em.value(protocol::status_value(protocol::STATUS_STARTING))
+        .await;
     Some(Prepared {
         flow: converted.payload.clone(),
         initial_inputs: inputs.to_string(),
@@ -323,7 +343,10 @@ async fn cancelled(em: &mut Emitter, progress: &Progress) {
 
 /// Close the engine socket promptly (bounded) and drop it.
 async fn close_engine(mut socket: EngineSocket, wait: Duration) {
-    let frame = CloseFrame { code: CloseCode::Normal, reason: "".into() };
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    };
     let _ = tokio::time::timeout(wait, socket.send(Message::Close(Some(frame)))).await;
 }
 
@@ -352,14 +375,26 @@ async fn relay(
         };
         let text = match next {
             Err(_) => {
-                let msg = format!("the engine sent nothing for {}", humantime::format_duration(idle));
-                em.terminal_error(ErrorCode::EngineTimeout, &msg, json!({"partial_output": progress.partial_output}))
-                    .await;
+                let msg = format!(
+                    "the engine sent nothing for {}",
+                    humantime::format_duration(idle)
+                );
+                em.terminal_error(
+                    ErrorCode::EngineTimeout,
+                    &msg,
+                    json!({"partial_output": progress.partial_output}),
+                )
+                .await;
                 close_engine(socket, Duration::from_millis(200)).await;
                 return;
             }
             Ok(None) => {
-                lost(em, &progress, "the engine closed the connection before the run ended").await;
+                lost(
+                    em,
+                    &progress,
+                    "the engine closed the connection before the run ended",
+                )
+                .await;
                 return;
             }
             Ok(Some(Err(e))) => {
@@ -372,14 +407,23 @@ async fn relay(
                 if let EngineError::Lost(m) = &err {
                     lost(em, &progress, m).await;
                 } else {
-                    em.terminal_error(err.code(), &err.to_string(), json!({"partial_output": progress.partial_output}))
-                        .await;
+                    em.terminal_error(
+                        err.code(),
+                        &err.to_string(),
+                        json!({"partial_output": progress.partial_output}),
+                    )
+                    .await;
                 }
                 return;
             }
             Ok(Some(Ok(Message::Text(t)))) => t,
             Ok(Some(Ok(Message::Close(_)))) => {
-                lost(em, &progress, "the engine closed the connection before the run ended").await;
+                lost(
+                    em,
+                    &progress,
+                    "the engine closed the connection before the run ended",
+                )
+                .await;
                 return;
             }
             Ok(Some(Ok(Message::Binary(_)))) => {
@@ -402,8 +446,12 @@ async fn relay(
                     "the execution engine broke the protocol: not an event frame: {}",
                     engine_client::preview(&text)
                 );
-                em.terminal_error(ErrorCode::EngineProtocolError, &msg, json!({"partial_output": progress.partial_output}))
-                    .await;
+                em.terminal_error(
+                    ErrorCode::EngineProtocolError,
+                    &msg,
+                    json!({"partial_output": progress.partial_output}),
+                )
+                .await;
                 close_engine(socket, Duration::from_millis(200)).await;
                 return;
             }
@@ -416,7 +464,9 @@ async fn relay(
                     .and_then(|d| serde_json::from_str(d.get()).ok())
                     .unwrap_or_default();
                 match kind {
-                    "element_started" => progress.current_element = data.element_id.map(Cow::into_owned),
+                    "element_started" => {
+                        progress.current_element = data.element_id.map(Cow::into_owned)
+                    }
                     "llm_chunk" => {
                         if let Some(c) = &data.content {
                             progress.push_text(c);

@@ -44,7 +44,13 @@ pub async fn serve(state: AppState, mut socket: WebSocket, agent_id: String, aut
         Authn::Refused(e) => {
             let text = protocol::error_frame(ErrorCode::Unauthenticated, &e.to_string());
             let _ = write(&mut socket, Message::Text(text.into()), write_timeout).await;
-            close_with(&mut socket, close::UNAUTHENTICATED, "unauthenticated", write_timeout).await;
+            close_with(
+                &mut socket,
+                close::UNAUTHENTICATED,
+                "unauthenticated",
+                write_timeout,
+            )
+            .await;
             return;
         }
     };
@@ -202,17 +208,32 @@ pub async fn serve(state: AppState, mut socket: WebSocket, agent_id: String, aut
     }
 }
 
-fn start_run(state: &AppState, agent_id: &str, identity: Identity, request: protocol::RunRequest) -> ActiveRun {
+fn start_run(
+    state: &AppState,
+    agent_id: &str,
+    identity: Identity,
+    request: protocol::RunRequest,
+) -> ActiveRun {
     let run_id = Uuid::new_v4();
     let (tx, rx) = mpsc::channel(state.config.client_buffer.max(1));
     let cancel = CancellationToken::new();
     let span = tracing::info_span!("run", %run_id);
     tracing::info!(%run_id, "run started");
-    let spec = RunSpec { run_id, agent_id: agent_id.to_owned(), identity, request };
+    let spec = RunSpec {
+        run_id,
+        agent_id: agent_id.to_owned(),
+        identity,
+        request,
+    };
     state
         .sessions
         .spawn(run::execute(state.clone(), spec, tx, cancel.clone()).instrument(span));
-    ActiveRun { run_id, cancel, rx, close_after: None }
+    ActiveRun {
+        run_id,
+        cancel,
+        rx,
+        close_after: None,
+    }
 }
 
 /// The next message of the active run; pending forever when there is none.
@@ -232,14 +253,23 @@ fn client_gone(run: &mut Option<ActiveRun>) {
 
 fn is_capacity_error(e: &axum::Error) -> bool {
     let text = e.to_string();
-    text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Message too big") || text.contains("size")
+    text.contains("Space limit exceeded")
+        || text.contains("too long")
+        || text.contains("Message too big")
+        || text.contains("size")
 }
 
 async fn write(socket: &mut WebSocket, msg: Message, timeout: Duration) -> bool {
-    matches!(tokio::time::timeout(timeout, socket.send(msg)).await, Ok(Ok(())))
+    matches!(
+        tokio::time::timeout(timeout, socket.send(msg)).await,
+        Ok(Ok(()))
+    )
 }
 
 async fn close_with(socket: &mut WebSocket, code: u16, reason: &'static str, timeout: Duration) {
-    let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    };
     let _ = write(socket, Message::Close(Some(frame)), timeout).await;
 }

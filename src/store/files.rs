@@ -301,10 +301,14 @@ fn load(
             )));
         }
         if entry.owner.is_empty() || entry.owner.chars().count() > MAX_TEXT_CHARS {
-            return Err(bad(format!("owner must be 1 to {MAX_TEXT_CHARS} characters")));
+            return Err(bad(format!(
+                "owner must be 1 to {MAX_TEXT_CHARS} characters"
+            )));
         }
         if entry.name.chars().count() > MAX_TEXT_CHARS {
-            return Err(bad(format!("name is longer than {MAX_TEXT_CHARS} characters")));
+            return Err(bad(format!(
+                "name is longer than {MAX_TEXT_CHARS} characters"
+            )));
         }
         if catalog.agents.contains_key(&entry.agent_id) {
             return Err(bad("the agent_id appears twice".to_owned()));
@@ -363,7 +367,16 @@ mod tests {
     #[test]
     fn names_that_leave_the_folder_are_refused() {
         for name in [
-            "", ".", "..", "../x", "a/b", "a\\b", "/etc/passwd", "a\0b", "C:x", "x\n",
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "a\\b",
+            "/etc/passwd",
+            "a\0b",
+            "C:x",
+            "x\n",
         ] {
             assert!(check_name(name).is_err(), "{name:?} accepted");
         }

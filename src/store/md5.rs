@@ -114,7 +114,11 @@ pub fn python_float_repr(f: f64) -> String {
     let decpt = exp + 1;
     let body = if decpt <= -4 || decpt > 16 {
         let (first, rest) = digits.split_at(1);
-        let frac = if rest.is_empty() { String::new() } else { format!(".{rest}") };
+        let frac = if rest.is_empty() {
+            String::new()
+        } else {
+            format!(".{rest}")
+        };
         let esign = if exp < 0 { '-' } else { '+' };
         format!("{first}{frac}e{esign}{:02}", exp.abs())
     } else if decpt <= 0 {
@@ -161,6 +165,9 @@ mod tests {
     fn strings_escape_like_ensure_ascii() {
         // python3 -c 'import json; print(json.dumps("a\"b\\c\n\t\x01\x7f é 😀"))'
         let value = Value::String("a\"b\\c\n\t\u{1}\u{7f} é 😀".to_owned());
-        assert_eq!(python_json(&value), r#""a\"b\\c\n\t\u0001\u007f \u00e9 \ud83d\ude00""#);
+        assert_eq!(
+            python_json(&value),
+            r#""a\"b\\c\n\t\u0001\u007f \u00e9 \ud83d\ude00""#
+        );
     }
 }

@@ -32,12 +32,16 @@ const ECHO_EVENTS: &[&str] = &[
 async fn echo_run_relays_every_event_in_order_with_run_id_and_seq() {
     let app = spawn_app().await;
     let mut c = app.connect("echo", "alice").await;
-    c.send_json(json!({"message": "hello", "user_id": "somebody-else"})).await;
+    c.send_json(json!({"message": "hello", "user_id": "somebody-else"}))
+        .await;
     let frames = c.collect_run().await;
     assert_eq!(types(&frames), ECHO_EVENTS);
     assert_run_stamps(&frames);
     assert_eq!(frames[0]["data"]["message"], "Retrieving workflow...");
-    assert_eq!(frames[1]["data"]["message"], "Preparing workflow for execution...");
+    assert_eq!(
+        frames[1]["data"]["message"],
+        "Preparing workflow for execution..."
+    );
     assert_eq!(frames[2]["data"]["message"], "Starting execution...");
     let started = &frames[3]["data"]["workflow"];
     assert_eq!(started["agent_id"], "echo");
@@ -58,12 +62,19 @@ async fn assistant_streams_llm_chunks_that_make_up_the_answer() {
     .await;
     let frames = c.collect_run().await;
     assert_run_stamps(&frames);
-    assert_eq!(frames.last().unwrap()["type"], "flow_completed", "{frames:#?}");
+    assert_eq!(
+        frames.last().unwrap()["type"],
+        "flow_completed",
+        "{frames:#?}"
+    );
     let chunks = frames.iter().filter(|f| f["type"] == "llm_chunk").count();
     assert!(chunks >= 2, "expected streaming, got {chunks} chunks");
     let text = streamed_text(&frames);
     let final_output = frames.iter().find(|f| f["type"] == "final_output").unwrap();
-    assert_eq!(final_output["data"]["text_output"].as_str(), Some(text.as_str()));
+    assert_eq!(
+        final_output["data"]["text_output"].as_str(),
+        Some(text.as_str())
+    );
     // The history node has no control edge: it runs as a backtracking dependency.
     let history = frames
         .iter()
@@ -78,7 +89,11 @@ async fn raw_canvas_agent_runs_with_its_data_flowing() {
     let mut c = app.connect("legacy", "carol").await;
     c.send_json(json!({"message": "canvas q"})).await;
     let frames = c.collect_run().await;
-    assert_eq!(frames.last().unwrap()["type"], "flow_completed", "{frames:#?}");
+    assert_eq!(
+        frames.last().unwrap()["type"],
+        "flow_completed",
+        "{frames:#?}"
+    );
     let final_output = frames.iter().find(|f| f["type"] == "final_output").unwrap();
     assert_eq!(final_output["data"]["text_output"], "canvas q");
 }
@@ -108,7 +123,8 @@ async fn cancel_mid_stream_ends_with_flow_cancelled_and_the_text_so_far() {
     engine.llm_token_delay = Duration::from_millis(20);
     let app = spawn_app_with(engine, |_| {}).await;
     let mut c = app.connect("assistant", "alice").await;
-    c.send_json(json!({"message": "tell me a long story"})).await;
+    c.send_json(json!({"message": "tell me a long story"}))
+        .await;
     let mut frames = Vec::new();
     loop {
         let f = c.next().await.expect("frame");
@@ -126,8 +142,16 @@ async fn cancel_mid_stream_ends_with_flow_cancelled_and_the_text_so_far() {
     assert_eq!(last["type"], "flow_cancelled", "{last}");
     let chunks = frames.iter().filter(|f| f["type"] == "llm_chunk").count();
     assert!(chunks < 200, "the stream was not stopped ({chunks} chunks)");
-    assert_eq!(last["data"]["partial_output"].as_str(), Some(streamed_text(&frames).as_str()));
-    assert!(last["data"]["element_id"].as_str().unwrap().starts_with("llm_text"));
+    assert_eq!(
+        last["data"]["partial_output"].as_str(),
+        Some(streamed_text(&frames).as_str())
+    );
+    assert!(
+        last["data"]["element_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("llm_text")
+    );
     // The socket is still usable for the next run.
     c.send_json(json!({"message": "again"})).await;
     let next = c.collect_run().await;
@@ -176,20 +200,31 @@ async fn subprotocol_and_query_tokens_are_accepted() {
     let app = spawn_app().await;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut req = app.ws_url("echo").into_client_request().unwrap();
-    req.headers_mut()
-        .insert("sec-websocket-protocol", format!("bearer, {}", token("alice")).parse().unwrap());
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        format!("bearer, {}", token("alice")).parse().unwrap(),
+    );
     let mut c = Client::connect_request(req).await;
     assert_eq!(
-        c.response.headers().get("sec-websocket-protocol").map(|v| v.to_str().unwrap()),
+        c.response
+            .headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.to_str().unwrap()),
         Some("bearer")
     );
     c.send_json(json!({"message": "sub"})).await;
-    assert_eq!(c.collect_run().await.last().unwrap()["type"], "flow_completed");
+    assert_eq!(
+        c.collect_run().await.last().unwrap()["type"],
+        "flow_completed"
+    );
 
     let url = format!("{}?token={}", app.ws_url("echo"), token("alice"));
     let mut c = Client::connect_bearer(&url, None).await;
     c.send_json(json!({"message": "query"})).await;
-    assert_eq!(c.collect_run().await.last().unwrap()["type"], "flow_completed");
+    assert_eq!(
+        c.collect_run().await.last().unwrap()["type"],
+        "flow_completed"
+    );
 }
 
 #[tokio::test]
@@ -200,15 +235,28 @@ async fn invalid_first_frame_is_invalid_request_and_the_socket_stays_usable() {
     let f = c.next().await.unwrap();
     assert_eq!(f["type"], "error");
     assert_eq!(f["data"]["code"], "invalid_request");
-    assert!(f["data"]["error"].as_str().unwrap().contains("not valid JSON"));
+    assert!(
+        f["data"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON")
+    );
     c.send_json(json!({"message": 42})).await;
     let f = c.next().await.unwrap();
     assert_eq!(f["data"]["code"], "invalid_request");
-    c.send_json(json!({"message": "fine", "agent_id": "assistant"})).await;
+    c.send_json(json!({"message": "fine", "agent_id": "assistant"}))
+        .await;
     let f = c.next().await.unwrap();
-    assert_eq!(f["data"]["code"], "invalid_request", "agent_id mismatch is refused: {f}");
-    c.send_json(json!({"message": "fine", "agent_id": "echo"})).await;
-    assert_eq!(c.collect_run().await.last().unwrap()["type"], "flow_completed");
+    assert_eq!(
+        f["data"]["code"], "invalid_request",
+        "agent_id mismatch is refused: {f}"
+    );
+    c.send_json(json!({"message": "fine", "agent_id": "echo"}))
+        .await;
+    assert_eq!(
+        c.collect_run().await.last().unwrap()["type"],
+        "flow_completed"
+    );
 }
 
 #[tokio::test]
@@ -223,7 +271,11 @@ async fn draft_of_an_unpublished_agent_is_only_for_its_owner() {
     let mut c = app.connect("router", "bob").await;
     c.send_json(json!({"message": "urgent: server down"})).await;
     let frames = c.collect_run().await;
-    assert_eq!(frames.last().unwrap()["type"], "flow_completed", "{frames:#?}");
+    assert_eq!(
+        frames.last().unwrap()["type"],
+        "flow_completed",
+        "{frames:#?}"
+    );
     assert_eq!(frames[3]["data"]["workflow"]["version"], "draft");
 }
 
@@ -249,7 +301,10 @@ async fn engine_unreachable_is_engine_unavailable() {
 
 #[tokio::test]
 async fn json_flow_format_runs_the_same_flow() {
-    let app = spawn_app_with(EngineConfig::for_tests(), |c| c.engine_flow_format = FlowFormat::Json).await;
+    let app = spawn_app_with(EngineConfig::for_tests(), |c| {
+        c.engine_flow_format = FlowFormat::Json
+    })
+    .await;
     let mut c = app.connect("echo", "alice").await;
     c.send_json(json!({"message": "json please"})).await;
     let frames = c.collect_run().await;
@@ -283,12 +338,20 @@ async fn readiness_fails_when_the_engine_is_down() {
 pub async fn http_get(url: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap();
-    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
         .unwrap();
+    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut out = String::new();
-    tokio::time::timeout(FRAME_WAIT, s.read_to_string(&mut out)).await.unwrap().unwrap();
+    tokio::time::timeout(FRAME_WAIT, s.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
     out
 }

@@ -39,16 +39,21 @@ async fn published_and_draft_rows_are_selected_by_status_and_owner(pool: PgPool)
 
     // Draft asked by a non-owner: forbidden.
     let mut c = app.connect("echo", "bob").await;
-    c.send_json(json!({"message": "hi", "version": "draft"})).await;
+    c.send_json(json!({"message": "hi", "version": "draft"}))
+        .await;
     let frames = c.collect_run().await;
     assert_eq!(frames.last().unwrap()["data"]["code"], "forbidden");
 
     // Draft asked by the owner: the draft row (the assistant, which streams).
     let mut c = app.connect("echo", "alice").await;
-    c.send_json(json!({"message": "hi", "version": "draft"})).await;
+    c.send_json(json!({"message": "hi", "version": "draft"}))
+        .await;
     let frames = c.collect_run().await;
     assert_eq!(frames[3]["data"]["workflow"]["version"], "draft");
-    assert!(frames.iter().any(|f| f["type"] == "llm_chunk"), "{frames:#?}");
+    assert!(
+        frames.iter().any(|f| f["type"] == "llm_chunk"),
+        "{frames:#?}"
+    );
 }
 
 #[sqlx::test]
@@ -56,7 +61,8 @@ async fn agent_without_the_wanted_row_is_workflow_not_found(pool: PgPool) {
     let app = spawn_app_pg(pool.clone()).await;
     // `legacy` is Active with only a published row; ask for its draft as the owner.
     let mut c = app.connect("legacy", "bob").await;
-    c.send_json(json!({"message": "hi", "version": "draft"})).await;
+    c.send_json(json!({"message": "hi", "version": "draft"}))
+        .await;
     let frames = c.collect_run().await;
     assert_eq!(frames.last().unwrap()["data"]["code"], "workflow_not_found");
 }
@@ -93,6 +99,9 @@ async fn an_updated_workflow_is_used_by_the_next_run(pool: PgPool) {
     .await
     .unwrap();
     let after = run("echo").await;
-    assert!(after.iter().any(|f| f["type"] == "llm_chunk"), "the cache served a stale workflow");
+    assert!(
+        after.iter().any(|f| f["type"] == "llm_chunk"),
+        "the cache served a stale workflow"
+    );
     let _ = Duration::ZERO;
 }

@@ -52,7 +52,11 @@ pub async fn spawn_engine(config: EngineConfig) -> TestEngine {
     let addr = engine.local_addr();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(engine.run(shutdown.clone()));
-    TestEngine { addr, shutdown, task }
+    TestEngine {
+        addr,
+        shutdown,
+        task,
+    }
 }
 
 /// A running gateway (and usually its engine).
@@ -82,13 +86,25 @@ impl TestApp {
     }
 }
 
-pub async fn spawn_gateway(config: GatewayConfig, store: Store, engine: Option<TestEngine>) -> TestApp {
-    let gateway = Gateway::with_store(config, store).await.expect("gateway binds");
+pub async fn spawn_gateway(
+    config: GatewayConfig,
+    store: Store,
+    engine: Option<TestEngine>,
+) -> TestApp {
+    let gateway = Gateway::with_store(config, store)
+        .await
+        .expect("gateway binds");
     let addr = gateway.local_addr();
     let state = gateway.state().clone();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(gateway.run(shutdown.clone()));
-    TestApp { addr, state, shutdown, task, engine }
+    TestApp {
+        addr,
+        state,
+        shutdown,
+        task,
+        engine,
+    }
 }
 
 /// Engine (test config) + gateway on the embedded sample agents.
@@ -96,7 +112,10 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(EngineConfig::for_tests(), |_| {}).await
 }
 
-pub async fn spawn_app_with(engine: EngineConfig, tweak: impl FnOnce(&mut GatewayConfig)) -> TestApp {
+pub async fn spawn_app_with(
+    engine: EngineConfig,
+    tweak: impl FnOnce(&mut GatewayConfig),
+) -> TestApp {
     let engine = spawn_engine(engine).await;
     let mut config = GatewayConfig::for_tests(engine.url());
     tweak(&mut config);
@@ -114,8 +133,13 @@ pub async fn spawn_app_pg_with(
     tweak: impl FnOnce(&mut GatewayConfig),
 ) -> TestApp {
     let flows = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("flows");
-    flowgate::store::import::import_dir(&pool, &flows).await.expect("flows/ imports");
-    let store = Store::Postgres(flowgate::store::postgres::PgStore::from_pool(pool, Duration::from_secs(3)));
+    flowgate::store::import::import_dir(&pool, &flows)
+        .await
+        .expect("flows/ imports");
+    let store = Store::Postgres(flowgate::store::postgres::PgStore::from_pool(
+        pool,
+        Duration::from_secs(3),
+    ));
     let engine = spawn_engine(engine).await;
     let mut config = GatewayConfig::for_tests(engine.url());
     tweak(&mut config);
@@ -141,19 +165,30 @@ impl Client {
     }
 
     pub async fn connect_request(req: http::Request<()>) -> Client {
-        let (ws, response) = tokio::time::timeout(FRAME_WAIT, tokio_tungstenite::connect_async(req))
-            .await
-            .expect("connect in time")
-            .expect("upgrade succeeds");
-        Client { ws, response, closed: None }
+        let (ws, response) =
+            tokio::time::timeout(FRAME_WAIT, tokio_tungstenite::connect_async(req))
+                .await
+                .expect("connect in time")
+                .expect("upgrade succeeds");
+        Client {
+            ws,
+            response,
+            closed: None,
+        }
     }
 
     pub async fn send_json(&mut self, v: Value) {
-        self.ws.send(Message::text(v.to_string())).await.expect("send");
+        self.ws
+            .send(Message::text(v.to_string()))
+            .await
+            .expect("send");
     }
 
     pub async fn send_text(&mut self, s: &str) {
-        self.ws.send(Message::text(s.to_owned())).await.expect("send");
+        self.ws
+            .send(Message::text(s.to_owned()))
+            .await
+            .expect("send");
     }
 
     /// The next text frame as JSON, or `None` when the socket closed (the close frame is kept).
@@ -201,20 +236,37 @@ impl Client {
 }
 
 pub fn is_terminal(f: &Value) -> bool {
-    matches!(f["type"].as_str(), Some("flow_completed" | "flow_error" | "flow_cancelled"))
+    matches!(
+        f["type"].as_str(),
+        Some("flow_completed" | "flow_error" | "flow_cancelled")
+    )
 }
 
 pub fn types(frames: &[Value]) -> Vec<&str> {
-    frames.iter().map(|f| f["type"].as_str().unwrap_or("?")).collect()
+    frames
+        .iter()
+        .map(|f| f["type"].as_str().unwrap_or("?"))
+        .collect()
 }
 
 /// Every frame carries the same `run_id` and `seq` 1, 2, 3, … without gaps.
 pub fn assert_run_stamps(frames: &[Value]) -> String {
-    let run_id = frames[0]["run_id"].as_str().expect("run_id on the first frame").to_owned();
+    let run_id = frames[0]["run_id"]
+        .as_str()
+        .expect("run_id on the first frame")
+        .to_owned();
     uuid::Uuid::parse_str(&run_id).expect("run_id is a UUID");
     for (i, f) in frames.iter().enumerate() {
-        assert_eq!(f["run_id"].as_str(), Some(run_id.as_str()), "run_id of frame {i}: {f}");
-        assert_eq!(f["seq"].as_u64(), Some(i as u64 + 1), "seq of frame {i}: {f}");
+        assert_eq!(
+            f["run_id"].as_str(),
+            Some(run_id.as_str()),
+            "run_id of frame {i}: {f}"
+        );
+        assert_eq!(
+            f["seq"].as_u64(),
+            Some(i as u64 + 1),
+            "seq of frame {i}: {f}"
+        );
     }
     run_id
 }

@@ -6,3 +6,7 @@ mod store;
 mod chat_client;
 mod chain;
 mod chain_pg;
+mod readme;
+mod page;
+mod workflow;
+mod deploy;

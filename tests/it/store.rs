@@ -25,10 +25,19 @@ fn flows_dir() -> PathBuf {
 /// print(hashlib.md5(json.dumps(json.load(open(sys.argv[1])), sort_keys=True).encode())
 /// .hexdigest())' $f; done`
 const FLOW_MD5: &[(&str, &str)] = &[
-    ("assistant.workflow.json", "20684fc097d51b6c2fb6a548260368b6"),
-    ("classifier.workflow.json", "96365ff0884c701a2b8104c083b31e7b"),
+    (
+        "assistant.workflow.json",
+        "20684fc097d51b6c2fb6a548260368b6",
+    ),
+    (
+        "classifier.workflow.json",
+        "96365ff0884c701a2b8104c083b31e7b",
+    ),
     ("echo.workflow.json", "8a4804f198800f598f2c4cad65a110f7"),
-    ("raw-canvas.workflow.json", "947a3db70bd0f46baf55cc7bea5b8f13"),
+    (
+        "raw-canvas.workflow.json",
+        "947a3db70bd0f46baf55cc7bea5b8f13",
+    ),
 ];
 
 fn read_flow(file: &str) -> Value {
@@ -63,7 +72,10 @@ async fn count(pool: &PgPool, table: &str) -> i64 {
         "unpublished_agent" => "SELECT count(*) FROM unpublished_agent",
         other => panic!("unknown table {other}"),
     };
-    sqlx::query_scalar(sql).fetch_one(pool).await.expect("count")
+    sqlx::query_scalar(sql)
+        .fetch_one(pool)
+        .await
+        .expect("count")
 }
 
 #[test]
@@ -102,7 +114,10 @@ async fn imported_flows_folder_is_served_back_agent_by_agent(pool: PgPool) {
     let files = FilesStore::open(&flows_dir()).expect("flows folder");
     for agent in files.folder_agents() {
         let id = &agent.record.agent_id;
-        assert_eq!(store.agent(id).await.expect("agent"), Some(agent.record.clone()));
+        assert_eq!(
+            store.agent(id).await.expect("agent"),
+            Some(agent.record.clone())
+        );
         for (version, expected) in [
             (Version::Published, &agent.published),
             (Version::Draft, &agent.unpublished),
@@ -156,7 +171,9 @@ async fn importing_twice_changes_no_row(pool: PgPool) {
     };
     let before = snapshot().await;
     assert_eq!(before.len(), 4 + 3 + 3, "4 agents, 3 published, 3 drafts");
-    let again = import_dir(&pool, &flows_dir()).await.expect("second import");
+    let again = import_dir(&pool, &flows_dir())
+        .await
+        .expect("second import");
     for agent in &again.agents {
         assert_eq!(agent.agent, RowChange::Unchanged, "{agent}");
         assert_ne!(agent.published, RowChange::Created, "{agent}");
@@ -216,9 +233,15 @@ async fn active_agent_reads_published_row_and_draft_reads_unpublished_row(pool: 
     let agent = store.agent("a1").await.expect("agent").expect("a1 exists");
     assert_eq!(agent.default_version(), Version::Published);
     let published = store.workflow("a1", Version::Published).await.expect("pub");
-    assert_eq!(published.map(|w| (w.workflow, w.md5)), Some((json!({"v": "pub"}), "p".into())));
+    assert_eq!(
+        published.map(|w| (w.workflow, w.md5)),
+        Some((json!({"v": "pub"}), "p".into()))
+    );
     let draft = store.workflow("a1", Version::Draft).await.expect("draft");
-    assert_eq!(draft.map(|w| (w.workflow, w.md5)), Some((json!({"v": "draft"}), "d".into())));
+    assert_eq!(
+        draft.map(|w| (w.workflow, w.md5)),
+        Some((json!({"v": "draft"}), "d".into()))
+    );
 }
 
 #[sqlx::test]
@@ -226,13 +249,34 @@ async fn unknown_agent_and_missing_rows_are_none(pool: PgPool) {
     import_dir(&pool, &flows_dir()).await.expect("import");
     let store = PgStore::from_pool(pool, TIMEOUT);
     assert_eq!(store.agent("nobody").await.expect("agent"), None);
-    assert_eq!(store.workflow("nobody", Version::Published).await.expect("wf"), None);
+    assert_eq!(
+        store
+            .workflow("nobody", Version::Published)
+            .await
+            .expect("wf"),
+        None
+    );
     // `router` has only a draft, `legacy` only a published row.
     let router = store.agent("router").await.expect("agent").expect("router");
     assert_eq!(router.default_version(), Version::Draft);
-    assert_eq!(store.workflow("router", Version::Published).await.expect("wf"), None);
-    assert!(store.workflow("router", Version::Draft).await.expect("wf").is_some());
-    assert_eq!(store.workflow("legacy", Version::Draft).await.expect("wf"), None);
+    assert_eq!(
+        store
+            .workflow("router", Version::Published)
+            .await
+            .expect("wf"),
+        None
+    );
+    assert!(
+        store
+            .workflow("router", Version::Draft)
+            .await
+            .expect("wf")
+            .is_some()
+    );
+    assert_eq!(
+        store.workflow("legacy", Version::Draft).await.expect("wf"),
+        None
+    );
 }
 
 #[sqlx::test]
@@ -257,7 +301,11 @@ async fn unreachable_database_is_unavailable_quickly() {
         .await
         .expect_err("nothing listens on port 1");
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
-    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
 
     // A pool that loses its database answers Unavailable, never "not found".
     let lazy = sqlx::postgres::PgPoolOptions::new()
@@ -266,13 +314,23 @@ async fn unreachable_database_is_unavailable_quickly() {
         .expect("lazy pool");
     let store = PgStore::from_pool(lazy, Duration::from_millis(300));
     let started = Instant::now();
-    assert!(matches!(store.agent("echo").await, Err(StoreError::Unavailable(_))));
+    assert!(matches!(
+        store.agent("echo").await,
+        Err(StoreError::Unavailable(_))
+    ));
     assert!(matches!(
         store.workflow("echo", Version::Published).await,
         Err(StoreError::Unavailable(_))
     ));
-    assert!(matches!(store.ping().await, Err(StoreError::Unavailable(_))));
-    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert!(matches!(
+        store.ping().await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 /// The original schema as an existing NeuraLabs database has it, with `user_auth` and its FK.
@@ -296,14 +354,21 @@ const NEURALABS_SCHEMA: &[&str] = &[
 #[sqlx::test(migrations = false)]
 async fn migrations_keep_an_existing_neuralabs_database_and_its_rows(pool: PgPool) {
     for sql in NEURALABS_SCHEMA {
-        sqlx::query(sql).execute(&pool).await.expect(sql);
+        sqlx::query(*sql).execute(&pool).await.expect(sql);
     }
-    migrate(&pool, TIMEOUT).await.expect("migrate existing database");
-    migrate(&pool, TIMEOUT).await.expect("migrating again is a no-op");
+    migrate(&pool, TIMEOUT)
+        .await
+        .expect("migrate existing database");
+    migrate(&pool, TIMEOUT)
+        .await
+        .expect("migrating again is a no-op");
 
     let store = PgStore::from_pool(pool.clone(), TIMEOUT);
     let agent = store.agent("old").await.expect("agent").expect("row kept");
-    assert_eq!((agent.owner.as_str(), agent.name.as_str()), ("carol", "Old agent"));
+    assert_eq!(
+        (agent.owner.as_str(), agent.name.as_str()),
+        ("carol", "Old agent")
+    );
     let wf = store
         .workflow("old", Version::Published)
         .await
@@ -312,7 +377,10 @@ async fn migrations_keep_an_existing_neuralabs_database_and_its_rows(pool: PgPoo
     assert_eq!(wf.workflow, json!({"nodes": [], "edges": []}));
     // A NULL md5 is computed like the original would have.
     assert_eq!(wf.md5, md5_of(&json!({"nodes": [], "edges": []})));
-    assert_eq!(wf.last_edited.as_deref(), Some("2025-05-27T11:12:13.500+00:00"));
+    assert_eq!(
+        wf.last_edited.as_deref(),
+        Some("2025-05-27T11:12:13.500+00:00")
+    );
     // The original FK to user_auth is still enforced: flowgate did not replace the table.
     let orphan = sqlx::query(
         "INSERT INTO agent (agent_id, owner, status, name) VALUES ('o', 'nobody', 'Active', 'O')",
@@ -393,9 +461,22 @@ fn files_store_rejects_bad_entries_naming_the_file_and_entry() {
 async fn files_store_serves_the_selection_rule_rows() {
     let store = Store::Files(FilesStore::open(&flows_dir()).expect("flows"));
     let router = store.agent("router").await.expect("agent").expect("router");
-    assert_eq!((router.owner.as_str(), router.status.as_str()), ("bob", "Not Published"));
-    assert_eq!(store.workflow("router", Version::Published).await.expect("wf"), None);
-    let draft = store.workflow("router", Version::Draft).await.expect("wf").expect("draft");
+    assert_eq!(
+        (router.owner.as_str(), router.status.as_str()),
+        ("bob", "Not Published")
+    );
+    assert_eq!(
+        store
+            .workflow("router", Version::Published)
+            .await
+            .expect("wf"),
+        None
+    );
+    let draft = store
+        .workflow("router", Version::Draft)
+        .await
+        .expect("wf")
+        .expect("draft");
     assert_eq!(draft.md5, "96365ff0884c701a2b8104c083b31e7b");
     assert_eq!(store.agent("nobody").await.expect("agent"), None);
     let embedded = FilesStore::embedded();
@@ -414,19 +495,39 @@ async fn files_store_picks_up_a_changed_folder() {
         r#"[{"agent_id": "a", "owner": "o", "status": "Active", "name": "A", "published": "w.json"}]"#,
     );
     let store = FilesStore::open(&dir.0).expect("open");
-    let first = store.workflow("a", Version::Published).await.expect("wf").expect("row");
+    let first = store
+        .workflow("a", Version::Published)
+        .await
+        .expect("wf")
+        .expect("row");
     assert_eq!(first.workflow, json!({"v": 1}));
     dir.write("w.json", r#"{"v": 2}"#);
     // Move the modification time explicitly (file systems with coarse timestamps).
-    let file = std::fs::File::options().write(true).open(dir.0.join("w.json")).expect("open");
-    file.set_modified(std::time::SystemTime::now() + Duration::from_secs(5)).expect("touch");
-    let second = store.workflow("a", Version::Published).await.expect("wf").expect("row");
+    let file = std::fs::File::options()
+        .write(true)
+        .open(dir.0.join("w.json"))
+        .expect("open");
+    file.set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
+        .expect("touch");
+    let second = store
+        .workflow("a", Version::Published)
+        .await
+        .expect("wf")
+        .expect("row");
     assert_eq!(second.workflow, json!({"v": 2}));
     assert_ne!(second.md5, first.md5);
     // A broken edit keeps serving the last good folder.
     dir.write("agents.json", "[{");
-    let file = std::fs::File::options().write(true).open(dir.0.join("agents.json")).expect("open");
-    file.set_modified(std::time::SystemTime::now() + Duration::from_secs(10)).expect("touch");
-    let kept = store.workflow("a", Version::Published).await.expect("wf").expect("row");
+    let file = std::fs::File::options()
+        .write(true)
+        .open(dir.0.join("agents.json"))
+        .expect("open");
+    file.set_modified(std::time::SystemTime::now() + Duration::from_secs(10))
+        .expect("touch");
+    let kept = store
+        .workflow("a", Version::Published)
+        .await
+        .expect("wf")
+        .expect("row");
     assert_eq!(kept.workflow, json!({"v": 2}));
 }

@@ -1,0 +1,417 @@
+//! The engine's WebSocket endpoint `GET /ws/execute/{flow_id}`: engine-hop authentication, the
+//! 4-step handshake of PROTOCOL.md section 3, and the per-run socket loop.
+//!
+//! Design: after the handshake the executor runs as its own task and hands serialized events to
+//! this loop through a bounded channel. The loop races three things: the next event (written
+//! with `write_timeout`), the socket (a close frame, an error or EOF from the gateway cancels
+//! the run before its next element or chunk) and the engine's shutdown (close 1012). When the
+//! executor is done the loop sends close 1000 and waits `close_timeout` for the reply. Fault
+//! injection ([`super::fault`]) happens here, at the socket, so the executor never knows.
+//!
+//! Close codes: 1000 normal end, 1008 bad handshake input, 1009 frame too big, 1011 injected
+//! refusal, 1012 engine shutting down, 4408 handshake step too slow.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::executor::{Emitter, Executor, RunEnv, epoch_secs};
+use super::fault::Fault;
+use super::flow::Flow;
+use super::{EngineConfig, EngineStats};
+
+/// Shared state of the engine's server. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<EngineConfig>,
+    pub stats: Arc<EngineStats>,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+/// The engine's router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/ws/execute/{flow_id}", get(execute))
+        .route("/health", get(|| async { "ok" }))
+        .with_state(state)
+}
+
+async fn execute(
+    ws: WebSocketUpgrade,
+    Path(flow_id): Path<String>,
+    headers: HeaderMap,
+    State(state): State<AppState>,
+) -> Response {
+    if let Some(key) = &state.config.engine_key {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let verdict = match token {
+            Some(t) => crate::auth::verify_engine_token(key, t),
+            None => Err(crate::auth::AuthError::Missing),
+        };
+        if let Err(e) = verdict {
+            tracing::warn!(flow_id, error = %e, "engine connection refused");
+            return (
+                StatusCode::UNAUTHORIZED,
+                format!("engine token refused: {e}\n"),
+            )
+                .into_response();
+        }
+    }
+    let max = state.config.max_frame_bytes;
+    let tracker = state.tracker.clone();
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| tracker.track_future(session(socket, flow_id, state)))
+}
+
+fn status_frame(status: &str, message: &str) -> String {
+    json!({"status": status, "message": message}).to_string()
+}
+
+/// Why a handshake step got no usable frame.
+#[derive(Debug, thiserror::Error)]
+enum RecvError {
+    #[error("the gateway closed the connection")]
+    Closed,
+    #[error("no frame within the handshake timeout")]
+    Timeout,
+    #[error("the frame is larger than the engine accepts")]
+    TooBig,
+    #[error("a binary frame was sent where a text frame was expected")]
+    Binary,
+    #[error("the engine is shutting down")]
+    Shutdown,
+}
+
+struct Conn {
+    socket: WebSocket,
+    config: Arc<EngineConfig>,
+    shutdown: CancellationToken,
+}
+
+impl Conn {
+    async fn send_text(&mut self, text: String) -> bool {
+        let write = self.socket.send(Message::Text(text.into()));
+        matches!(
+            tokio::time::timeout(self.config.write_timeout, write).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Send a close frame, then wait (bounded) for the gateway's reply.
+    async fn close(mut self, code: u16, reason: &str) {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let write = self.socket.send(Message::Close(Some(frame)));
+        if !matches!(
+            tokio::time::timeout(self.config.write_timeout, write).await,
+            Ok(Ok(()))
+        ) {
+            return;
+        }
+        let drain = async {
+            while let Some(Ok(msg)) = self.socket.recv().await {
+                if matches!(msg, Message::Close(_)) {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(self.config.close_timeout, drain).await;
+    }
+
+    async fn recv_text(&mut self) -> Result<String, RecvError> {
+        let deadline = tokio::time::Instant::now() + self.config.handshake_timeout;
+        loop {
+            let msg = tokio::select! {
+                m = tokio::time::timeout_at(deadline, self.socket.recv()) => m,
+                _ = self.shutdown.cancelled() => return Err(RecvError::Shutdown),
+            };
+            match msg {
+                Err(_) => return Err(RecvError::Timeout),
+                Ok(None) | Ok(Some(Ok(Message::Close(_)))) => return Err(RecvError::Closed),
+                Ok(Some(Err(e))) => {
+                    let text = e.to_string();
+                    return Err(if text.contains("too long") || text.contains("too big") {
+                        RecvError::TooBig
+                    } else {
+                        RecvError::Closed
+                    });
+                }
+                Ok(Some(Ok(Message::Text(t)))) => return Ok(t.as_str().to_owned()),
+                Ok(Some(Ok(Message::Binary(_)))) => return Err(RecvError::Binary),
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    /// Handle a failed handshake receive: close with the fitting code.
+    async fn abort(self, flow_id: &str, error: RecvError) {
+        tracing::info!(flow_id, error = %error, "handshake ended");
+        match error {
+            RecvError::Closed => {}
+            RecvError::Timeout => self.close(4408, "handshake step timed out").await,
+            RecvError::TooBig => self.close(1009, "frame too big").await,
+            RecvError::Binary => self.close(1008, "text frames only").await,
+            RecvError::Shutdown => self.close(1012, "engine shutting down").await,
+        }
+    }
+
+    /// Send a handshake `flow_error` and close (1008).
+    async fn refuse(mut self, flow_id: &str, error: &str) {
+        tracing::info!(flow_id, error, "flow refused");
+        let frame = json!({
+            "type": "flow_error",
+            "timestamp": epoch_secs(),
+            "data": {"flow_id": flow_id, "error": error},
+        });
+        if self.send_text(frame.to_string()).await {
+            self.close(1008, "invalid handshake input").await;
+        }
+    }
+}
+
+async fn session(socket: WebSocket, flow_id: String, state: AppState) {
+    let mut conn = Conn {
+        socket,
+        config: state.config.clone(),
+        shutdown: state.shutdown.clone(),
+    };
+    let global_fault = state.config.fault;
+    match global_fault {
+        Some(Fault::RefuseHandshake) => return conn.close(1011, "refusing the handshake").await,
+        Some(Fault::BadHandshake) => {
+            if conn.send_text(status_frame("busy", "Not ready")).await {
+                let _ = conn.recv_text().await;
+                conn.close(1011, "bad handshake").await;
+            }
+            return;
+        }
+        _ => {}
+    }
+    if !conn
+        .send_text(status_frame("ready", "Send flow_definition as JSON"))
+        .await
+    {
+        return;
+    }
+    let flow_text = match conn.recv_text().await {
+        Ok(t) => t,
+        Err(e) => return conn.abort(&flow_id, e).await,
+    };
+    let parsed = crate::workflow::yaml::from_yaml(&flow_text)
+        .map_err(|e| format!("the flow definition is not valid YAML or JSON: {e}"))
+        .and_then(|v| Flow::parse(&v, state.config.max_elements));
+    let flow = match parsed {
+        Ok(f) => f,
+        Err(e) => return conn.refuse(&flow_id, &e).await,
+    };
+    let flow_fault = match flow_fault(&flow) {
+        Ok(f) => f,
+        Err(e) => return conn.refuse(&flow_id, &e).await,
+    };
+    let fault = flow_fault.or(global_fault);
+    match flow_fault {
+        Some(Fault::RefuseHandshake) => return conn.close(1011, "refusing the handshake").await,
+        Some(Fault::BadHandshake) => {
+            if conn.send_text(status_frame("busy", "Not ready")).await {
+                conn.close(1011, "bad handshake").await;
+            }
+            return;
+        }
+        _ => {}
+    }
+    if !conn
+        .send_text(status_frame("received_flow", "Send initial_inputs as JSON"))
+        .await
+    {
+        return;
+    }
+    let initial = match conn.recv_text().await {
+        Ok(t) => t,
+        Err(e) => return conn.abort(&flow_id, e).await,
+    };
+    let initial: Map<String, Value> = match serde_json::from_str::<Value>(&initial) {
+        Ok(Value::Object(m)) => m,
+        Ok(Value::Null) => Map::new(),
+        Ok(_) => {
+            return conn
+                .refuse(&flow_id, "the initial inputs are not a JSON object")
+                .await;
+        }
+        Err(e) => {
+            let error = format!("the initial inputs are not valid JSON: {e}");
+            return conn.refuse(&flow_id, &error).await;
+        }
+    };
+    let reply = status_frame("received_inputs", "Send config as JSON or 'null'");
+    if !conn.send_text(reply).await {
+        return;
+    }
+    let config = match conn.recv_text().await {
+        Ok(t) => t,
+        Err(e) => return conn.abort(&flow_id, e).await,
+    };
+    let run = match serde_json::from_str::<Value>(config.trim()) {
+        Ok(Value::Null) => Map::new(),
+        Ok(Value::Object(m)) => match m.get("run") {
+            Some(Value::Object(run)) => run.clone(),
+            _ => Map::new(),
+        },
+        Ok(_) => {
+            return conn
+                .refuse(&flow_id, "the config is neither a JSON object nor null")
+                .await;
+        }
+        Err(e) => {
+            let error = format!("the config is not valid JSON: {e}");
+            return conn.refuse(&flow_id, &error).await;
+        }
+    };
+    if !conn
+        .send_text(status_frame("starting", "Starting flow execution"))
+        .await
+    {
+        return;
+    }
+    tracing::info!(flow_id, run_id = ?run.get("run_id"), "flow starting");
+    let env = RunEnv {
+        config: state.config.clone(),
+        run,
+    };
+    stream_run(conn, flow, initial, env, fault, &flow_id, &state).await;
+}
+
+/// The `fault` parameter of the flow's start element, if any.
+fn flow_fault(flow: &Flow) -> Result<Option<Fault>, String> {
+    let start = flow.node(&flow.start_element);
+    match start.and_then(|n| n.parameters.get("fault")) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(spec)) => spec.parse().map(Some).map_err(|e| format!("{e}")),
+        Some(_) => Err("the start element's `fault` parameter must be a string".into()),
+    }
+}
+
+async fn stream_run(
+    mut conn: Conn,
+    flow: Flow,
+    initial: Map<String, Value>,
+    env: RunEnv,
+    fault: Option<Fault>,
+    flow_id: &str,
+    state: &AppState,
+) {
+    let (tx, mut rx) = mpsc::channel::<String>(state.config.event_buffer.max(1));
+    let cancel = CancellationToken::new();
+    let _stop_run = cancel.clone().drop_guard();
+    let emitter = Emitter::new(tx, cancel.clone(), flow_id);
+    let executor = Executor::new(flow, initial, env, emitter, state.stats.clone());
+    state.tracker.spawn(executor.run());
+    let mut sent = 0usize;
+    let fire_at = fault.and_then(|f| f.after());
+    loop {
+        tokio::select! {
+            event = rx.recv() => {
+                let Some(event) = event else { break };
+                if fire_at == Some(sent) {
+                    match fault {
+                        Some(Fault::CrashAfter(_)) => {
+                            tracing::info!(flow_id, sent, "fault: dropping the connection");
+                            return;
+                        }
+                        Some(Fault::StallAfter(_)) => {
+                            tracing::info!(flow_id, sent, "fault: stalling");
+                            drop(rx);
+                            stall(conn).await;
+                            return;
+                        }
+                        Some(Fault::NonJsonAfter(_) | Fault::OversizeAfter(_)) => {
+                            let junk = match fault {
+                                Some(Fault::NonJsonAfter(_)) => "this frame is not JSON {".to_owned(),
+                                _ => oversize_frame(state.config.fault_oversize_bytes),
+                            };
+                            if !conn.send_text(junk).await {
+                                return;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                if !conn.send_text(event).await {
+                    tracing::info!(flow_id, "write to the gateway failed; stopping the run");
+                    return;
+                }
+                sent += 1;
+            }
+            msg = conn.socket.recv() => match msg {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => {
+                    tracing::info!(flow_id, sent, "gateway closed the socket; stopping the run");
+                    cancel.cancel();
+                    return;
+                }
+                Some(Ok(_)) => {}
+            },
+            _ = state.shutdown.cancelled() => {
+                cancel.cancel();
+                return conn.close(1012, "engine shutting down").await;
+            }
+        }
+    }
+    if fault == Some(Fault::NoClose) {
+        tracing::info!(flow_id, "fault: ending without a close frame");
+        return;
+    }
+    conn.close(1000, "flow finished").await;
+}
+
+/// Keep the socket open, sending nothing, until the gateway closes it or the engine stops.
+async fn stall(mut conn: Conn) {
+    loop {
+        tokio::select! {
+            msg = conn.socket.recv() => match msg {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            },
+            _ = conn.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// A valid JSON event frame of exactly `size` bytes (at least its envelope).
+fn oversize_frame(size: usize) -> String {
+    let head = r#"{"type":"padding","timestamp":0,"data":{"padding":""#;
+    let tail = r#""}}"#;
+    let pad = size.saturating_sub(head.len() + tail.len());
+    let mut frame = String::with_capacity(size);
+    frame.push_str(head);
+    frame.extend(std::iter::repeat_n('x', pad));
+    frame.push_str(tail);
+    frame
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversize_frames_are_valid_json_of_the_requested_size() {
+        let f = oversize_frame(1000);
+        assert_eq!(f.len(), 1000);
+        assert!(serde_json::from_str::<Value>(&f).is_ok());
+    }
+}

@@ -1,0 +1,6 @@
+#[path = "it/common.rs"]
+mod common;
+#[path = "it/chain.rs"]
+mod chain;
+#[path = "it/chain_pg.rs"]
+mod chain_pg;
