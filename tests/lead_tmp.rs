@@ -4,3 +4,5 @@ mod common;
 mod chain;
 #[path = "it/chain_pg.rs"]
 mod chain_pg;
+#[path = "it/faults.rs"]
+mod faults;

@@ -400,6 +400,9 @@ async fn relay(
             Ok(Some(Err(e))) => {
                 use tokio_tungstenite::tungstenite::Error as E;
                 let err = match &e {
+                    E::Protocol(
+                        tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                    ) => EngineError::Lost(e.to_string()),
                     E::Capacity(_) => EngineError::Protocol(format!("oversize frame: {e}")),
                     E::Protocol(_) | E::Utf8(_) => EngineError::Protocol(e.to_string()),
                     _ => EngineError::Lost(e.to_string()),

@@ -264,7 +264,7 @@ pub fn normalize(stored_doc: &Value) -> Normalized {
     };
     out.shape = Some(located.shape);
     let nodes = match located.shape {
-        Shape::Canvas => canvas(&located.flow, &mut out),
+        Shape::Canvas => canvas(located.flow, &mut out),
         Shape::Exported | Shape::Bare => exported(located.flow, &located.base, &mut out),
     };
     let mut flow = Map::new();

@@ -88,42 +88,40 @@ pub fn validate(n: &Normalized) -> Vec<Finding> {
                 ),
             );
         }
-        if let Some(fo) = &c.from_output {
-            if let Some(name) =
+        if let Some(fo) = &c.from_output
+            && let Some(name) =
                 endpoint_name(fo, &c.from, &c.from_output_ptr, "from_output", &mut out)
-                && let Some(f) = from
-            {
-                let node = &n.nodes[f];
-                if !node.outputs.is_empty() && !node.outputs.contains_key(name) {
-                    out.error(
-                        c.from_output_ptr.clone(),
-                        format!(
-                            "element {} has no output '{name}' (its outputs: {})",
-                            node.label(),
-                            names(&node.outputs)
-                        ),
-                    );
-                }
+            && let Some(f) = from
+        {
+            let node = &n.nodes[f];
+            if !node.outputs.is_empty() && !node.outputs.contains_key(name) {
+                out.error(
+                    c.from_output_ptr.clone(),
+                    format!(
+                        "element {} has no output '{name}' (its outputs: {})",
+                        node.label(),
+                        names(&node.outputs)
+                    ),
+                );
             }
         }
-        if let Some(ti) = &c.to_input {
-            if let Some(name) = endpoint_name(ti, &c.to, &c.to_input_ptr, "to_input", &mut out)
-                && let Some(t) = to
-            {
-                let node = &n.nodes[t];
-                if !node.inputs.is_empty() && !node.inputs.contains_key(name) {
-                    out.error(
-                        c.to_input_ptr.clone(),
-                        format!(
-                            "element {} has no input '{name}' (its inputs: {})",
-                            node.label(),
-                            names(&node.inputs)
-                        ),
-                    );
-                }
-                if c.kind.is_data() {
-                    fed.insert((t, name));
-                }
+        if let Some(ti) = &c.to_input
+            && let Some(name) = endpoint_name(ti, &c.to, &c.to_input_ptr, "to_input", &mut out)
+            && let Some(t) = to
+        {
+            let node = &n.nodes[t];
+            if !node.inputs.is_empty() && !node.inputs.contains_key(name) {
+                out.error(
+                    c.to_input_ptr.clone(),
+                    format!(
+                        "element {} has no input '{name}' (its inputs: {})",
+                        node.label(),
+                        names(&node.inputs)
+                    ),
+                );
+            }
+            if c.kind.is_data() {
+                fed.insert((t, name));
             }
         }
         if let (Some(f), Some(t)) = (from, to)

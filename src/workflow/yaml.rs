@@ -378,10 +378,10 @@ mod tests {
 
     #[test]
     fn collections_are_block_style() {
-        let v = json!({"m": {}, "l": [], "n": [{"a": 1, "b": [1, [2, 3]]}, []]});
+        let v = json!({"m": {}, "l": [], "x": [{"a": 1, "b": [1, [2, 3]]}, []]});
         assert_eq!(
             to_yaml(&v),
-            "m: {}\nl: []\nn:\n  - a: 1\n    b:\n      - 1\n      - - 2\n        - 3\n  - []\n"
+            "m: {}\nl: []\nx:\n  - a: 1\n    b:\n      - 1\n      - - 2\n        - 3\n  - []\n"
         );
     }
 }

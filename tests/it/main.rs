@@ -10,3 +10,5 @@ mod readme;
 mod page;
 mod workflow;
 mod deploy;
+mod faults;
+mod engine;

@@ -395,11 +395,17 @@ fn canvas_findings_point_into_nodes_and_edges() {
             {"id": "e2", "source": "ghost", "target": "n-3", "connectionType": "data"}
         ]
     });
-    let f = findings(&stored);
-    let pointers: Vec<&str> = f.iter().map(|f| f.pointer.as_str()).collect();
+    let f = workflow::convert(&stored).unwrap_err().findings;
+    let pointers: Vec<(&str, Severity)> =
+        f.iter().map(|f| (f.pointer.as_str(), f.severity)).collect();
     assert_eq!(
         pointers,
-        ["/nodes/1/id", "/nodes/2/type", "/edges/1/source"],
+        [
+            ("/nodes/1/id", Severity::Error),
+            ("/nodes/2/type", Severity::Error),
+            ("/edges/1/source", Severity::Error),
+            ("/nodes/2", Severity::Warning),
+        ],
         "{f:#?}"
     );
     assert!(f[0].message.contains("start_1"), "{}", f[0].message);

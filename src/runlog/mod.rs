@@ -1,0 +1,223 @@
+//! The run log: which runs exist, who owns them, how they ended, and every frame they sent, so a
+//! client can `resume` a run (`{"type":"resume","run_id":…,"after_seq":N}`) and an operator can see
+//! what happened.
+//!
+//! Design: logging must never slow down or fail a run. The relay calls [`RunLog::start`],
+//! [`RunLog::event`] and [`RunLog::finish`], which never block and never return an error:
+//! - [`PgRunLog`] (`postgres`) hands each record to one writer task through a bounded channel
+//!   (`try_send`); the writer batches whatever has accumulated into multi-row `INSERT … UNNEST`
+//!   statements in one transaction. A full buffer drops the frame, counts it in
+//!   [`RunLogStats::events_dropped`], logs once per run that its log is incomplete and records the
+//!   count on the run row. A heartbeat task keeps `flowgate_instance.heartbeat_at` fresh and
+//!   sweeps runs of instances whose heartbeat is stale to `failed`/`gateway_lost`.
+//! - [`MemoryRunLog`] (`memory`) keeps the last `max_runs` runs in memory (oldest finished runs
+//!   are evicted first), at most `max_events_per_run` frames each.
+//!
+//! Readers ([`RunLog::run_owner`], [`RunLog::replay`]) are async and bounded by a timeout; on
+//! Postgres they first wait (bounded) for the records queued before them to be written, so a
+//! resume sees every frame the relay logged before it.
+
+pub mod memory;
+pub mod postgres;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+pub use memory::{MemoryRunLog, MemoryRunLogConfig};
+pub use postgres::{PgRunLog, PgRunLogConfig, sweep_lost_runs};
+
+/// The `error_code` of runs whose gateway stopped heartbeating.
+pub const GATEWAY_LOST: &str = "gateway_lost";
+
+/// Where runs are logged. Cheap to clone.
+#[derive(Clone, Debug)]
+pub enum RunLog {
+    Postgres(PgRunLog),
+    Memory(MemoryRunLog),
+}
+
+/// A run that has just been accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunStart {
+    pub run_id: Uuid,
+    pub agent_id: String,
+    /// The authenticated user (JWT subject) who owns the run.
+    pub user_id: String,
+    /// `published` or `draft`.
+    pub version: String,
+    /// The hash of the flow definition sent to the engine (`flow_started.data.workflow.hash`).
+    pub workflow_hash: Option<String>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RunStatus {
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Completed => "completed",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Where a run is now (`flowgate_run.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RunState {
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Completed => "completed",
+            RunState::Failed => "failed",
+            RunState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parse the stored text; unknown text is `None`.
+    pub fn parse(text: &str) -> Option<RunState> {
+        Some(match text {
+            "running" => RunState::Running,
+            "completed" => RunState::Completed,
+            "failed" => RunState::Failed,
+            "cancelled" => RunState::Cancelled,
+            _ => return None,
+        })
+    }
+
+    pub fn is_finished(self) -> bool {
+        self != RunState::Running
+    }
+}
+
+impl From<RunStatus> for RunState {
+    fn from(status: RunStatus) -> RunState {
+        match status {
+            RunStatus::Completed => RunState::Completed,
+            RunStatus::Failed => RunState::Failed,
+            RunStatus::Cancelled => RunState::Cancelled,
+        }
+    }
+}
+
+/// What the log knows about one run (for `resume`: ownership, state, last frame).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunInfo {
+    pub run_id: Uuid,
+    pub agent_id: String,
+    pub user_id: String,
+    pub version: String,
+    pub workflow_hash: Option<String>,
+    pub status: RunState,
+    /// The highest `seq` logged (0 before the first frame).
+    pub last_seq: u64,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub ended_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Frames of this run that were not logged: a replay of it is incomplete.
+    pub events_dropped: u64,
+}
+
+/// Counters of the run log (for metrics and `/readyz`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunLogStats {
+    /// Frames stored.
+    pub events_written: u64,
+    /// Frames not stored (buffer full, per-run cap, or a failed write).
+    pub events_dropped: u64,
+    /// Write transactions committed (Postgres) .
+    pub batches: u64,
+    /// Longest time between `event()` and its frame being committed, in milliseconds.
+    pub write_lag_ms_max: u64,
+    /// Write transactions that failed (after retries).
+    pub write_errors: u64,
+}
+
+/// Failures of the run log's readers.
+#[derive(Debug, thiserror::Error)]
+pub enum RunLogError {
+    /// The database failed or did not answer in time.
+    #[error("the run log is unavailable: {0}")]
+    Unavailable(String),
+    /// A stored row is unreadable.
+    #[error("the run log holds unreadable data: {0}")]
+    Corrupt(String),
+}
+
+impl RunLog {
+    /// Record a new run (status `running`). Never blocks, never fails the run.
+    pub fn start(&self, run: RunStart) {
+        match self {
+            RunLog::Postgres(log) => log.start(run),
+            RunLog::Memory(log) => log.start(run),
+        }
+    }
+
+    /// Record frame `seq` of a run. Never blocks: a full buffer counts a drop.
+    pub fn event(&self, run_id: Uuid, seq: u64, frame: Bytes) {
+        match self {
+            RunLog::Postgres(log) => log.event(run_id, seq, frame),
+            RunLog::Memory(log) => log.event(run_id, seq, frame),
+        }
+    }
+
+    /// Record how a run ended. Never blocks.
+    pub fn finish(
+        &self,
+        run_id: Uuid,
+        status: RunStatus,
+        code: Option<&str>,
+        message: Option<&str>,
+    ) {
+        match self {
+            RunLog::Postgres(log) => log.finish(run_id, status, code, message),
+            RunLog::Memory(log) => log.finish(run_id, status, code, message),
+        }
+    }
+
+    /// The run's owner, state and last `seq`, or `None` for an unknown run.
+    pub async fn run_owner(&self, run_id: Uuid) -> Result<Option<RunInfo>, RunLogError> {
+        match self {
+            RunLog::Postgres(log) => log.run_owner(run_id).await,
+            RunLog::Memory(log) => Ok(log.run_owner(run_id)),
+        }
+    }
+
+    /// The logged frames with `seq > after_seq`, in `seq` order.
+    pub async fn replay(&self, run_id: Uuid, after_seq: u64) -> Result<Vec<Bytes>, RunLogError> {
+        match self {
+            RunLog::Postgres(log) => log.replay(run_id, after_seq).await,
+            RunLog::Memory(log) => Ok(log.replay(run_id, after_seq)),
+        }
+    }
+
+    pub fn stats(&self) -> RunLogStats {
+        match self {
+            RunLog::Postgres(log) => log.stats(),
+            RunLog::Memory(log) => log.stats(),
+        }
+    }
+
+    /// Wait (at most `timeout`) until everything logged so far is stored (shutdown).
+    pub async fn flush(&self, timeout: Duration) {
+        match self {
+            RunLog::Postgres(log) => log.flush(timeout).await,
+            RunLog::Memory(_) => {}
+        }
+    }
+}

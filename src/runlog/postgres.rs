@@ -1,0 +1,592 @@
+//! The Postgres run log: one writer task fed by a bounded channel, one heartbeat/sweep task.
+//!
+//! Invariants: `start`/`event`/`finish` never block (`try_send`); a `start` or `finish` that
+//! meets a full buffer is handed to a short-lived task that waits (at most `write_timeout`) for
+//! room, because losing those would leave a run without owner or forever `running`; a frame that
+//! meets a full buffer is dropped and counted. The writer writes each batch in one transaction, in
+//! the order runs → frames → `last_seq` → endings. The sweep only fails runs whose instance has
+//! not heartbeated for `stale_after`; starting a gateway never touches other instances' runs.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Row};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use uuid::Uuid;
+
+use super::{GATEWAY_LOST, RunInfo, RunLogError, RunLogStats, RunStart, RunState, RunStatus};
+
+/// Settings of the Postgres run log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PgRunLogConfig {
+    /// Records buffered between the relay and the writer; a frame that finds it full is dropped.
+    pub buffer: usize,
+    /// Most records written in one transaction.
+    pub batch_max: usize,
+    /// Frames stored per run; later frames are dropped (and counted on the run row).
+    pub max_events_per_run: u64,
+    /// Time allowed for one write transaction or one read query.
+    pub write_timeout: Duration,
+    /// Attempts per batch before its records are given up (counted in `write_errors`).
+    pub write_attempts: u32,
+    /// Pause between two attempts of a failed batch.
+    pub retry_delay: Duration,
+    /// Interval of `flowgate_instance.heartbeat_at` updates (and of the sweep).
+    pub heartbeat_interval: Duration,
+    /// Runs of an instance whose heartbeat is older than this are failed with `gateway_lost`.
+    pub stale_after: Duration,
+}
+
+impl Default for PgRunLogConfig {
+    fn default() -> Self {
+        PgRunLogConfig {
+            buffer: 4096,
+            batch_max: 512,
+            max_events_per_run: 100_000,
+            write_timeout: Duration::from_secs(5),
+            write_attempts: 3,
+            retry_delay: Duration::from_millis(200),
+            heartbeat_interval: Duration::from_secs(10),
+            stale_after: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Runs logged to Postgres. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct PgRunLog {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    pool: PgPool,
+    config: PgRunLogConfig,
+    instance_id: Uuid,
+    tx: mpsc::Sender<Msg>,
+    counters: Counters,
+    /// Runs that lost frames, with how many (logged once per run, written on `finish`).
+    drops: Mutex<HashMap<Uuid, u64>>,
+    /// Stops the heartbeat task when the last clone is dropped.
+    _stop: DropGuard,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    written: AtomicU64,
+    dropped: AtomicU64,
+    batches: AtomicU64,
+    lag_ms_max: AtomicU64,
+    write_errors: AtomicU64,
+}
+
+#[derive(Debug)]
+enum Msg {
+    Start {
+        run: RunStart,
+        at: DateTime<Utc>,
+    },
+    Event {
+        run_id: Uuid,
+        seq: u64,
+        frame: Bytes,
+        queued: Instant,
+    },
+    Finish {
+        run_id: Uuid,
+        status: RunStatus,
+        code: Option<String>,
+        message: Option<String>,
+        dropped: u64,
+        at: DateTime<Utc>,
+    },
+    /// Answered once everything queued before it is written.
+    Barrier(oneshot::Sender<()>),
+}
+
+impl PgRunLog {
+    /// Register this gateway instance and start the writer and heartbeat tasks. The pool must
+    /// be migrated (`store::postgres::migrate`).
+    pub async fn spawn(pool: PgPool, config: PgRunLogConfig) -> Result<PgRunLog, RunLogError> {
+        let instance_id = Uuid::new_v4();
+        heartbeat(&pool, instance_id, config.write_timeout).await?;
+        let (tx, rx) = mpsc::channel(config.buffer.max(1));
+        let stop = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            pool: pool.clone(),
+            config,
+            instance_id,
+            tx,
+            counters: Counters::default(),
+            drops: Mutex::new(HashMap::new()),
+            _stop: stop.clone().drop_guard(),
+        });
+        tokio::spawn(writer(rx, pool.clone(), config, Arc::downgrade(&shared)));
+        tokio::spawn(heartbeat_loop(pool, instance_id, config, stop));
+        tracing::info!(%instance_id, "run log started");
+        Ok(PgRunLog { shared })
+    }
+
+    /// This gateway's `flowgate_instance.instance_id`.
+    pub fn instance_id(&self) -> Uuid {
+        self.shared.instance_id
+    }
+
+    pub fn start(&self, run: RunStart) {
+        self.send_reliably(Msg::Start {
+            run,
+            at: Utc::now(),
+        });
+    }
+
+    pub fn event(&self, run_id: Uuid, seq: u64, frame: Bytes) {
+        if seq > self.shared.config.max_events_per_run {
+            self.count_drop(run_id, "run has more frames than the run log keeps");
+            return;
+        }
+        let msg = Msg::Event {
+            run_id,
+            seq,
+            frame,
+            queued: Instant::now(),
+        };
+        if self.shared.tx.try_send(msg).is_err() {
+            self.count_drop(run_id, "run log buffer full");
+        }
+    }
+
+    pub fn finish(
+        &self,
+        run_id: Uuid,
+        status: RunStatus,
+        code: Option<&str>,
+        message: Option<&str>,
+    ) {
+        let dropped = self
+            .shared
+            .drops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&run_id)
+            .unwrap_or(0);
+        self.send_reliably(Msg::Finish {
+            run_id,
+            status,
+            code: code.map(str::to_owned),
+            message: message.map(str::to_owned),
+            dropped,
+            at: Utc::now(),
+        });
+    }
+
+    pub async fn run_owner(&self, run_id: Uuid) -> Result<Option<RunInfo>, RunLogError> {
+        self.barrier().await;
+        let query = sqlx::query(
+            "SELECT run_id, agent_id, user_id, version, workflow_hash, status, last_seq, \
+               error_code, error_message, started_at, ended_at, events_dropped \
+             FROM flowgate_run WHERE run_id = $1",
+        )
+        .bind(run_id)
+        .fetch_optional(&self.shared.pool);
+        let Some(row) = bounded(self.shared.config.write_timeout, query).await? else {
+            return Ok(None);
+        };
+        let status: String = row.try_get("status").map_err(corrupt)?;
+        let last_seq: i64 = row.try_get("last_seq").map_err(corrupt)?;
+        let dropped: i64 = row.try_get("events_dropped").map_err(corrupt)?;
+        Ok(Some(RunInfo {
+            run_id: row.try_get("run_id").map_err(corrupt)?,
+            agent_id: row.try_get("agent_id").map_err(corrupt)?,
+            user_id: row.try_get("user_id").map_err(corrupt)?,
+            version: row.try_get("version").map_err(corrupt)?,
+            workflow_hash: row.try_get("workflow_hash").map_err(corrupt)?,
+            status: RunState::parse(&status)
+                .ok_or_else(|| RunLogError::Corrupt(format!("unknown run status {status:?}")))?,
+            last_seq: u64::try_from(last_seq).unwrap_or(0),
+            error_code: row.try_get("error_code").map_err(corrupt)?,
+            error_message: row.try_get("error_message").map_err(corrupt)?,
+            started_at: row.try_get("started_at").map_err(corrupt)?,
+            ended_at: row.try_get("ended_at").map_err(corrupt)?,
+            events_dropped: u64::try_from(dropped).unwrap_or(0),
+        }))
+    }
+
+    pub async fn replay(&self, run_id: Uuid, after_seq: u64) -> Result<Vec<Bytes>, RunLogError> {
+        self.barrier().await;
+        let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+        let limit = i64::try_from(self.shared.config.max_events_per_run).unwrap_or(i64::MAX);
+        let query = sqlx::query_scalar::<_, String>(
+            "SELECT frame FROM flowgate_run_event WHERE run_id = $1 AND seq > $2 \
+             ORDER BY seq LIMIT $3",
+        )
+        .bind(run_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.shared.pool);
+        let frames = bounded(self.shared.config.write_timeout, query).await?;
+        Ok(frames.into_iter().map(Bytes::from).collect())
+    }
+
+    pub fn stats(&self) -> RunLogStats {
+        let c = &self.shared.counters;
+        RunLogStats {
+            events_written: c.written.load(Ordering::Relaxed),
+            events_dropped: c.dropped.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            write_lag_ms_max: c.lag_ms_max.load(Ordering::Relaxed),
+            write_errors: c.write_errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Wait (at most `timeout`) until everything queued so far is written.
+    pub async fn flush(&self, timeout: Duration) {
+        let (done, wait) = oneshot::channel();
+        let flushed = tokio::time::timeout(timeout, async {
+            if self.shared.tx.send(Msg::Barrier(done)).await.is_ok() {
+                let _ = wait.await;
+            }
+        })
+        .await;
+        if flushed.is_err() {
+            tracing::warn!(?timeout, "run log not fully written at shutdown");
+        }
+    }
+
+    /// Let the writer catch up with what was queued before a read (bounded by the timeout).
+    async fn barrier(&self) {
+        self.flush(self.shared.config.write_timeout).await;
+    }
+
+    fn count_drop(&self, run_id: Uuid, why: &str) {
+        self.shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        let mut drops = self.shared.drops.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded like the buffer: past that, drops are only counted globally.
+        if drops.len() >= self.shared.config.buffer.max(1) && !drops.contains_key(&run_id) {
+            return;
+        }
+        let count = drops.entry(run_id).or_insert(0);
+        if *count == 0 {
+            tracing::warn!(%run_id, why, "the stored log of this run is incomplete");
+        }
+        *count += 1;
+    }
+
+    /// `try_send`, or when the buffer is full, a task that waits for room (bounded).
+    fn send_reliably(&self, msg: Msg) {
+        match self.shared.tx.try_send(msg) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                let tx = self.shared.tx.clone();
+                let timeout = self.shared.config.write_timeout;
+                tokio::spawn(async move {
+                    if tokio::time::timeout(timeout, tx.send(msg)).await.is_err() {
+                        tracing::warn!("run log buffer stayed full: a run start or end was lost");
+                    }
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::warn!("run log writer stopped: a run start or end was lost");
+            }
+        }
+    }
+}
+
+/// The writer task: takes what has accumulated (up to `batch_max`), writes it, repeats. Ends
+/// when every sender is gone.
+async fn writer(
+    mut rx: mpsc::Receiver<Msg>,
+    pool: PgPool,
+    config: PgRunLogConfig,
+    shared: std::sync::Weak<Shared>,
+) {
+    let mut batch = Vec::with_capacity(config.batch_max.max(1));
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < config.batch_max.max(1) {
+            match rx.try_recv() {
+                Ok(msg) => batch.push(msg),
+                Err(_) => break,
+            }
+        }
+        let instance_id = shared.upgrade().map(|s| s.instance_id);
+        let mut written = Batch::default();
+        let mut barriers = Vec::new();
+        for msg in batch.drain(..) {
+            match msg {
+                Msg::Barrier(done) => barriers.push(done),
+                other => written.add(other),
+            }
+        }
+        if !written.is_empty() {
+            let outcome = write_with_retries(&pool, &config, instance_id, &written).await;
+            if let Some(shared) = shared.upgrade() {
+                written.account(&shared.counters, outcome);
+            }
+        }
+        for done in barriers {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// One batch, split by statement.
+#[derive(Default)]
+struct Batch {
+    starts: Vec<(RunStart, DateTime<Utc>)>,
+    events: Vec<(Uuid, i64, String)>,
+    oldest_event: Option<Instant>,
+    finishes: Vec<(Uuid, RunStatus, Option<String>, Option<String>, u64, DateTime<Utc>)>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.starts.is_empty() && self.events.is_empty() && self.finishes.is_empty()
+    }
+
+    fn add(&mut self, msg: Msg) {
+        match msg {
+            Msg::Start { run, at } => self.starts.push((run, at)),
+            Msg::Event {
+                run_id,
+                seq,
+                frame,
+                queued,
+            } => {
+                // Frames are JSON text; Postgres text holds no NUL (JSON escapes it anyway).
+                let text = String::from_utf8_lossy(&frame).replace('\0', "\u{FFFD}");
+                self.events
+                    .push((run_id, i64::try_from(seq).unwrap_or(i64::MAX), text));
+                self.oldest_event = Some(self.oldest_event.map_or(queued, |o| o.min(queued)));
+            }
+            Msg::Finish {
+                run_id,
+                status,
+                code,
+                message,
+                dropped,
+                at,
+            } => {
+                if !self.finishes.iter().any(|f| f.0 == run_id) {
+                    self.finishes
+                        .push((run_id, status, code, message, dropped, at));
+                }
+            }
+            Msg::Barrier(_) => {}
+        }
+    }
+
+    fn account(&self, counters: &Counters, ok: bool) {
+        let events = self.events.len() as u64;
+        if ok {
+            counters.batches.fetch_add(1, Ordering::Relaxed);
+            counters.written.fetch_add(events, Ordering::Relaxed);
+            if let Some(oldest) = self.oldest_event {
+                let lag = u64::try_from(oldest.elapsed().as_millis()).unwrap_or(u64::MAX);
+                counters.lag_ms_max.fetch_max(lag, Ordering::Relaxed);
+            }
+        } else {
+            counters.write_errors.fetch_add(1, Ordering::Relaxed);
+            counters.dropped.fetch_add(events, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn write_with_retries(
+    pool: &PgPool,
+    config: &PgRunLogConfig,
+    instance_id: Option<Uuid>,
+    batch: &Batch,
+) -> bool {
+    let instance_id = instance_id.unwrap_or_else(Uuid::nil);
+    for attempt in 1..=config.write_attempts.max(1) {
+        match bounded(config.write_timeout, write_batch(pool, instance_id, batch)).await {
+            Ok(()) => return true,
+            Err(e) => {
+                tracing::warn!(error = %e, attempt, "run log write failed");
+                if attempt < config.write_attempts {
+                    tokio::time::sleep(config.retry_delay).await;
+                }
+            }
+        }
+    }
+    false
+}
+
+async fn write_batch(pool: &PgPool, instance_id: Uuid, batch: &Batch) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    if !batch.starts.is_empty() {
+        let ids: Vec<Uuid> = batch.starts.iter().map(|(r, _)| r.run_id).collect();
+        let agents: Vec<&str> = batch.starts.iter().map(|(r, _)| r.agent_id.as_str()).collect();
+        let users: Vec<&str> = batch.starts.iter().map(|(r, _)| r.user_id.as_str()).collect();
+        let versions: Vec<&str> = batch.starts.iter().map(|(r, _)| r.version.as_str()).collect();
+        let hashes: Vec<Option<&str>> = batch
+            .starts
+            .iter()
+            .map(|(r, _)| r.workflow_hash.as_deref())
+            .collect();
+        let at: Vec<DateTime<Utc>> = batch.starts.iter().map(|(_, at)| *at).collect();
+        sqlx::query(
+            "INSERT INTO flowgate_run \
+               (run_id, agent_id, user_id, version, workflow_hash, status, instance_id, started_at) \
+             SELECT t.run_id, t.agent_id, t.user_id, t.version, t.hash, 'running', $6, t.at \
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $7::timestamptz[]) \
+               AS t(run_id, agent_id, user_id, version, hash, at) \
+             ON CONFLICT (run_id) DO NOTHING",
+        )
+        .bind(ids)
+        .bind(agents)
+        .bind(users)
+        .bind(versions)
+        .bind(hashes)
+        .bind(instance_id)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !batch.events.is_empty() {
+        let ids: Vec<Uuid> = batch.events.iter().map(|e| e.0).collect();
+        let seqs: Vec<i64> = batch.events.iter().map(|e| e.1).collect();
+        let frames: Vec<&str> = batch.events.iter().map(|e| e.2.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO flowgate_run_event (run_id, seq, frame) \
+             SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::text[]) \
+             ON CONFLICT (run_id, seq) DO NOTHING",
+        )
+        .bind(ids)
+        .bind(seqs)
+        .bind(frames)
+        .execute(&mut *tx)
+        .await?;
+        let mut last: HashMap<Uuid, i64> = HashMap::new();
+        for (run_id, seq, _) in &batch.events {
+            let entry = last.entry(*run_id).or_insert(*seq);
+            *entry = (*entry).max(*seq);
+        }
+        let (ids, seqs): (Vec<Uuid>, Vec<i64>) = last.into_iter().unzip();
+        sqlx::query(
+            "UPDATE flowgate_run r SET last_seq = GREATEST(r.last_seq, b.seq) \
+             FROM UNNEST($1::uuid[], $2::int8[]) AS b(run_id, seq) WHERE r.run_id = b.run_id",
+        )
+        .bind(ids)
+        .bind(seqs)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !batch.finishes.is_empty() {
+        let f = &batch.finishes;
+        let ids: Vec<Uuid> = f.iter().map(|f| f.0).collect();
+        let statuses: Vec<&str> = f.iter().map(|f| f.1.as_str()).collect();
+        let codes: Vec<Option<&str>> = f.iter().map(|f| f.2.as_deref()).collect();
+        let messages: Vec<Option<&str>> = f.iter().map(|f| f.3.as_deref()).collect();
+        let dropped: Vec<i64> = f
+            .iter()
+            .map(|f| i64::try_from(f.4).unwrap_or(i64::MAX))
+            .collect();
+        let at: Vec<DateTime<Utc>> = f.iter().map(|f| f.5).collect();
+        // A run the sweep wrongly declared lost (paused gateway) gets its real ending.
+        sqlx::query(
+            "UPDATE flowgate_run r SET status = f.status, ended_at = f.at, error_code = f.code, \
+               error_message = f.message, events_dropped = r.events_dropped + f.dropped \
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::timestamptz[]) \
+               AS f(run_id, status, code, message, dropped, at) \
+             WHERE r.run_id = f.run_id \
+               AND (r.status = 'running' OR r.error_code = $7)",
+        )
+        .bind(ids)
+        .bind(statuses)
+        .bind(codes)
+        .bind(messages)
+        .bind(dropped)
+        .bind(at)
+        .bind(GATEWAY_LOST)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}
+
+/// Upsert this instance's heartbeat row.
+async fn heartbeat(pool: &PgPool, instance_id: Uuid, timeout: Duration) -> Result<(), RunLogError> {
+    let query = sqlx::query(
+        "INSERT INTO flowgate_instance (instance_id, started_at, heartbeat_at) \
+         VALUES ($1, now(), now()) \
+         ON CONFLICT (instance_id) DO UPDATE SET heartbeat_at = now()",
+    )
+    .bind(instance_id)
+    .execute(pool);
+    bounded(timeout, query).await.map(|_| ())
+}
+
+/// Fail the `running` runs of every instance (other than `exclude`) whose heartbeat is older
+/// than `stale_after`. Returns how many runs were marked `failed`/`gateway_lost`.
+pub async fn sweep_lost_runs(
+    pool: &PgPool,
+    stale_after: Duration,
+    exclude: Option<Uuid>,
+    timeout: Duration,
+) -> Result<u64, RunLogError> {
+    let stale_ms = i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX);
+    let query = sqlx::query(
+        "UPDATE flowgate_run r SET status = 'failed', ended_at = now(), error_code = $1, \
+           error_message = 'the gateway serving this run stopped (no heartbeat)' \
+         FROM flowgate_instance i \
+         WHERE r.status = 'running' AND r.instance_id = i.instance_id \
+           AND i.instance_id IS DISTINCT FROM $2 \
+           AND i.heartbeat_at < now() - make_interval(secs => $3::float8 / 1000.0)",
+    )
+    .bind(GATEWAY_LOST)
+    .bind(exclude)
+    .bind(stale_ms)
+    .execute(pool);
+    let done = bounded(timeout, query).await?;
+    Ok(done.rows_affected())
+}
+
+async fn heartbeat_loop(
+    pool: PgPool,
+    instance_id: Uuid,
+    config: PgRunLogConfig,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(config.heartbeat_interval.max(Duration::from_millis(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = heartbeat(&pool, instance_id, config.write_timeout).await {
+            tracing::warn!(error = %e, "run log heartbeat failed");
+            continue;
+        }
+        match sweep_lost_runs(&pool, config.stale_after, Some(instance_id), config.write_timeout)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(runs = n, "runs of a lost gateway marked failed (gateway_lost)"),
+            Err(e) => tracing::warn!(error = %e, "run log sweep failed"),
+        }
+    }
+}
+
+async fn bounded<T>(
+    timeout: Duration,
+    fut: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, RunLogError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(RunLogError::Unavailable(e.to_string())),
+        Err(_) => Err(RunLogError::Unavailable(format!(
+            "no answer within {timeout:?}"
+        ))),
+    }
+}
+
+fn corrupt(e: sqlx::Error) -> RunLogError {
+    RunLogError::Corrupt(e.to_string())
+}

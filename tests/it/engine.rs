@@ -1,0 +1,646 @@
+//! The reference engine through a real WebSocket client: handshake, event order against the
+//! original engine's traces, errors, streaming, authentication, cancellation and fault modes.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use flowgate::engine::{Engine, EngineConfig, EngineStats};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct TestEngine {
+    addr: std::net::SocketAddr,
+    stats: Arc<EngineStats>,
+    _shutdown: tokio_util::sync::DropGuard,
+}
+
+async fn spawn_engine(config: EngineConfig) -> TestEngine {
+    let engine = Engine::build(config).await.expect("engine binds");
+    let addr = engine.local_addr();
+    let stats = engine.stats();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(engine.run(shutdown.clone()));
+    TestEngine {
+        addr,
+        stats,
+        _shutdown: shutdown.drop_guard(),
+    }
+}
+
+async fn connect(engine: &TestEngine, token: Option<&str>) -> Result<Ws, tungstenite::Error> {
+    let url = format!("ws://{}/ws/execute/flow-under-test", engine.addr);
+    let mut request = url.into_client_request().unwrap();
+    if let Some(t) = token {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("connect in time")?;
+    Ok(ws)
+}
+
+/// How the engine's side of the socket ended.
+#[derive(Debug, PartialEq)]
+enum Ending {
+    /// A close frame with this code.
+    Closed(u16),
+    /// The connection ended without a close frame.
+    Dropped,
+    /// Still open after the wait (nothing more arrived).
+    Open,
+}
+
+async fn next_text(ws: &mut Ws, wait: Duration) -> Result<String, Ending> {
+    loop {
+        match tokio::time::timeout(wait, ws.next()).await {
+            Err(_) => return Err(Ending::Open),
+            Ok(None) | Ok(Some(Err(_))) => return Err(Ending::Dropped),
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                return Err(Ending::Closed(frame.map_or(1005, |f| u16::from(f.code))));
+            }
+            Ok(Some(Ok(Message::Text(t)))) => return Ok(t.as_str().to_owned()),
+            Ok(Some(Ok(_))) => continue,
+        }
+    }
+}
+
+/// Read every remaining frame (raw text) and how the socket ended.
+async fn drain(ws: &mut Ws, quiet: Duration) -> (Vec<String>, Ending) {
+    let mut frames = Vec::new();
+    loop {
+        match next_text(ws, quiet).await {
+            Ok(t) => frames.push(t),
+            Err(end) => return (frames, end),
+        }
+    }
+}
+
+fn parse(frames: &[String]) -> Vec<Value> {
+    frames
+        .iter()
+        .map(|f| serde_json::from_str(f).expect("every event is JSON"))
+        .collect()
+}
+
+/// Steps 1-7 of the handshake; returns the engine's four status frames.
+async fn handshake(ws: &mut Ws, flow: &str, inputs: &Value, config: &str) -> Vec<Value> {
+    let mut statuses = Vec::new();
+    statuses.push(next_text(ws, WAIT).await.expect("ready"));
+    ws.send(Message::text(flow)).await.unwrap();
+    statuses.push(next_text(ws, WAIT).await.expect("received_flow"));
+    ws.send(Message::text(inputs.to_string())).await.unwrap();
+    statuses.push(next_text(ws, WAIT).await.expect("received_inputs"));
+    ws.send(Message::text(config)).await.unwrap();
+    statuses.push(next_text(ws, WAIT).await.expect("starting"));
+    statuses
+        .iter()
+        .map(|s| serde_json::from_str(s).unwrap())
+        .collect()
+}
+
+struct Run {
+    events: Vec<Value>,
+    ending: Ending,
+}
+
+impl Run {
+    fn types(&self) -> Vec<&str> {
+        self.events
+            .iter()
+            .map(|e| e["type"].as_str().unwrap())
+            .collect()
+    }
+    fn of_type(&self, ty: &str) -> Vec<&Value> {
+        self.events.iter().filter(|e| e["type"] == ty).collect()
+    }
+    fn last(&self) -> &Value {
+        self.events.last().expect("at least one event")
+    }
+}
+
+async fn run_flow_with(engine: &TestEngine, flow: &str, inputs: &Value, config: &str) -> Run {
+    let mut ws = connect(engine, None).await.unwrap();
+    handshake(&mut ws, flow, inputs, config).await;
+    let (frames, ending) = drain(&mut ws, WAIT).await;
+    Run {
+        events: parse(&frames),
+        ending,
+    }
+}
+
+async fn run_flow(engine: &TestEngine, flow: &Value, inputs: Value) -> Run {
+    run_flow_with(engine, &flow.to_string(), &inputs, "null").await
+}
+
+/// The echo sample's flow definition (frame 2 of `shared/traces/echo.jsonl`).
+fn echo_flow() -> Value {
+    json!({
+        "nodes": {
+            "start_1712000000001": {"type": "start", "name": "Start", "node_description": "Start element", "description": "Start element", "processing_message": "Starting flow...", "tags": [], "layer": 3, "position": {"x": 0, "y": 0}, "original_id": "node-1712000000001", "input_schema": {}, "output_schema": {}},
+            "chat_input_1712000000002": {"type": "chat_input", "name": "Chat Input", "description": "Chat Input element", "processing_message": "Receiving input...", "tags": [], "layer": 3, "position": {"x": 200, "y": 0}, "original_id": "node-1712000000002", "parameters": {"max_length": 1000, "min_length": 1, "required": true}, "input_schema": {}, "output_schema": {"chat_input": {"type": "string", "description": "", "required": true}}},
+            "end_1712000000003": {"type": "end", "name": "End", "description": "End element", "processing_message": "Completing flow...", "tags": [], "layer": 3, "position": {"x": 400, "y": 0}, "original_id": "node-1712000000003", "input_schema": {"text_input": {"type": "string", "description": "", "required": true}, "proposed_transaction": {"type": "json", "description": "", "required": false}}, "output_schema": {"text_output": {"type": "string", "description": "", "required": true}, "proposed_transaction": {"type": "json", "description": "", "required": false}}}
+        },
+        "connections": [
+            {"from_id": "start_1712000000001", "to_id": "chat_input_1712000000002", "connection_type": "control"},
+            {"from_id": "chat_input_1712000000002", "to_id": "end_1712000000003", "connection_type": "control"},
+            {"from_id": "chat_input_1712000000002", "to_id": "end_1712000000003", "connection_type": "data", "from_output": "chat_input_1712000000002:chat_input", "to_input": "end_1712000000003:text_input"}
+        ],
+        "start_element": "start_1712000000001"
+    })
+}
+
+fn echo_inputs(message: &str) -> Value {
+    json!({"chat_input_1712000000002": {"chat_input": message}})
+}
+
+/// The echo flow in YAML, as flowgate's gateway sends it.
+const ECHO_YAML: &str = r#"
+nodes:
+  start_1712000000001:
+    type: start
+    name: Start
+    processing_message: "Starting flow..."
+  chat_input_1712000000002:
+    type: chat_input
+    name: Chat Input
+    processing_message: "Receiving input..."
+    parameters: {max_length: 1000, min_length: 1, required: true}
+  end_1712000000003:
+    type: end
+    name: End
+    processing_message: "Completing flow..."
+    input_schema:
+      text_input: {type: string, required: true}
+connections:
+  - {from_id: start_1712000000001, to_id: chat_input_1712000000002, connection_type: control}
+  - {from_id: chat_input_1712000000002, to_id: end_1712000000003, connection_type: control}
+  - from_id: chat_input_1712000000002
+    to_id: end_1712000000003
+    connection_type: data
+    from_output: "chat_input_1712000000002:chat_input"
+    to_input: "end_1712000000003:text_input"
+start_element: start_1712000000001
+"#;
+
+const ECHO_TRACE_TYPES: &[&str] = &[
+    "flow_started",
+    "element_started",
+    "processing",
+    "element_completed",
+    "element_started",
+    "processing",
+    "chat_input",
+    "element_completed",
+    "element_started",
+    "processing",
+    "final_output",
+    "element_completed",
+    "flow_completed",
+];
+
+/// The raw canvas sample converted (frame 2 of `shared/traces/raw-canvas.jsonl`).
+fn raw_canvas_flow() -> Value {
+    json!({"nodes": {"start_1700000000001": {"type": "start", "name": "Start", "parameters": {}, "input_schema": {}, "output_schema": {}}, "chat_input_1700000000002": {"type": "chat_input", "name": "Question", "parameters": {"required": true, "max_length": 500}, "input_schema": {}, "output_schema": {"chat_input": {"type": "string", "description": "", "required": true}}}, "constants_1700000000003": {"type": "constants", "name": "Greeting", "parameters": {"prefix": "You asked: "}, "input_schema": {}, "output_schema": {"prefix": {"type": "string", "description": "", "required": true}}}, "merger_1700000000004": {"type": "merger", "name": "Join", "parameters": {}, "input_schema": {"data1": {"type": "string", "description": "", "required": true}, "data2": {"type": "string", "description": "", "required": true}}, "output_schema": {"merged_data": {"type": "json", "description": "", "required": true}}}, "selector_1700000000005": {"type": "selector", "name": "Pick question", "parameters": {"key": "data2"}, "input_schema": {"data": {"type": "json", "description": "", "required": true}}, "output_schema": {"selected_value": {"type": "string", "description": "", "required": true}}}, "end_1700000000006": {"type": "end", "name": "End", "parameters": {}, "input_schema": {"text_input": {"type": "string", "description": "", "required": true}}, "output_schema": {}}}, "connections": [{"from_id": "start_1700000000001", "to_id": "chat_input_1700000000002", "connection_type": "control"}, {"from_id": "chat_input_1700000000002", "to_id": "merger_1700000000004", "connection_type": "control"}, {"from_id": "chat_input_1700000000002", "to_id": "merger_1700000000004", "connection_type": "data", "from_output": "chat_input_1700000000002:chat_input", "to_input": "merger_1700000000004:data2"}, {"from_id": "constants_1700000000003", "to_id": "merger_1700000000004", "connection_type": "control"}, {"from_id": "constants_1700000000003", "to_id": "merger_1700000000004", "connection_type": "data", "from_output": "constants_1700000000003:prefix", "to_input": "merger_1700000000004:data1"}, {"from_id": "merger_1700000000004", "to_id": "selector_1700000000005", "connection_type": "control"}, {"from_id": "merger_1700000000004", "to_id": "selector_1700000000005", "connection_type": "data", "from_output": "merger_1700000000004:merged_data", "to_input": "selector_1700000000005:data"}, {"from_id": "selector_1700000000005", "to_id": "end_1700000000006", "connection_type": "control"}, {"from_id": "selector_1700000000005", "to_id": "end_1700000000006", "connection_type": "data", "from_output": "selector_1700000000005:selected_value", "to_input": "end_1700000000006:text_input"}], "start_element": "start_1700000000001"})
+}
+
+/// `start -> <middle...> -> end`, each element's `out` feeding the next one's `input`, given as
+/// `(id, node)` pairs; `text_from` names the `id:output` that feeds the end's `text_input`.
+fn chain(middle: Vec<(&str, Value)>, data: Vec<(&str, &str)>, text_from: &str) -> Value {
+    let mut nodes = serde_json::Map::new();
+    nodes.insert("start".into(), json!({"type": "start", "name": "Start"}));
+    let mut connections = Vec::new();
+    let mut previous = "start".to_owned();
+    for (id, node) in middle {
+        nodes.insert(id.into(), node);
+        connections.push(json!({"from_id": previous, "to_id": id, "connection_type": "control"}));
+        previous = id.to_owned();
+    }
+    nodes.insert("end".into(), json!({"type": "end", "name": "End"}));
+    connections.push(json!({"from_id": previous, "to_id": "end", "connection_type": "control"}));
+    for (from, to) in data {
+        connections.push(json!({
+            "from_id": from.split(':').next().unwrap(),
+            "to_id": to.split(':').next().unwrap(),
+            "connection_type": "data",
+            "from_output": from,
+            "to_input": to,
+        }));
+    }
+    connections.push(json!({
+        "from_id": text_from.split(':').next().unwrap(), "to_id": "end",
+        "connection_type": "data", "from_output": text_from, "to_input": "end:text_input",
+    }));
+    json!({"nodes": nodes, "connections": connections, "start_element": "start"})
+}
+
+fn chat_llm_flow() -> Value {
+    chain(
+        vec![
+            ("chat", json!({"type": "chat_input", "name": "Chat"})),
+            (
+                "llm",
+                json!({"type": "llm_text", "name": "LLM", "parameters": {
+                "wrapper_prompt": "User: {prompt}", "llm_hidden_prompt": "SECRET-INSTRUCTION"}}),
+            ),
+        ],
+        vec![("chat:chat_input", "llm:prompt")],
+        "llm:llm_output",
+    )
+}
+
+fn outputs_of<'a>(run: &'a Run, id: &str) -> &'a Value {
+    let done = run
+        .of_type("element_completed")
+        .into_iter()
+        .find(|e| e["data"]["element_id"] == id)
+        .unwrap_or_else(|| panic!("{id} completed: {:?}", run.types()));
+    &done["data"]["outputs"]
+}
+
+#[tokio::test]
+async fn handshake_uses_the_exact_compat_strings_and_ends_with_close_1000() {
+    let engine = spawn_engine(EngineConfig::for_tests()).await;
+    let mut ws = connect(&engine, None).await.unwrap();
+    let statuses = handshake(
+        &mut ws,
+        &echo_flow().to_string(),
+        &echo_inputs("hello"),
+        "null",
+    )
+    .await;
+    assert_eq!(
+        statuses,
+        vec![
+            json!({"status": "ready", "message": "Send flow_definition as JSON"}),
+            json!({"status": "received_flow", "message": "Send initial_inputs as JSON"}),
+            json!({"status": "received_inputs", "message": "Send config as JSON or 'null'"}),
+            json!({"status": "starting", "message": "Starting flow execution"}),
+        ]
+    );
+    let (frames, ending) = drain(&mut ws, WAIT).await;
+    assert_eq!(ending, Ending::Closed(1000));
+    assert_eq!(parse(&frames).last().unwrap()["type"], "flow_completed");
+}
+
+#[tokio::test]
+async fn echo_flow_produces_the_original_event_sequence_with_fixed_defects() {
+    let engine = spawn_engine(EngineConfig::for_tests()).await;
+    let run = run_flow(&engine, &echo_flow(), echo_inputs("hello")).await;
+    assert_eq!(run.types(), ECHO_TRACE_TYPES);
+    let started = &run.events[1];
+    let keys: Vec<&String> = started["data"].as_object().unwrap().keys().collect();
+    assert_eq!(
+        keys,
+        [
+            "flow_id",
+            "element_id",
+            "element_type",
+            "element_name",
+            "backtracking"
+        ]
+    );
+    assert_eq!(started["data"]["flow_id"], "flow-under-test");
+    assert!(started["timestamp"].as_f64().unwrap() > 1.7e9);
+    assert_eq!(
+        run.events[2]["data"],
+        json!({"element_id": "start_1712000000001", "message": "Starting flow..."})
+    );
+    assert_eq!(
+        run.of_type("chat_input")[0]["data"],
+        json!({"element_id": "chat_input_1712000000002", "chat_input": "hello", "validation_passed": true})
+    );
+    assert_eq!(
+        run.of_type("final_output")[0]["data"],
+        json!({"flow_id": "flow-under-test", "element_id": "end_1712000000003", "text_output": "hello", "proposed_transaction": null})
+    );
+    let done = &run.last()["data"];
+    assert_eq!(
+        done["execution_order"],
+        json!([
+            "start_1712000000001",
+            "chat_input_1712000000002",
+            "end_1712000000003"
+        ])
+    );
+    assert_eq!(
+        done["final_output"],
+        json!({"text_output": "hello", "proposed_transaction": null})
+    );
+    assert_eq!(
+        done["element_outputs"]["chat_input_1712000000002"],
+        json!({"chat_input": "hello"})
+    );
+}
+
+#[tokio::test]
+async fn yaml_and_json_flow_frames_give_the_same_events() {
+    let engine = spawn_engine(EngineConfig::for_tests()).await;
+    let yaml = run_flow_with(&engine, ECHO_YAML, &echo_inputs("hi"), "null").await;
+    let json = run_flow(&engine, &echo_flow(), echo_inputs("hi")).await;
+    assert_eq!(yaml.types(), ECHO_TRACE_TYPES);
+    assert_eq!(yaml.types(), json.types());
+    assert_eq!(yaml.last()["data"]["final_output"]["text_output"], "hi");
+}
+
+#[tokio::test]
+async fn raw_canvas_flow_backtracks_the_constants_like_the_original() {
+    let engine = spawn_engine(EngineConfig::for_tests()).await;
+    let inputs = json!({"chat_input_1700000000002": {"chat_input": "canvas q"}});
+    let run = run_flow(&engine, &raw_canvas_flow(), inputs).await;
+    assert_eq!(
+        run.types(),
+        [
+            "flow_started",
+            "element_started",
+            "processing",
+            "element_completed",
+            "element_started",
+            "processing",
+            "chat_input",
+            "element_completed",
+            "element_started",
+            "processing",
+            "constants",
+            "element_completed",
+            "element_started",
+            "merger",
+            "element_completed",
+            "element_started",
+            "selector",
+            "element_completed",
+            "element_started",
+            "processing",
+            "final_output",
+            "element_completed",
+            "flow_completed",
+        ]
+    );
+    let constants = &run.events[9]["data"];
+    assert_eq!(constants["element_id"], "constants_1700000000003");
+    assert_eq!(constants["backtracking"], true);
+    assert_eq!(
+        run.events[10]["data"],
+        json!({"element_id": "constants_1700000000003", "message": "Loading constants..."})
+    );
+    assert_eq!(
+        run.of_type("merger")[0]["data"]["merged_data_preview"],
+        "{'data1': 'You asked: ', 'data2': 'canvas q'}"
+    );
+    assert_eq!(
+        run.of_type("selector")[0]["data"],
+        json!({"element_id": "selector_1700000000005", "paths_tried": ["data2"], "path_used": "data2", "found": true, "selected_value_preview": "canvas q"})
+    );
+    let done = &run.last()["data"];
+    assert_eq!(done["final_output"]["text_output"], "canvas q");
+    assert_eq!(done["execution_order"][2], "constants_1700000000003");
+}
+
+#[tokio::test]
+async fn empty_required_chat_input_gives_one_element_error_and_one_flow_error() {
+    let engine = spawn_engine(EngineConfig::for_tests()).await;
+    let run = run_flow(&engine, &echo_flow(), echo_inputs("")).await;
+    let message = "Chat input validation failed: Chat input is required but was empty";
+    let errors = run.of_type("element_error");
+    assert_eq!(errors.len(), 1, "{:?}", run.types());
+    assert_eq!(errors[0]["data"]["element_id"], "chat_input_1712000000002");
+    assert_eq!(errors[0]["data"]["error"], message);
+    assert_eq!(run.of_type("flow_error").len(), 1);
+    let fe = &run.last()["data"];
+    assert_eq!(run.last()["type"], "flow_error");
+    let keys: Vec<&String> = fe.as_object().unwrap().keys().collect();
+    assert_eq!(
+        keys,
+        [
+            "flow_id",
+            "error",
+            "partial_execution_order",
+            "partial_outputs",
+            "execution_time"
+        ]
+    );
+    assert_eq!(fe["error"], message);
+    assert_eq!(
+        fe["partial_execution_order"],
+        json!(["start_1712000000001"])
+    );
+    assert_eq!(run.ending, Ending::Closed(1000));
+}
+
+#[tokio::test]
+async fn a_json_value_into_a_string_input_is_an_element_error() {
+    let engine = spawn_engine(EngineConfig::for_tests()).await;
+    let flow = chain(
+        vec![
+            (
+                "obj",
+                json!({"type": "constants", "name": "Obj", "parameters": {"v": {"a": 1}}}),
+            ),
+            (
+                "llm",
+                json!({"type": "llm_text", "name": "LLM",
+                            "input_schema": {"prompt": {"type": "string", "required": true}}}),
+            ),
+        ],
+        vec![("obj:v", "llm:prompt")],
+        "llm:llm_output",
+    );
+    let run = run_flow(&engine, &flow, json!({})).await;
+    let errors = run.of_type("element_error");
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0]["data"]["element_id"], "llm");
+    let text = errors[0]["data"]["error"].as_str().unwrap();
+    assert!(
+        text.contains("Value '{'a': 1}' does not match expected type 'string'"),
+        "{text}"
+    );
+    assert_eq!(run.of_type("flow_error").len(), 1);
+}
+
+#[tokio::test]
+async fn llm_text_streams_the_configured_chunks_and_outputs_their_concatenation() {
+    let engine = spawn_engine(EngineConfig {
+        llm_tokens: 7,
+        ..EngineConfig::for_tests()
+    })
+    .await;
+    let run = run_flow(
+        &engine,
+        &chat_llm_flow(),
+        json!({"chat": {"chat_input": "hello there"}}),
+    )
+    .await;
+    let prompt = &run.of_type("llm_prompt")[0]["data"];
+    assert_eq!(prompt["prompt"], "User: hello there");
+    assert_eq!(prompt["model"], "flowgate-scripted");
+    let chunks = run.of_type("llm_chunk");
+    assert_eq!(chunks.len(), 7);
+    assert_eq!(
+        chunks[0]["data"]["metadata"],
+        json!({"element_id": "llm", "element_type": "llm_text", "element_name": "LLM", "flow_id": "flow-under-test"})
+    );
+    let text: String = chunks
+        .iter()
+        .map(|c| c["data"]["content"].as_str().unwrap())
+        .collect();
+    assert!(text.starts_with("You said: User: hello there"), "{text}");
+    assert_eq!(outputs_of(&run, "llm")["llm_output"], text);
+    assert_eq!(run.last()["data"]["final_output"]["text_output"], text);
+    let raw: String = run.events.iter().map(Value::to_string).collect();
+    assert!(
+        !raw.contains("SECRET-INSTRUCTION"),
+        "the hidden prompt leaked"
+    );
+}
+
+#[tokio::test]
+async fn with_an_engine_key_only_valid_engine_tokens_get_in() {
+    let key = flowgate::config::Secret::new("engine-key");
+    let engine = spawn_engine(EngineConfig {
+        engine_key: Some(key.clone()),
+        ..EngineConfig::for_tests()
+    })
+    .await;
+    let status = |r: Result<Ws, tungstenite::Error>| match r {
+        Err(tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => 101,
+    };
+    assert_eq!(status(connect(&engine, None).await), 401);
+    let foreign = flowgate::auth::mint_engine_token(&flowgate::config::Secret::new("other"));
+    assert_eq!(status(connect(&engine, Some(&foreign)).await), 401);
+    let user = flowgate::auth::mint_hs256(&key, "alice", Duration::from_secs(60));
+    assert_eq!(status(connect(&engine, Some(&user)).await), 401);
+    let token = flowgate::auth::mint_engine_token(&key);
+    let mut ws = connect(&engine, Some(&token)).await.unwrap();
+    handshake(
+        &mut ws,
+        &echo_flow().to_string(),
+        &echo_inputs("hello"),
+        "null",
+    )
+    .await;
+    let (frames, ending) = drain(&mut ws, WAIT).await;
+    assert_eq!(parse(&frames).last().unwrap()["type"], "flow_completed");
+    assert_eq!(ending, Ending::Closed(1000));
+}
+
+#[tokio::test]
+async fn closing_the_socket_during_the_stream_stops_the_run() {
+    let config = EngineConfig {
+        llm_tokens: 50,
+        llm_token_delay: Duration::from_millis(20),
+        ..EngineConfig::for_tests()
+    };
+    let engine = spawn_engine(config).await;
+    let mut ws = connect(&engine, None).await.unwrap();
+    let inputs = json!({"chat": {"chat_input": "hello"}});
+    handshake(&mut ws, &chat_llm_flow().to_string(), &inputs, "null").await;
+    let mut chunks = 0;
+    while chunks < 2 {
+        let frame: Value = serde_json::from_str(&next_text(&mut ws, WAIT).await.unwrap()).unwrap();
+        if frame["type"] == "llm_chunk" {
+            chunks += 1;
+        }
+    }
+    ws.close(None).await.unwrap();
+    let ended = async {
+        while engine.stats.runs_ended.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_millis(500), ended)
+        .await
+        .expect("the run stopped quickly");
+    // start, chat, llm started; the end element never did.
+    assert_eq!(engine.stats.elements_started.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_flow_frame_that_does_not_parse_gets_a_flow_error_and_a_close() {
+    let engine = spawn_engine(EngineConfig::for_tests()).await;
+    let mut ws = connect(&engine, None).await.unwrap();
+    next_text(&mut ws, WAIT).await.unwrap();
+    ws.send(Message::text("nodes: [unclosed")).await.unwrap();
+    let (frames, ending) = drain(&mut ws, WAIT).await;
+    let frames = parse(&frames);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0]["type"], "flow_error");
+    assert_eq!(frames[0]["data"]["flow_id"], "flow-under-test");
+    assert!(
+        frames[0]["data"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not valid YAML or JSON")
+    );
+    assert!(frames[0]["timestamp"].is_f64());
+    assert_eq!(ending, Ending::Closed(1008));
+}
+
+#[tokio::test]
+async fn frames_above_the_limit_are_refused_with_1009() {
+    let engine = spawn_engine(EngineConfig {
+        max_frame_bytes: 1024,
+        ..EngineConfig::for_tests()
+    })
+    .await;
+    let mut ws = connect(&engine, None).await.unwrap();
+    next_text(&mut ws, WAIT).await.unwrap();
+    let _ = ws.send(Message::text("x".repeat(4096))).await;
+    let (frames, ending) = drain(&mut ws, WAIT).await;
+    assert!(frames.is_empty());
+    assert!(
+        matches!(ending, Ending::Closed(1009) | Ending::Dropped),
+        "{ending:?}"
+    );
+    assert_ne!(ending, Ending::Open);
+}
+
+#[tokio::test]
+async fn a_silent_gateway_times_out_the_handshake_step() {
+    let engine = spawn_engine(EngineConfig {
+        handshake_timeout: Duration::from_millis(100),
+        ..EngineConfig::for_tests()
+    })
+    .await;
+    let mut ws = connect(&engine, None).await.unwrap();
+    next_text(&mut ws, WAIT).await.unwrap();
+    let (_, ending) = drain(&mut ws, WAIT).await;
+    assert_eq!(ending, Ending::Closed(4408));
+}
+
+#[tokio::test]
+async fn unknown_and_disabled_element_types_fail_with_a_clear_error() {
+    let engine = spawn_engine(EngineConfig::for_tests()).await;
+    for (ty, expected) in [
+        ("Teleporter", "Unknown element type 'Teleporter'"),
+        ("custom", "custom code is disabled on this engine"),
+        (
+            "read_blockchain_data",
+            "'read_blockchain_data' is not implemented",
+        ),
+    ] {
+        let flow = chain(
+            vec![("x", json!({"type": ty, "name": "X"}))],
+            vec![],
+            "x:out",
+        );
+        let run = run_flow(&engine, &flow, json!({})).await;
+        let errors = run.of_type("element_error");
+        assert_eq!(errors.len(), 1, "{ty}");
+        let text = errors[0]["data"]["error"].as_str().unwrap();
+        assert!(text.contains(expected), "{ty}: {text}");
+        assert_eq!(run.last()["type"], "flow_error");
+    }
+}
