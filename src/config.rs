@@ -134,9 +134,49 @@ pub struct GatewayConfig {
     #[arg(long, env = "FLOWGATE_DB_MAX_CONNECTIONS", default_value_t = 10)]
     pub db_max_connections: u32,
 
-    /// Frames buffered per session between the relay and the client socket.
-    #[arg(long, env = "FLOWGATE_CLIENT_BUFFER", default_value_t = 256)]
-    pub client_buffer: usize,
+    /// Most frames written to a client in one batch (one flush).
+    #[arg(long, env = "FLOWGATE_CLIENT_BATCH", default_value_t = 64)]
+    pub client_batch: usize,
+
+    /// When a client is this many frames behind its run, consecutive `llm_chunk`s of one
+    /// element are merged into one frame (`merged_seqs` says which it covers).
+    #[arg(long, env = "FLOWGATE_MERGE_LAG", default_value_t = 32)]
+    pub merge_lag: usize,
+
+    /// A client this many frames behind its run is closed with 4408 (it can resume).
+    #[arg(long, env = "FLOWGATE_MAX_CLIENT_LAG", default_value_t = 20_000)]
+    pub max_client_lag: usize,
+
+    /// Most frames one run may produce (its replay buffer); a longer run fails with `internal`.
+    #[arg(long, env = "FLOWGATE_MAX_RUN_FRAMES", default_value_t = 100_000)]
+    pub max_run_frames: usize,
+
+    /// A run whose client disconnected keeps going this long so a `resume` can pick it up;
+    /// then it is cancelled. Finished runs stay resumable from memory this long too.
+    #[arg(long, env = "FLOWGATE_DETACH_GRACE", default_value = "30s", value_parser = duration)]
+    pub detach_grace: Duration,
+
+    /// Cancel a run as soon as its client disconnects (no detach grace).
+    #[arg(long, env = "FLOWGATE_CANCEL_ON_DISCONNECT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub cancel_on_disconnect: bool,
+
+    /// Most runs in progress per user (`too_many_runs` beyond).
+    #[arg(long, env = "FLOWGATE_MAX_RUNS_PER_USER", default_value_t = 8)]
+    pub max_runs_per_user: usize,
+
+    /// Run-log records buffered for the Postgres writer; a record that finds it full is
+    /// dropped and counted (the run goes on).
+    #[arg(long, env = "FLOWGATE_RUNLOG_BUFFER", default_value_t = 8192)]
+    pub runlog_buffer: usize,
+
+    /// Runs kept by the in-memory run log (files store); oldest finished runs are evicted.
+    #[arg(long, env = "FLOWGATE_RUNLOG_MEMORY_RUNS", default_value_t = 1000)]
+    pub runlog_memory_runs: usize,
+
+    /// Interval of this gateway's heartbeat in the run log; runs of a gateway silent for 6
+    /// intervals are marked `failed` (`gateway_lost`) by the others.
+    #[arg(long, env = "FLOWGATE_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = duration)]
+    pub heartbeat_interval: Duration,
 
     /// Time allowed for one write to a client socket before the client is dropped as too slow.
     #[arg(long, env = "FLOWGATE_CLIENT_WRITE_TIMEOUT", default_value = "10s", value_parser = duration)]
@@ -175,7 +215,16 @@ impl GatewayConfig {
             max_client_message_bytes: 64 * 1024,
             store_timeout: Duration::from_secs(3),
             db_max_connections: 5,
-            client_buffer: 256,
+            client_batch: 64,
+            merge_lag: 32,
+            max_client_lag: 20_000,
+            max_run_frames: 100_000,
+            detach_grace: Duration::from_secs(30),
+            cancel_on_disconnect: false,
+            max_runs_per_user: 8,
+            runlog_buffer: 8192,
+            runlog_memory_runs: 1000,
+            heartbeat_interval: Duration::from_secs(10),
             client_write_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(20),
             shutdown_grace: Duration::from_secs(2),

@@ -19,6 +19,7 @@ pub mod demo;
 pub mod engine;
 pub mod http;
 pub mod relay;
+pub mod runlog;
 pub mod store;
 pub mod telemetry;
 pub mod workflow;

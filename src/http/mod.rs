@@ -20,6 +20,8 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Verifier;
 use crate::config::GatewayConfig;
 use crate::relay::cache::WorkflowCache;
+use crate::relay::registry::Registry;
+use crate::runlog::{MemoryRunLog, MemoryRunLogConfig, PgRunLog, PgRunLogConfig, RunLog};
 use crate::store::Store;
 
 /// Shared, cheap-to-clone state of one gateway.
@@ -31,8 +33,12 @@ pub struct AppState {
     pub cache: WorkflowCache,
     /// Cancelled when the gateway starts shutting down.
     pub shutdown: CancellationToken,
-    /// Every client session.
+    /// Every client session and every run.
     pub sessions: TaskTracker,
+    /// Live runs of this gateway.
+    pub runs: Registry,
+    /// Where runs and their frames are recorded.
+    pub runlog: RunLog,
 }
 
 /// Errors starting the gateway.
@@ -45,6 +51,8 @@ pub enum StartError {
     },
     #[error("cannot open the agent store: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("cannot start the run log: {0}")]
+    RunLog(String),
     #[error(
         "no agent store configured: pass --database-url (DATABASE_URL) or --flows-dir (FLOWGATE_FLOWS_DIR)"
     )]
@@ -73,6 +81,26 @@ impl Gateway {
                 source,
             })?;
         let verifier = Verifier::hs256(config.jwt_secret.as_ref(), config.jwt_leeway);
+        let runlog = match &store {
+            Store::Postgres(pg) => {
+                let log_config = PgRunLogConfig {
+                    buffer: config.runlog_buffer,
+                    heartbeat_interval: config.heartbeat_interval,
+                    stale_after: config.heartbeat_interval * 6,
+                    write_timeout: config.store_timeout,
+                    ..PgRunLogConfig::default()
+                };
+                RunLog::Postgres(
+                    PgRunLog::spawn(pg.pool().clone(), log_config)
+                        .await
+                        .map_err(|e| StartError::RunLog(e.to_string()))?,
+                )
+            }
+            Store::Files(_) => RunLog::Memory(MemoryRunLog::new(MemoryRunLogConfig {
+                max_runs: config.runlog_memory_runs,
+                max_events_per_run: config.max_run_frames,
+            })),
+        };
         let state = AppState {
             config: Arc::new(config),
             store,
@@ -80,6 +108,8 @@ impl Gateway {
             cache: WorkflowCache::default(),
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
+            runs: Registry::default(),
+            runlog,
         };
         Ok(Gateway { listener, state })
     }

@@ -2,13 +2,15 @@
 //! (`engine_client`), the client protocol (`protocol`) and the workflow cache (`cache`).
 //!
 //! ```text
-//!  client socket ◀──── session task ◀── bounded mpsc ◀── run task ◀── engine socket
-//!        │                 │  cancel (CancellationToken) ──▶ │
-//!        └─ frames ───────▶│  run request ──▶ spawns ───────▶│
+//!  client socket ◀── session task ◀── follows ── run buffer (registry) ◀── run task ◀── engine
+//!        │               │ (own cursor = last seq sent)        │ also → run log    │
+//!        └─ frames ─────▶│ run request ──▶ spawns ────────────────────────────────▶│
+//!                        │ cancel (CancellationToken) ───────────────────────────▶│
 //! ```
 
 pub mod cache;
 pub mod engine_client;
 pub mod protocol;
+pub mod registry;
 pub mod run;
 pub mod session;

@@ -17,7 +17,6 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -26,18 +25,12 @@ use uuid::Uuid;
 
 use super::engine_client::{self, EngineError, EngineSocket, EngineTarget, Handshake};
 use super::protocol::{self, ErrorCode, RunRequest};
+use super::registry::{Frame, RunShared};
 use crate::auth::Identity;
 use crate::http::AppState;
+use crate::runlog::{RunLog, RunStart, RunStatus};
 use crate::store::{StoreError, Version};
-
-/// What a run sends to its session.
-#[derive(Debug)]
-pub enum RunMsg {
-    /// A stamped frame for the client.
-    Frame(Utf8Bytes),
-    /// After the terminal frame: close the client socket with this code.
-    Close(u16, &'static str),
-}
+use std::sync::Arc;
 
 /// Everything a run needs.
 pub struct RunSpec {
@@ -47,21 +40,24 @@ pub struct RunSpec {
     pub request: RunRequest,
 }
 
-/// Assigns `seq` and enforces "one terminal event, nothing after it".
+/// Assigns `seq` and enforces "one terminal event, nothing after it". Frames go to the run's
+/// shared buffer (followed by the sessions) and to the run log.
 struct Emitter {
     run_id: Uuid,
     run_id_text: String,
     seq: u64,
-    out: mpsc::Sender<RunMsg>,
+    shared: Arc<RunShared>,
+    log: RunLog,
     finished: bool,
+    close_after: Option<(u16, &'static str)>,
+    outcome: (RunStatus, Option<&'static str>, Option<String>),
 }
 
 impl Emitter {
-    /// Send a frame the gateway built; `run_id`/`seq` are added. Returns false when the session
-    /// is gone.
-    async fn value(&mut self, mut frame: Value) -> bool {
+    /// Send a frame the gateway built; `run_id`/`seq` are added.
+    fn value(&mut self, mut frame: Value) {
         if self.finished {
-            return false;
+            return;
         }
         self.seq += 1;
         if let Value::Object(map) = &mut frame {
@@ -69,42 +65,51 @@ impl Emitter {
             map.insert("seq".into(), Value::from(self.seq));
         }
         let text = frame.to_string();
-        self.send(text).await
+        self.push(text, None);
     }
 
     /// Send an engine frame (a JSON object text) with `run_id`/`seq` spliced in.
-    async fn engine(&mut self, raw: &str) -> bool {
+    fn engine(&mut self, raw: &str, chunk: Option<(String, String)>) {
         if self.finished {
-            return false;
+            return;
         }
         self.seq += 1;
         let body = raw.trim_end();
-        let body = &body[..body.len() - 1]; // checked by `peek`: ends with '}'
+        let body = &body[..body.len() - 1]; // checked by the caller: ends with '}'
         let text = format!(
             "{body},\"run_id\":\"{}\",\"seq\":{}}}",
             self.run_id_text, self.seq
         );
-        self.send(text).await
+        self.push(text, chunk.map(Arc::new));
     }
 
-    async fn send(&mut self, text: String) -> bool {
-        self.out
-            .send(RunMsg::Frame(Utf8Bytes::from(text)))
-            .await
-            .is_ok()
+    fn push(&mut self, text: String, chunk: Option<Arc<(String, String)>>) {
+        let text = Utf8Bytes::from(text);
+        self.log.event(
+            self.run_id,
+            self.seq,
+            bytes::Bytes::copy_from_slice(text.as_str().as_bytes()),
+        );
+        self.shared.push(Frame {
+            seq: self.seq,
+            text,
+            chunk,
+        });
     }
 
-    async fn terminal_error(&mut self, code: ErrorCode, message: &str, extra: Value) {
+    fn terminal_error(&mut self, code: ErrorCode, message: &str, extra: Value) {
         let mut data = json!({"error": message, "code": code.as_str()});
         if let (Value::Object(d), Value::Object(e)) = (&mut data, extra) {
             d.extend(e);
         }
-        self.value(json!({"type": "flow_error", "timestamp": protocol::now_ts(), "data": data}))
-            .await;
+        self.value(json!({"type": "flow_error", "timestamp": protocol::now_ts(), "data": data}));
         self.finished = true;
-        if let Some(close) = code.close_code() {
-            let _ = self.out.send(RunMsg::Close(close, code.as_str())).await;
-        }
+        self.close_after = code.close_code().map(|c| (c, code.as_str()));
+        self.outcome = (
+            RunStatus::Failed,
+            Some(code.as_str()),
+            Some(message.to_owned()),
+        );
     }
 }
 
@@ -144,58 +149,80 @@ struct PeekData<'a> {
     content: Option<Cow<'a, str>>,
 }
 
-/// Run to completion. Never returns before the terminal frame was handed to the session (or the
-/// session went away).
-pub async fn execute(
-    state: AppState,
-    spec: RunSpec,
-    out: mpsc::Sender<RunMsg>,
-    cancel: CancellationToken,
-) {
+/// Run to completion: the terminal frame is in the shared buffer (and the run log) when this
+/// returns.
+pub async fn execute(state: AppState, spec: RunSpec, shared: Arc<RunShared>) {
+    let cancel = shared.cancel.clone();
+    state.runlog.start(RunStart {
+        run_id: spec.run_id,
+        agent_id: spec.agent_id.clone(),
+        user_id: spec.identity.user_id.clone(),
+        version: spec
+            .request
+            .version
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        workflow_hash: None,
+    });
     let mut em = Emitter {
         run_id: spec.run_id,
         run_id_text: spec.run_id.to_string(),
         seq: 0,
-        out,
+        shared: shared.clone(),
+        log: state.runlog.clone(),
         finished: false,
+        close_after: None,
+        outcome: (RunStatus::Completed, None, None),
     };
     let config = state.config.clone();
     tokio::select! {
         biased;
         _ = cancel.cancelled() => {
-            cancelled(&mut em, &Progress::default()).await;
+            cancelled(&mut em, &Progress::default());
         }
         prepared = prepare(&state, &spec, &mut em) => {
-            let Some(handshake) = prepared else { return };
-            let target = EngineTarget {
-                base_url: config.engine_url.clone(),
-                bearer: config.engine_key.as_ref().map(crate::auth::mint_engine_token),
-                connect_timeout: config.engine_connect_timeout,
-                handshake_timeout: config.engine_handshake_timeout,
-                max_frame_bytes: config.max_engine_frame_bytes,
-            };
-            let flow_id = em.run_id.to_string();
-            let opened = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => None,
-                r = engine_client::open(&target, &flow_id, Handshake {
-                    flow: &handshake.flow,
-                    initial_inputs: &handshake.initial_inputs,
-                    config: &handshake.config,
-                }) => Some(r),
-            };
-            match opened {
-                None => cancelled(&mut em, &Progress::default()).await,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "engine connection failed");
-                    em.terminal_error(e.code(), &e.to_string(), json!({})).await;
-                }
-                Some(Ok(socket)) => {
-                    relay(&state, &spec, &mut em, socket, &cancel, &handshake).await;
+            if let Some(handshake) = prepared {
+                let target = EngineTarget {
+                    base_url: config.engine_url.clone(),
+                    bearer: config.engine_key.as_ref().map(crate::auth::mint_engine_token),
+                    connect_timeout: config.engine_connect_timeout,
+                    handshake_timeout: config.engine_handshake_timeout,
+                    max_frame_bytes: config.max_engine_frame_bytes,
+                };
+                let flow_id = em.run_id.to_string();
+                let opened = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => None,
+                    r = engine_client::open(&target, &flow_id, Handshake {
+                        flow: &handshake.flow,
+                        initial_inputs: &handshake.initial_inputs,
+                        config: &handshake.config,
+                    }) => Some(r),
+                };
+                match opened {
+                    None => cancelled(&mut em, &Progress::default()),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "engine connection failed");
+                        em.terminal_error(e.code(), &e.to_string(), json!({}));
+                    }
+                    Some(Ok(socket)) => {
+                        relay(&state, &spec, &mut em, socket, &cancel, &handshake).await;
+                    }
                 }
             }
         }
     }
+    let (status, code, message) = em.outcome.clone();
+    state
+        .runlog
+        .finish(spec.run_id, status, code, message.as_deref());
+    tracing::info!(
+        status = status.as_str(),
+        code = code.unwrap_or(""),
+        frames = em.seq,
+        "run ended"
+    );
+    shared.finish(em.close_after);
 }
 
 struct Prepared {
@@ -208,18 +235,16 @@ struct Prepared {
 
 /// Load and convert the workflow; on failure the terminal error has been sent and `None` returned.
 async fn prepare(state: &AppState, spec: &RunSpec, em: &mut Emitter) -> Option<Prepared> {
-    em.value(protocol::status_value(protocol::STATUS_RETRIEVING))
-        .await;
+    em.value(protocol::status_value(protocol::STATUS_RETRIEVING));
     let agent = match state.store.agent(&spec.agent_id).await {
         Ok(Some(a)) => a,
         Ok(None) => {
             let msg = format!("agent `{}` does not exist", spec.agent_id);
-            em.terminal_error(ErrorCode::AgentNotFound, &msg, json!({}))
-                .await;
+            em.terminal_error(ErrorCode::AgentNotFound, &msg, json!({}));
             return None;
         }
         Err(e) => {
-            store_error(em, &e).await;
+            store_error(em, &e);
             return None;
         }
     };
@@ -233,8 +258,7 @@ async fn prepare(state: &AppState, spec: &RunSpec, em: &mut Emitter) -> Option<P
             "agent `{}` is not published, and its draft is only available to its owner",
             spec.agent_id
         );
-        em.terminal_error(ErrorCode::Forbidden, &msg, json!({}))
-            .await;
+        em.terminal_error(ErrorCode::Forbidden, &msg, json!({}));
         return None;
     }
     let stored = match state.store.workflow(&spec.agent_id, version).await {
@@ -245,17 +269,15 @@ async fn prepare(state: &AppState, spec: &RunSpec, em: &mut Emitter) -> Option<P
                 spec.agent_id,
                 version.as_str()
             );
-            em.terminal_error(ErrorCode::WorkflowNotFound, &msg, json!({}))
-                .await;
+            em.terminal_error(ErrorCode::WorkflowNotFound, &msg, json!({}));
             return None;
         }
         Err(e) => {
-            store_error(em, &e).await;
+            store_error(em, &e);
             return None;
         }
     };
-    em.value(protocol::status_value(protocol::STATUS_PREPARING))
-        .await;
+    em.value(protocol::status_value(protocol::STATUS_PREPARING));
     let converted = match state.cache.get_or_convert(
         &spec.agent_id,
         version,
@@ -275,8 +297,7 @@ async fn prepare(state: &AppState, spec: &RunSpec, em: &mut Emitter) -> Option<P
                 ErrorCode::InvalidWorkflow,
                 &invalid.to_string(),
                 json!({"details": details}),
-            )
-            .await;
+            );
             return None;
         }
     };
@@ -306,8 +327,7 @@ async fn prepare(state: &AppState, spec: &RunSpec, em: &mut Emitter) -> Option<P
         "user_id": spec.identity.user_id,
         "version": version.as_str(),
     }});
-    em.value(protocol::status_value(protocol::STATUS_STARTING))
-        .await;
+    em.value(protocol::status_value(protocol::STATUS_STARTING));
     Some(Prepared {
         flow: converted.payload.clone(),
         initial_inputs: inputs.to_string(),
@@ -317,17 +337,17 @@ async fn prepare(state: &AppState, spec: &RunSpec, em: &mut Emitter) -> Option<P
     })
 }
 
-async fn store_error(em: &mut Emitter, e: &StoreError) {
+fn store_error(em: &mut Emitter, e: &StoreError) {
     tracing::warn!(error = %e, "store failure");
     let code = match e {
         StoreError::Unavailable(_) => ErrorCode::StoreUnavailable,
         StoreError::InvalidAgentId(_) => ErrorCode::AgentNotFound,
         StoreError::Corrupt(_) => ErrorCode::Internal,
     };
-    em.terminal_error(code, &e.to_string(), json!({})).await;
+    em.terminal_error(code, &e.to_string(), json!({}));
 }
 
-async fn cancelled(em: &mut Emitter, progress: &Progress) {
+fn cancelled(em: &mut Emitter, progress: &Progress) {
     em.value(json!({
         "type": "flow_cancelled",
         "timestamp": protocol::now_ts(),
@@ -336,9 +356,9 @@ async fn cancelled(em: &mut Emitter, progress: &Progress) {
             "partial_output": progress.partial_output,
             "reason": "cancelled by the client",
         }
-    }))
-    .await;
+    }));
     em.finished = true;
+    em.outcome = (RunStatus::Cancelled, None, None);
 }
 
 /// Close the engine socket promptly (bounded) and drop it.
@@ -368,7 +388,7 @@ async fn relay(
             biased;
             _ = cancel.cancelled() => {
                 close_engine(socket, Duration::from_millis(200)).await;
-                cancelled(em, &progress).await;
+                cancelled(em, &progress);
                 return;
             }
             n = tokio::time::timeout(idle, socket.next()) => n,
@@ -383,8 +403,7 @@ async fn relay(
                     ErrorCode::EngineTimeout,
                     &msg,
                     json!({"partial_output": progress.partial_output}),
-                )
-                .await;
+                );
                 close_engine(socket, Duration::from_millis(200)).await;
                 return;
             }
@@ -393,8 +412,7 @@ async fn relay(
                     em,
                     &progress,
                     "the engine closed the connection before the run ended",
-                )
-                .await;
+                );
                 return;
             }
             Ok(Some(Err(e))) => {
@@ -408,14 +426,13 @@ async fn relay(
                     _ => EngineError::Lost(e.to_string()),
                 };
                 if let EngineError::Lost(m) = &err {
-                    lost(em, &progress, m).await;
+                    lost(em, &progress, m);
                 } else {
                     em.terminal_error(
                         err.code(),
                         &err.to_string(),
                         json!({"partial_output": progress.partial_output}),
-                    )
-                    .await;
+                    );
                 }
                 return;
             }
@@ -425,8 +442,7 @@ async fn relay(
                     em,
                     &progress,
                     "the engine closed the connection before the run ended",
-                )
-                .await;
+                );
                 return;
             }
             Ok(Some(Ok(Message::Binary(_)))) => {
@@ -434,8 +450,7 @@ async fn relay(
                     ErrorCode::EngineProtocolError,
                     "the execution engine broke the protocol: a binary frame",
                     json!({"partial_output": progress.partial_output}),
-                )
-                .await;
+                );
                 close_engine(socket, Duration::from_millis(200)).await;
                 return;
             }
@@ -453,35 +468,29 @@ async fn relay(
                     ErrorCode::EngineProtocolError,
                     &msg,
                     json!({"partial_output": progress.partial_output}),
-                )
-                .await;
+                );
                 close_engine(socket, Duration::from_millis(200)).await;
                 return;
             }
         };
         let kind = peek.kind.as_ref();
-        match kind {
-            "element_started" | "llm_chunk" | "final_output" => {
-                let data: PeekData = peek
-                    .data
-                    .and_then(|d| serde_json::from_str(d.get()).ok())
-                    .unwrap_or_default();
-                match kind {
-                    "element_started" => {
-                        progress.current_element = data.element_id.map(Cow::into_owned)
-                    }
-                    "llm_chunk" => {
-                        if let Some(c) = &data.content {
-                            progress.push_text(c);
-                        }
-                    }
-                    _ => {}
-                }
+        let mut chunk = None;
+        if matches!(kind, "element_started" | "llm_chunk") {
+            let data: PeekData = peek
+                .data
+                .and_then(|d| serde_json::from_str(d.get()).ok())
+                .unwrap_or_default();
+            if kind == "element_started" {
+                progress.current_element = data.element_id.map(Cow::into_owned);
+            } else if let Some(c) = &data.content {
+                progress.push_text(c);
+                let element = data.element_id.map(Cow::into_owned).unwrap_or_default();
+                chunk = Some((element, c.to_string()));
             }
-            _ => {}
         }
-        let sent = if kind == "flow_started" || peek.run_id.is_some() || peek.seq.is_some() {
-            // Rare: rebuild the frame (flow_started gains data.workflow).
+        if kind == "flow_started" || peek.run_id.is_some() || peek.seq.is_some() {
+            // Rare: rebuild the frame (flow_started gains data.workflow; an engine that sends
+            // its own run_id/seq has them replaced).
             let mut v: Value = match serde_json::from_str(raw) {
                 Ok(v) => v,
                 Err(_) => continue,
@@ -498,28 +507,43 @@ async fn relay(
                 m.remove("run_id");
                 m.remove("seq");
             }
-            em.value(v).await
+            em.value(v);
         } else {
-            em.engine(raw).await
-        };
-        if !sent {
+            em.engine(raw, chunk);
+        }
+        if kind == "flow_completed" || kind == "flow_error" {
+            if kind == "flow_error" {
+                let why = peek
+                    .data
+                    .and_then(|d| serde_json::from_str::<Value>(d.get()).ok())
+                    .and_then(|d| d.get("error").and_then(Value::as_str).map(str::to_owned));
+                em.outcome = (RunStatus::Failed, Some("flow_error"), why);
+            }
+            em.finished = true;
             close_engine(socket, Duration::from_millis(200)).await;
             return;
         }
-        if kind == "flow_completed" || kind == "flow_error" {
-            em.finished = true;
+        if em.shared.len() >= state.config.max_run_frames {
+            let msg = format!(
+                "the run exceeded {} frames (--max-run-frames) and was stopped",
+                state.config.max_run_frames
+            );
             close_engine(socket, Duration::from_millis(200)).await;
+            em.terminal_error(
+                ErrorCode::Internal,
+                &msg,
+                json!({"partial_output": progress.partial_output}),
+            );
             return;
         }
     }
 }
 
-async fn lost(em: &mut Emitter, progress: &Progress, why: &str) {
+fn lost(em: &mut Emitter, progress: &Progress, why: &str) {
     let msg = format!("the connection to the execution engine was lost: {why}");
     em.terminal_error(
         ErrorCode::EngineLost,
         &msg,
         json!({"partial_output": progress.partial_output, "element_id": progress.current_element}),
-    )
-    .await;
+    );
 }

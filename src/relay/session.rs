@@ -8,13 +8,16 @@
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use std::sync::Arc;
+
+use futures_util::SinkExt;
+use serde_json::json;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use super::protocol::{self, ClientFrame, ErrorCode, close};
-use super::run::{self, RunMsg, RunSpec};
+use super::registry::{Follow, Frame, RunShared};
+use super::run::{self, RunSpec};
 use crate::auth::{AuthError, Identity};
 use crate::http::AppState;
 
@@ -28,11 +31,10 @@ pub enum Authn {
     Refused(AuthError),
 }
 
+/// The run this socket follows, and the last `seq` written to the client.
 struct ActiveRun {
-    run_id: Uuid,
-    cancel: CancellationToken,
-    rx: mpsc::Receiver<RunMsg>,
-    close_after: Option<(u16, &'static str)>,
+    shared: Arc<RunShared>,
+    cursor: u64,
 }
 
 /// Serve one client socket until it closes.
@@ -79,28 +81,36 @@ pub async fn serve(state: AppState, mut socket: WebSocket, agent_id: String, aut
             }
             _ = &mut grace, if draining => {
                 if let Some(r) = &run {
-                    tracing::info!(run_id = %r.run_id, "shutdown grace over: closing with 1012");
-                    r.cancel.cancel();
+                    tracing::info!(run_id = %r.shared.run_id, last_seq = r.cursor, "shutdown grace over: closing with 1012");
+                    r.shared.cancel.cancel();
                 }
                 close_with(&mut socket, close::RESTART, "server restart", write_timeout).await;
                 return;
             }
-            msg = recv_run(&mut run) => {
-                match msg {
-                    Some(RunMsg::Frame(text)) => {
-                        if !write(&mut socket, Message::Text(text), write_timeout).await {
-                            tracing::info!("client too slow or gone: dropping it");
-                            if let Some(r) = run.take() { r.cancel.cancel(); }
+            follow = next_frames(&run, state.config.client_batch) => {
+                match follow {
+                    Follow::Frames(batch) => {
+                        let r = run.as_mut().expect("next_frames only yields for a run");
+                        let lag = r.shared.lag(r.cursor);
+                        if lag > state.config.max_client_lag {
+                            tracing::info!(lag, "client too far behind: closing with 4408 (it can resume)");
+                            leave(&state, &mut run);
+                            close_with(&mut socket, close::TOO_SLOW, "too slow: resume from the log", write_timeout).await;
+                            return;
+                        }
+                        let last = batch.last().map(|f| f.seq).unwrap_or(r.cursor);
+                        let texts = if lag > state.config.merge_lag { merge_chunks(batch) } else { batch.into_iter().map(|f| f.text).collect() };
+                        if !write_batch(&mut socket, texts, write_timeout).await {
+                            tracing::info!("client too slow or gone");
+                            leave(&state, &mut run);
                             close_with(&mut socket, close::TOO_SLOW, "too slow", write_timeout).await;
                             return;
                         }
+                        r.cursor = last;
                     }
-                    Some(RunMsg::Close(code, reason)) => {
-                        if let Some(r) = &mut run { r.close_after = Some((code, reason)); }
-                    }
-                    None => {
-                        let ended = run.take().expect("recv_run only yields None for a run");
-                        if let Some((code, reason)) = ended.close_after {
+                    Follow::End(close_after) => {
+                        if let Some(ended) = run.take() { ended.shared.detach(); }
+                        if let Some((code, reason)) = close_after {
                             close_with(&mut socket, code, reason, write_timeout).await;
                             return;
                         }
@@ -114,25 +124,25 @@ pub async fn serve(state: AppState, mut socket: WebSocket, agent_id: String, aut
             incoming = socket.recv() => {
                 let text = match incoming {
                     None => {
-                        client_gone(&mut run);
+                        leave(&state, &mut run);
                         return;
                     }
                     Some(Err(e)) => {
                         let too_big = is_capacity_error(&e);
-                        client_gone(&mut run);
+                        leave(&state, &mut run);
                         if too_big {
                             close_with(&mut socket, close::TOO_BIG, "message too big", write_timeout).await;
                         }
                         return;
                     }
                     Some(Ok(Message::Close(_))) => {
-                        client_gone(&mut run);
+                        leave(&state, &mut run);
                         return;
                     }
                     Some(Ok(Message::Text(t))) => t,
                     Some(Ok(Message::Binary(_))) => {
                         let text = protocol::error_frame(ErrorCode::InvalidRequest, "binary frames are not accepted: send JSON text frames");
-                        if !write(&mut socket, Message::Text(text.into()), write_timeout).await { client_gone(&mut run); return; }
+                        if !write(&mut socket, Message::Text(text.into()), write_timeout).await { leave(&state, &mut run); return; }
                         continue;
                     }
                     Some(Ok(_)) => continue, // ping/pong: axum answers pings
@@ -141,20 +151,20 @@ pub async fn serve(state: AppState, mut socket: WebSocket, agent_id: String, aut
                     Ok(f) => f,
                     Err(bad) => {
                         let text = protocol::error_frame(ErrorCode::InvalidRequest, &bad.0);
-                        if !write(&mut socket, Message::Text(text.into()), write_timeout).await { client_gone(&mut run); return; }
+                        if !write(&mut socket, Message::Text(text.into()), write_timeout).await { leave(&state, &mut run); return; }
                         continue;
                     }
                 };
                 match frame {
                     ClientFrame::Cancel => {
-                        if let Some(r) = &run { r.cancel.cancel(); }
+                        if let Some(r) = &run { r.shared.cancel.cancel(); }
                     }
                     ClientFrame::Auth { token } => match state.verifier.verify(&token) {
                         Ok(id) => {
                             if identity.as_ref().is_some_and(|old| old.user_id != id.user_id) {
                                 let text = protocol::error_frame(ErrorCode::Forbidden, "a token refresh must be for the same user");
                                 let _ = write(&mut socket, Message::Text(text.into()), write_timeout).await;
-                                client_gone(&mut run);
+                                leave(&state, &mut run);
                                 close_with(&mut socket, close::FORBIDDEN, "forbidden", write_timeout).await;
                                 return;
                             }
@@ -164,14 +174,31 @@ pub async fn serve(state: AppState, mut socket: WebSocket, agent_id: String, aut
                         Err(e) => {
                             let text = protocol::error_frame(ErrorCode::Unauthenticated, &e.to_string());
                             let _ = write(&mut socket, Message::Text(text.into()), write_timeout).await;
-                            client_gone(&mut run);
+                            leave(&state, &mut run);
                             close_with(&mut socket, close::UNAUTHENTICATED, "unauthenticated", write_timeout).await;
                             return;
                         }
                     },
-                    ClientFrame::Resume { run_id, .. } => {
-                        let text = protocol::error_frame(ErrorCode::InvalidRequest, &format!("run `{run_id}` is unknown to this gateway"));
-                        if !write(&mut socket, Message::Text(text.into()), write_timeout).await { client_gone(&mut run); return; }
+                    ClientFrame::Resume { run_id, after_seq } => {
+                        let Some(id) = identity.clone() else {
+                            let text = protocol::error_frame(ErrorCode::Unauthenticated, "no token was presented: authenticate before resuming");
+                            let _ = write(&mut socket, Message::Text(text.into()), write_timeout).await;
+                            close_with(&mut socket, close::UNAUTHENTICATED, "unauthenticated", write_timeout).await;
+                            return;
+                        };
+                        if run.is_some() {
+                            let text = protocol::error_frame(ErrorCode::InvalidRequest, "a run is in progress on this socket: resume on a new connection");
+                            if !write(&mut socket, Message::Text(text.into()), write_timeout).await { leave(&state, &mut run); return; }
+                            continue;
+                        }
+                        match resume(&state, &mut socket, &id, run_id, after_seq, write_timeout).await {
+                            Resumed::Live(shared) => {
+                                tracing::info!(%run_id, after_seq, "client resumed a live run");
+                                run = Some(ActiveRun { shared, cursor: after_seq });
+                            }
+                            Resumed::Replayed => {}
+                            Resumed::SocketGone => return,
+                        }
                     }
                     ClientFrame::Run(request) => {
                         let Some(id) = identity.clone() else {
@@ -191,7 +218,13 @@ pub async fn serve(state: AppState, mut socket: WebSocket, agent_id: String, aut
                         };
                         if let Some(why) = refusal {
                             let text = protocol::error_frame(ErrorCode::InvalidRequest, &why);
-                            if !write(&mut socket, Message::Text(text.into()), write_timeout).await { client_gone(&mut run); return; }
+                            if !write(&mut socket, Message::Text(text.into()), write_timeout).await { leave(&state, &mut run); return; }
+                            continue;
+                        }
+                        if state.runs.running_for(&id.user_id) >= state.config.max_runs_per_user {
+                            let why = format!("user `{}` already has {} runs in progress (--max-runs-per-user)", id.user_id, state.config.max_runs_per_user);
+                            let text = protocol::error_frame(ErrorCode::TooManyRuns, &why);
+                            if !write(&mut socket, Message::Text(text.into()), write_timeout).await { leave(&state, &mut run); return; }
                             continue;
                         }
                         run = Some(start_run(&state, &agent_id, id, *request));
@@ -200,7 +233,7 @@ pub async fn serve(state: AppState, mut socket: WebSocket, agent_id: String, aut
             }
             _ = ping.tick() => {
                 if !write(&mut socket, Message::Ping(Vec::new().into()), write_timeout).await {
-                    client_gone(&mut run);
+                    leave(&state, &mut run);
                     return;
                 }
             }
@@ -215,8 +248,8 @@ fn start_run(
     request: protocol::RunRequest,
 ) -> ActiveRun {
     let run_id = Uuid::new_v4();
-    let (tx, rx) = mpsc::channel(state.config.client_buffer.max(1));
-    let cancel = CancellationToken::new();
+    let shared = RunShared::new(run_id, identity.user_id.clone(), agent_id.to_owned());
+    state.runs.insert(shared.clone());
     let span = tracing::info_span!("run", %run_id);
     tracing::info!(%run_id, "run started");
     let spec = RunSpec {
@@ -225,30 +258,213 @@ fn start_run(
         identity,
         request,
     };
-    state
-        .sessions
-        .spawn(run::execute(state.clone(), spec, tx, cancel.clone()).instrument(span));
-    ActiveRun {
-        run_id,
-        cancel,
-        rx,
-        close_after: None,
-    }
+    let task_state = state.clone();
+    let task_shared = shared.clone();
+    state.sessions.spawn(
+        async move {
+            run::execute(task_state.clone(), spec, task_shared).await;
+            // Keep the finished run resumable from memory for a while (the run log has it too).
+            tokio::select! {
+                _ = tokio::time::sleep(task_state.config.detach_grace) => {}
+                _ = task_state.shutdown.cancelled() => {}
+            }
+            task_state.runs.remove(&run_id);
+        }
+        .instrument(span),
+    );
+    ActiveRun { shared, cursor: 0 }
 }
 
-/// The next message of the active run; pending forever when there is none.
-async fn recv_run(run: &mut Option<ActiveRun>) -> Option<RunMsg> {
+/// The next frames of the followed run; pending forever when there is none.
+async fn next_frames(run: &Option<ActiveRun>, max: usize) -> Follow {
     match run {
-        Some(r) => r.rx.recv().await,
+        Some(r) => r.shared.next_after(r.cursor, max).await,
         None => std::future::pending().await,
     }
 }
 
-fn client_gone(run: &mut Option<ActiveRun>) {
-    if let Some(r) = run.take() {
-        tracing::info!(run_id = %r.run_id, "client disconnected: cancelling its run");
-        r.cancel.cancel();
+/// The client stopped following its run (socket gone or dropped): the run goes on detached for
+/// `detach_grace` so a resume can pick it up, then it is cancelled (or at once with
+/// `cancel_on_disconnect`).
+fn leave(state: &AppState, run: &mut Option<ActiveRun>) {
+    let Some(r) = run.take() else { return };
+    if r.shared.detach() > 0 || r.shared.is_finished() {
+        return;
     }
+    let shared = r.shared;
+    if state.config.cancel_on_disconnect {
+        tracing::info!(run_id = %shared.run_id, "client disconnected: cancelling its run");
+        shared.cancel.cancel();
+        return;
+    }
+    tracing::info!(run_id = %shared.run_id, grace = ?state.config.detach_grace, "client disconnected: run continues detached");
+    let grace = state.config.detach_grace;
+    let shutdown = state.shutdown.clone();
+    state.sessions.spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(grace) => {}
+            _ = shutdown.cancelled() => {}
+        }
+        if shared.attached() == 0 && !shared.is_finished() {
+            tracing::info!(run_id = %shared.run_id, "nobody resumed the detached run: cancelling it");
+            shared.cancel.cancel();
+        }
+    });
+}
+
+enum Resumed {
+    Live(Arc<RunShared>),
+    Replayed,
+    SocketGone,
+}
+
+/// Resume `run_id` after `after_seq`: a live run is followed from the cursor; a finished one is
+/// replayed from the run log up to its terminal event.
+async fn resume(
+    state: &AppState,
+    socket: &mut WebSocket,
+    identity: &Identity,
+    run_id: Uuid,
+    after_seq: u64,
+    write_timeout: Duration,
+) -> Resumed {
+    let refuse =
+        |code: ErrorCode, msg: String| Message::Text(protocol::error_frame(code, &msg).into());
+    if let Some(shared) = state.runs.get(&run_id) {
+        if shared.user_id != identity.user_id {
+            let m = refuse(
+                ErrorCode::Forbidden,
+                format!("run `{run_id}` belongs to another user"),
+            );
+            return if write(socket, m, write_timeout).await {
+                Resumed::Replayed
+            } else {
+                Resumed::SocketGone
+            };
+        }
+        shared.attach();
+        return Resumed::Live(shared);
+    }
+    let info = match state.runlog.run_owner(run_id).await {
+        Ok(i) => i,
+        Err(e) => {
+            let m = refuse(
+                ErrorCode::StoreUnavailable,
+                format!("the run log is unavailable: {e}"),
+            );
+            return if write(socket, m, write_timeout).await {
+                Resumed::Replayed
+            } else {
+                Resumed::SocketGone
+            };
+        }
+    };
+    let Some(info) = info else {
+        let m = refuse(
+            ErrorCode::InvalidRequest,
+            format!("run `{run_id}` is unknown"),
+        );
+        return if write(socket, m, write_timeout).await {
+            Resumed::Replayed
+        } else {
+            Resumed::SocketGone
+        };
+    };
+    if info.user_id != identity.user_id {
+        let m = refuse(
+            ErrorCode::Forbidden,
+            format!("run `{run_id}` belongs to another user"),
+        );
+        return if write(socket, m, write_timeout).await {
+            Resumed::Replayed
+        } else {
+            Resumed::SocketGone
+        };
+    }
+    let frames = match state.runlog.replay(run_id, after_seq).await {
+        Ok(f) => f,
+        Err(e) => {
+            let m = refuse(
+                ErrorCode::StoreUnavailable,
+                format!("the run log is unavailable: {e}"),
+            );
+            return if write(socket, m, write_timeout).await {
+                Resumed::Replayed
+            } else {
+                Resumed::SocketGone
+            };
+        }
+    };
+    tracing::info!(%run_id, after_seq, frames = frames.len(), "replaying a run from the log");
+    let texts: Vec<Utf8Bytes> = frames
+        .into_iter()
+        .filter_map(|b| String::from_utf8(b.to_vec()).ok().map(Utf8Bytes::from))
+        .collect();
+    if !write_batch(socket, texts, write_timeout).await {
+        return Resumed::SocketGone;
+    }
+    if !info.status.is_finished() {
+        let m = refuse(
+            ErrorCode::InvalidRequest,
+            format!(
+                "run `{run_id}` is not live on this gateway: its frames up to now were replayed"
+            ),
+        );
+        if !write(socket, m, write_timeout).await {
+            return Resumed::SocketGone;
+        }
+    }
+    Resumed::Replayed
+}
+
+/// Merge consecutive `llm_chunk` frames of the same element into one (for a lagging client).
+/// The merged frame has the `seq` of the last one and `merged_seqs: [first, last]`.
+fn merge_chunks(batch: Vec<Frame>) -> Vec<Utf8Bytes> {
+    let mut out = Vec::with_capacity(batch.len());
+    let mut i = 0;
+    while i < batch.len() {
+        let Some(first) = batch[i].chunk.clone() else {
+            out.push(batch[i].text.clone());
+            i += 1;
+            continue;
+        };
+        let mut j = i + 1;
+        let mut content = first.1.clone();
+        while j < batch.len() && batch[j].chunk.as_ref().is_some_and(|c| c.0 == first.0) {
+            content.push_str(&batch[j].chunk.as_ref().expect("checked").1);
+            j += 1;
+        }
+        if j == i + 1 {
+            out.push(batch[i].text.clone());
+        } else {
+            let run_id = serde_json::from_str::<serde_json::Value>(batch[i].text.as_str())
+                .ok()
+                .and_then(|v| v.get("run_id").cloned())
+                .unwrap_or_default();
+            let merged = json!({
+                "type": "llm_chunk",
+                "timestamp": protocol::now_ts(),
+                "data": {"element_id": first.0, "content": content},
+                "run_id": run_id,
+                "seq": batch[j - 1].seq,
+                "merged_seqs": [batch[i].seq, batch[j - 1].seq],
+            });
+            out.push(Utf8Bytes::from(merged.to_string()));
+        }
+        i = j;
+    }
+    out
+}
+
+/// Write frames with one flush, bounded by `timeout` as a whole.
+async fn write_batch(socket: &mut WebSocket, texts: Vec<Utf8Bytes>, timeout: Duration) -> bool {
+    let work = async {
+        for t in texts {
+            socket.feed(Message::Text(t)).await?;
+        }
+        socket.flush().await
+    };
+    matches!(tokio::time::timeout(timeout, work).await, Ok(Ok(())))
 }
 
 fn is_capacity_error(e: &axum::Error) -> bool {

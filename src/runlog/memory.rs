@@ -77,7 +77,12 @@ impl MemoryRunLog {
             let victim = state
                 .order
                 .iter()
-                .position(|id| state.runs.get(id).is_some_and(|r| r.info.status.is_finished()))
+                .position(|id| {
+                    state
+                        .runs
+                        .get(id)
+                        .is_some_and(|r| r.info.status.is_finished())
+                })
                 .unwrap_or(0);
             let Some(id) = state.order.remove(victim) else {
                 break;
@@ -160,8 +165,11 @@ impl MemoryRunLog {
         let Some(run) = state.runs.get(&run_id) else {
             return Vec::new();
         };
-        let mut events: Vec<&(u64, Bytes)> =
-            run.events.iter().filter(|(seq, _)| *seq > after_seq).collect();
+        let mut events: Vec<&(u64, Bytes)> = run
+            .events
+            .iter()
+            .filter(|(seq, _)| *seq > after_seq)
+            .collect();
         events.sort_by_key(|(seq, _)| *seq);
         events.dedup_by_key(|(seq, _)| *seq);
         events.into_iter().map(|(_, frame)| frame.clone()).collect()

@@ -69,7 +69,7 @@ struct Shared {
     config: PgRunLogConfig,
     instance_id: Uuid,
     tx: mpsc::Sender<Msg>,
-    counters: Counters,
+    counters: Arc<Counters>,
     /// Runs that lost frames, with how many (logged once per run, written on `finish`).
     drops: Mutex<HashMap<Uuid, u64>>,
     /// Stops the heartbeat task when the last clone is dropped.
@@ -117,16 +117,23 @@ impl PgRunLog {
         heartbeat(&pool, instance_id, config.write_timeout).await?;
         let (tx, rx) = mpsc::channel(config.buffer.max(1));
         let stop = CancellationToken::new();
+        let counters = Arc::new(Counters::default());
+        tokio::spawn(writer(
+            rx,
+            pool.clone(),
+            config,
+            instance_id,
+            Arc::clone(&counters),
+        ));
         let shared = Arc::new(Shared {
             pool: pool.clone(),
             config,
             instance_id,
             tx,
-            counters: Counters::default(),
+            counters,
             drops: Mutex::new(HashMap::new()),
             _stop: stop.clone().drop_guard(),
         });
-        tokio::spawn(writer(rx, pool.clone(), config, Arc::downgrade(&shared)));
         tokio::spawn(heartbeat_loop(pool, instance_id, config, stop));
         tracing::info!(%instance_id, "run log started");
         Ok(PgRunLog { shared })
@@ -302,7 +309,8 @@ async fn writer(
     mut rx: mpsc::Receiver<Msg>,
     pool: PgPool,
     config: PgRunLogConfig,
-    shared: std::sync::Weak<Shared>,
+    instance_id: Uuid,
+    counters: Arc<Counters>,
 ) {
     let mut batch = Vec::with_capacity(config.batch_max.max(1));
     while let Some(first) = rx.recv().await {
@@ -313,7 +321,6 @@ async fn writer(
                 Err(_) => break,
             }
         }
-        let instance_id = shared.upgrade().map(|s| s.instance_id);
         let mut written = Batch::default();
         let mut barriers = Vec::new();
         for msg in batch.drain(..) {
@@ -324,9 +331,7 @@ async fn writer(
         }
         if !written.is_empty() {
             let outcome = write_with_retries(&pool, &config, instance_id, &written).await;
-            if let Some(shared) = shared.upgrade() {
-                written.account(&shared.counters, outcome);
-            }
+            written.account(&counters, outcome);
         }
         for done in barriers {
             let _ = done.send(());
@@ -340,7 +345,16 @@ struct Batch {
     starts: Vec<(RunStart, DateTime<Utc>)>,
     events: Vec<(Uuid, i64, String)>,
     oldest_event: Option<Instant>,
-    finishes: Vec<(Uuid, RunStatus, Option<String>, Option<String>, u64, DateTime<Utc>)>,
+    finishes: Vec<FinishRow>,
+}
+
+struct FinishRow {
+    run_id: Uuid,
+    status: RunStatus,
+    code: Option<String>,
+    message: Option<String>,
+    dropped: u64,
+    at: DateTime<Utc>,
 }
 
 impl Batch {
@@ -371,9 +385,15 @@ impl Batch {
                 dropped,
                 at,
             } => {
-                if !self.finishes.iter().any(|f| f.0 == run_id) {
-                    self.finishes
-                        .push((run_id, status, code, message, dropped, at));
+                if !self.finishes.iter().any(|f| f.run_id == run_id) {
+                    self.finishes.push(FinishRow {
+                        run_id,
+                        status,
+                        code,
+                        message,
+                        dropped,
+                        at,
+                    });
                 }
             }
             Msg::Barrier(_) => {}
@@ -399,10 +419,9 @@ impl Batch {
 async fn write_with_retries(
     pool: &PgPool,
     config: &PgRunLogConfig,
-    instance_id: Option<Uuid>,
+    instance_id: Uuid,
     batch: &Batch,
 ) -> bool {
-    let instance_id = instance_id.unwrap_or_else(Uuid::nil);
     for attempt in 1..=config.write_attempts.max(1) {
         match bounded(config.write_timeout, write_batch(pool, instance_id, batch)).await {
             Ok(()) => return true,
@@ -421,9 +440,21 @@ async fn write_batch(pool: &PgPool, instance_id: Uuid, batch: &Batch) -> Result<
     let mut tx = pool.begin().await?;
     if !batch.starts.is_empty() {
         let ids: Vec<Uuid> = batch.starts.iter().map(|(r, _)| r.run_id).collect();
-        let agents: Vec<&str> = batch.starts.iter().map(|(r, _)| r.agent_id.as_str()).collect();
-        let users: Vec<&str> = batch.starts.iter().map(|(r, _)| r.user_id.as_str()).collect();
-        let versions: Vec<&str> = batch.starts.iter().map(|(r, _)| r.version.as_str()).collect();
+        let agents: Vec<&str> = batch
+            .starts
+            .iter()
+            .map(|(r, _)| r.agent_id.as_str())
+            .collect();
+        let users: Vec<&str> = batch
+            .starts
+            .iter()
+            .map(|(r, _)| r.user_id.as_str())
+            .collect();
+        let versions: Vec<&str> = batch
+            .starts
+            .iter()
+            .map(|(r, _)| r.version.as_str())
+            .collect();
         let hashes: Vec<Option<&str>> = batch
             .starts
             .iter()
@@ -479,15 +510,15 @@ async fn write_batch(pool: &PgPool, instance_id: Uuid, batch: &Batch) -> Result<
     }
     if !batch.finishes.is_empty() {
         let f = &batch.finishes;
-        let ids: Vec<Uuid> = f.iter().map(|f| f.0).collect();
-        let statuses: Vec<&str> = f.iter().map(|f| f.1.as_str()).collect();
-        let codes: Vec<Option<&str>> = f.iter().map(|f| f.2.as_deref()).collect();
-        let messages: Vec<Option<&str>> = f.iter().map(|f| f.3.as_deref()).collect();
+        let ids: Vec<Uuid> = f.iter().map(|f| f.run_id).collect();
+        let statuses: Vec<&str> = f.iter().map(|f| f.status.as_str()).collect();
+        let codes: Vec<Option<&str>> = f.iter().map(|f| f.code.as_deref()).collect();
+        let messages: Vec<Option<&str>> = f.iter().map(|f| f.message.as_deref()).collect();
         let dropped: Vec<i64> = f
             .iter()
-            .map(|f| i64::try_from(f.4).unwrap_or(i64::MAX))
+            .map(|f| i64::try_from(f.dropped).unwrap_or(i64::MAX))
             .collect();
-        let at: Vec<DateTime<Utc>> = f.iter().map(|f| f.5).collect();
+        let at: Vec<DateTime<Utc>> = f.iter().map(|f| f.at).collect();
         // A run the sweep wrongly declared lost (paused gateway) gets its real ending.
         sqlx::query(
             "UPDATE flowgate_run r SET status = f.status, ended_at = f.at, error_code = f.code, \
@@ -530,18 +561,17 @@ pub async fn sweep_lost_runs(
     exclude: Option<Uuid>,
     timeout: Duration,
 ) -> Result<u64, RunLogError> {
-    let stale_ms = i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX);
     let query = sqlx::query(
         "UPDATE flowgate_run r SET status = 'failed', ended_at = now(), error_code = $1, \
            error_message = 'the gateway serving this run stopped (no heartbeat)' \
          FROM flowgate_instance i \
          WHERE r.status = 'running' AND r.instance_id = i.instance_id \
            AND i.instance_id IS DISTINCT FROM $2 \
-           AND i.heartbeat_at < now() - make_interval(secs => $3::float8 / 1000.0)",
+           AND i.heartbeat_at < now() - make_interval(secs => $3)",
     )
     .bind(GATEWAY_LOST)
     .bind(exclude)
-    .bind(stale_ms)
+    .bind(stale_after.as_secs_f64())
     .execute(pool);
     let done = bounded(timeout, query).await?;
     Ok(done.rows_affected())
@@ -564,11 +594,19 @@ async fn heartbeat_loop(
             tracing::warn!(error = %e, "run log heartbeat failed");
             continue;
         }
-        match sweep_lost_runs(&pool, config.stale_after, Some(instance_id), config.write_timeout)
-            .await
+        match sweep_lost_runs(
+            &pool,
+            config.stale_after,
+            Some(instance_id),
+            config.write_timeout,
+        )
+        .await
         {
             Ok(0) => {}
-            Ok(n) => tracing::warn!(runs = n, "runs of a lost gateway marked failed (gateway_lost)"),
+            Ok(n) => tracing::warn!(
+                runs = n,
+                "runs of a lost gateway marked failed (gateway_lost)"
+            ),
             Err(e) => tracing::warn!(error = %e, "run log sweep failed"),
         }
     }

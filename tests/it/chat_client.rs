@@ -79,6 +79,8 @@ async fn fake_gateway(
         let (tcp, _) = listener.accept().await.unwrap();
         let mut seen = Seen::default();
         let mut head = (None, String::new());
+        // The callback's type is tungstenite's; its error is a whole HTTP response.
+        #[allow(clippy::result_large_err)]
         let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
             let auth = req
                 .headers()

@@ -387,11 +387,11 @@ async fn raw_canvas_flow_backtracks_the_constants_like_the_original() {
             "flow_completed",
         ]
     );
-    let constants = &run.events[9]["data"];
+    let constants = &run.events[8]["data"];
     assert_eq!(constants["element_id"], "constants_1700000000003");
     assert_eq!(constants["backtracking"], true);
     assert_eq!(
-        run.events[10]["data"],
+        run.events[9]["data"],
         json!({"element_id": "constants_1700000000003", "message": "Loading constants..."})
     );
     assert_eq!(
@@ -643,4 +643,457 @@ async fn unknown_and_disabled_element_types_fail_with_a_clear_error() {
         assert!(text.contains(expected), "{ty}: {text}");
         assert_eq!(run.last()["type"], "flow_error");
     }
+}
+
+async fn run_with_fault_config(fault: &str, flow: &Value, inputs: Value) -> (Run, TestEngine) {
+    let config = EngineConfig {
+        fault: Some(fault.parse().unwrap()),
+        fault_oversize_bytes: 100_000,
+        ..EngineConfig::for_tests()
+    };
+    let engine = spawn_engine(config).await;
+    let mut ws = connect(&engine, None).await.unwrap();
+    handshake(&mut ws, &flow.to_string(), &inputs, "null").await;
+    let (frames, ending) = drain(&mut ws, Duration::from_millis(300)).await;
+    let events = frames
+        .iter()
+        .map(|f| serde_json::from_str(f).unwrap_or(Value::String(f.clone())))
+        .collect();
+    (Run { events, ending }, engine)
+}
+
+#[tokio::test]
+async fn crash_after_n_drops_the_connection_without_a_close_frame() {
+    let (run, _engine) =
+        run_with_fault_config("crash-after=3", &echo_flow(), echo_inputs("hi")).await;
+    assert_eq!(run.types(), &ECHO_TRACE_TYPES[..3]);
+    assert_eq!(run.ending, Ending::Dropped);
+}
+
+#[tokio::test]
+async fn stall_after_n_keeps_the_socket_open_and_silent() {
+    let (run, engine) =
+        run_with_fault_config("stall-after=4", &echo_flow(), echo_inputs("hi")).await;
+    assert_eq!(run.types(), &ECHO_TRACE_TYPES[..4]);
+    assert_eq!(
+        run.ending,
+        Ending::Open,
+        "nothing more within 300 ms and no close"
+    );
+    // Nothing more arrived, and the run did not finish behind the stall.
+    assert_eq!(engine.stats.elements_started.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn non_json_after_n_sends_one_frame_that_is_not_json_then_carries_on() {
+    let (run, _engine) =
+        run_with_fault_config("non-json-after=2", &echo_flow(), echo_inputs("hi")).await;
+    assert_eq!(run.events.len(), ECHO_TRACE_TYPES.len() + 1);
+    let junk = run.events[2].as_str().expect("frame 3 is raw text");
+    assert!(serde_json::from_str::<Value>(junk).is_err());
+    assert_eq!(run.events.last().unwrap()["type"], "flow_completed");
+    assert_eq!(run.ending, Ending::Closed(1000));
+}
+
+#[tokio::test]
+async fn oversize_after_n_sends_one_frame_of_the_configured_size() {
+    let config = EngineConfig {
+        fault: Some("oversize-after=1".parse().unwrap()),
+        fault_oversize_bytes: 100_000,
+        ..EngineConfig::for_tests()
+    };
+    let engine = spawn_engine(config).await;
+    let mut ws = connect(&engine, None).await.unwrap();
+    handshake(
+        &mut ws,
+        &echo_flow().to_string(),
+        &echo_inputs("hi"),
+        "null",
+    )
+    .await;
+    let (frames, ending) = drain(&mut ws, WAIT).await;
+    assert_eq!(frames.len(), ECHO_TRACE_TYPES.len() + 1);
+    assert_eq!(frames[1].len(), 100_000);
+    assert!(frames.iter().all(|f| f.len() < 10_000 || f == &frames[1]));
+    assert_eq!(ending, Ending::Closed(1000));
+}
+
+#[tokio::test]
+async fn no_close_ends_the_run_without_a_close_frame() {
+    let (run, _engine) = run_with_fault_config("no-close", &echo_flow(), echo_inputs("hi")).await;
+    assert_eq!(run.types(), ECHO_TRACE_TYPES);
+    assert_eq!(run.ending, Ending::Dropped);
+}
+
+#[tokio::test]
+async fn refuse_handshake_closes_before_ready_and_bad_handshake_sends_a_wrong_first_frame() {
+    let refuse = spawn_engine(EngineConfig {
+        fault: Some("refuse-handshake".parse().unwrap()),
+        ..EngineConfig::for_tests()
+    })
+    .await;
+    let mut ws = connect(&refuse, None).await.unwrap();
+    assert_eq!(next_text(&mut ws, WAIT).await, Err(Ending::Closed(1011)));
+
+    let bad = spawn_engine(EngineConfig {
+        fault: Some("bad-handshake".parse().unwrap()),
+        ..EngineConfig::for_tests()
+    })
+    .await;
+    let mut ws = connect(&bad, None).await.unwrap();
+    let first: Value = serde_json::from_str(&next_text(&mut ws, WAIT).await.unwrap()).unwrap();
+    assert_ne!(first["status"], "ready");
+}
+
+#[tokio::test]
+async fn a_fault_on_the_start_element_applies_to_that_flow_only() {
+    let engine = spawn_engine(EngineConfig::for_tests()).await;
+    let mut faulty = echo_flow();
+    faulty["nodes"]["start_1712000000001"]["parameters"] = json!({"fault": "crash-after=2"});
+    let mut ws = connect(&engine, None).await.unwrap();
+    handshake(&mut ws, &faulty.to_string(), &echo_inputs("hi"), "null").await;
+    let (frames, ending) = drain(&mut ws, WAIT).await;
+    assert_eq!(frames.len(), 2);
+    assert_eq!(ending, Ending::Dropped);
+    let healthy = run_flow(&engine, &echo_flow(), echo_inputs("hi")).await;
+    assert_eq!(healthy.types(), ECHO_TRACE_TYPES);
+}
+
+/// The classifier sample's shape: structured LLM -> case -> one LLM reply per branch.
+fn classifier_flow(shared_end: bool) -> Value {
+    let end_of = |branch: &str| {
+        if shared_end {
+            "end".to_owned()
+        } else {
+            format!("end_{branch}")
+        }
+    };
+    let mut nodes = json!({
+        "start": {"type": "start", "name": "Start"},
+        "chat": {"type": "ChatInput", "name": "Chat"},
+        "intent": {"type": "llmstructured", "name": "Intent",
+                   "parameters": {"wrapper_prompt": "Classify: {prompt}"},
+                   "output_schema": {"primary_intent": {"type": "string"}, "urgency": {"type": "string"},
+                                     "confidence": {"type": "float"}, "structured_output": {"type": "string"}}},
+        "route": {"type": "case", "name": "Route", "parameters": {"cases": [
+            {"urgent": {"variable1": "urgency", "variable2": "high", "compare": "=="}},
+            {"normal": {"variable1": "urgency", "variable2": "high", "compare": "!="}}]}},
+        "reply_urgent": {"type": "llm_text", "name": "Urgent reply", "parameters": {"wrapper_prompt": "Urgent: {prompt}"}},
+        "reply_normal": {"type": "llm_text", "name": "Normal reply", "parameters": {"wrapper_prompt": "Reply: {prompt}"}},
+    });
+    for branch in ["urgent", "normal"] {
+        nodes[end_of(branch)] = json!({"type": "end", "name": end_of(branch)});
+    }
+    let mut connections = vec![
+        json!({"from_id": "start", "to_id": "chat", "connection_type": "control"}),
+        json!({"from_id": "chat", "to_id": "intent", "connection_type": "both", "from_output": "chat:chat_input", "to_input": "intent:prompt"}),
+        json!({"from_id": "intent", "to_id": "route", "connection_type": "both", "from_output": "intent:structured_output", "to_input": "route:variables"}),
+        json!({"from_id": "route", "to_id": "reply_urgent", "connection_type": "control"}),
+        json!({"from_id": "route", "to_id": "reply_normal", "connection_type": "control"}),
+    ];
+    for branch in ["urgent", "normal"] {
+        let reply = format!("reply_{branch}");
+        connections.push(json!({"from_id": "chat", "to_id": reply, "connection_type": "data",
+                                "from_output": "chat:chat_input", "to_input": format!("{reply}:prompt")}));
+        connections.push(
+            json!({"from_id": reply, "to_id": end_of(branch), "connection_type": "both",
+                                "from_output": format!("{reply}:llm_output"),
+                                "to_input": format!("{}:text_input", end_of(branch))}),
+        );
+    }
+    json!({"nodes": nodes, "connections": connections, "start_element": "start"})
+}
+
+fn started_ids(run: &Run) -> Vec<String> {
+    run.of_type("element_started")
+        .iter()
+        .map(|e| e["data"]["element_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn case_runs_only_the_chosen_branch() {
+    let engine = spawn_engine(EngineConfig::for_tests()).await;
+    let urgent = run_flow(
+        &engine,
+        &classifier_flow(false),
+        json!({"chat": {"chat_input": "urgent: the server is down"}}),
+    )
+    .await;
+    assert_eq!(
+        started_ids(&urgent),
+        [
+            "start",
+            "chat",
+            "intent",
+            "route",
+            "reply_urgent",
+            "end_urgent"
+        ]
+    );
+    assert_eq!(outputs_of(&urgent, "route")["result"], "urgent");
+    assert_eq!(urgent.last()["type"], "flow_completed");
+
+    let normal = run_flow(
+        &engine,
+        &classifier_flow(false),
+        json!({"chat": {"chat_input": "hello"}}),
+    )
+    .await;
+    assert_eq!(
+        started_ids(&normal),
+        [
+            "start",
+            "chat",
+            "intent",
+            "route",
+            "reply_normal",
+            "end_normal"
+        ]
+    );
+    assert!(
+        normal.of_type("final_output")[0]["data"]["text_output"]
+            .as_str()
+            .unwrap()
+            .contains("Reply: hello")
+    );
+}
+
+#[tokio::test]
+async fn the_unchosen_branch_is_not_backtracked_into_a_shared_end() {
+    let engine = spawn_engine(EngineConfig::for_tests()).await;
+    let run = run_flow(
+        &engine,
+        &classifier_flow(true),
+        json!({"chat": {"chat_input": "hello"}}),
+    )
+    .await;
+    assert_eq!(
+        started_ids(&run),
+        ["start", "chat", "intent", "route", "reply_normal", "end"]
+    );
+    assert!(
+        run.of_type("element_started")
+            .iter()
+            .all(|e| e["data"]["backtracking"] == false)
+    );
+}
+
+#[tokio::test]
+async fn case_children_named_after_case_ids_are_matched_by_name() {
+    let engine = spawn_engine(EngineConfig::for_tests()).await;
+    let mut flow = classifier_flow(false);
+    // Reverse the connection order; the names now decide.
+    flow["nodes"]["reply_urgent"]["name"] = json!("urgent");
+    flow["nodes"]["reply_normal"]["name"] = json!("normal");
+    let conns = flow["connections"].as_array_mut().unwrap();
+    conns.swap(3, 4);
+    let run = run_flow(
+        &engine,
+        &flow,
+        json!({"chat": {"chat_input": "URGENT please"}}),
+    )
+    .await;
+    assert_eq!(
+        started_ids(&run),
+        [
+            "start",
+            "chat",
+            "intent",
+            "route",
+            "reply_urgent",
+            "end_urgent"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn flow_select_runs_only_the_selected_flow() {
+    let engine = spawn_engine(EngineConfig::for_tests()).await;
+    let flow = json!({
+        "nodes": {
+            "start": {"type": "start", "name": "Start"},
+            "pick": {"type": "FlowSelect", "name": "Pick", "parameters": {"flows_to_switch": ["alpha", "beta"]}},
+            "a": {"type": "constants", "name": "alpha", "parameters": {"text": "from alpha"}},
+            "b": {"type": "constants", "name": "beta", "parameters": {"text": "from beta"}},
+        },
+        "connections": [
+            {"from_id": "start", "to_id": "pick", "connection_type": "control"},
+            {"from_id": "pick", "to_id": "a", "connection_type": "control"},
+            {"from_id": "pick", "to_id": "b", "connection_type": "control"},
+        ],
+        "start_element": "start"
+    });
+    let run = run_flow(&engine, &flow, json!({"pick": {"selected_flow": "beta"}})).await;
+    assert_eq!(started_ids(&run), ["start", "pick", "b"]);
+    assert_eq!(outputs_of(&run, "pick")["selected_flow"], "beta");
+    let wrong = run_flow(&engine, &flow, json!({"pick": {"selected_flow": "gamma"}})).await;
+    assert_eq!(wrong.of_type("element_error").len(), 1);
+}
+
+fn single(id: &str, node: Value) -> Value {
+    chain(vec![(id, node)], vec![], &format!("{id}:none"))
+}
+
+#[tokio::test]
+async fn datablock_outputs_its_data_in_the_given_format() {
+    let engine = spawn_engine(EngineConfig::for_tests()).await;
+    let node = json!({"type": "datablock", "name": "Data", "parameters": {"data": "{\"k\": [1, 2]}", "format": "json"}});
+    let run = run_flow(&engine, &single("d", node), json!({})).await;
+    assert_eq!(outputs_of(&run, "d")["data"], json!({"k": [1, 2]}));
+    assert_eq!(
+        run.of_type("datablock")[0]["data"]["data_preview"],
+        "{'k': [1, 2]}"
+    );
+}
+
+#[tokio::test]
+async fn random_generator_is_deterministic_under_a_seed_and_stays_in_range() {
+    let engine = spawn_engine(EngineConfig {
+        seed: Some(42),
+        ..EngineConfig::for_tests()
+    })
+    .await;
+    let node = json!({"type": "RandomGenerator", "name": "Dice", "parameters": {"type": "int", "min": 1, "max": 6}});
+    let mut values = Vec::new();
+    for _ in 0..2 {
+        let run = run_flow(&engine, &single("r", node.clone()), json!({})).await;
+        values.push(outputs_of(&run, "r")["random_data"].clone());
+        assert_eq!(run.of_type("random_generator").len(), 1);
+    }
+    assert_eq!(values[0], values[1]);
+    let v = values[0].as_i64().unwrap();
+    assert!((1..=6).contains(&v), "{v}");
+    let strings: Vec<Value> = [1, 2]
+        .iter()
+        .map(|seed| json!({"type": "random_generator", "name": "S", "parameters": {"type": "string", "length": 16, "seed": seed}}))
+        .collect();
+    let a = run_flow(&engine, &single("s", strings[0].clone()), json!({})).await;
+    let b = run_flow(&engine, &single("s", strings[1].clone()), json!({})).await;
+    assert_eq!(
+        outputs_of(&a, "s")["random_data"].as_str().unwrap().len(),
+        16
+    );
+    assert_ne!(
+        outputs_of(&a, "s")["random_data"],
+        outputs_of(&b, "s")["random_data"]
+    );
+}
+
+#[tokio::test]
+async fn time_uses_the_injected_clock() {
+    let fixed = chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z").unwrap();
+    let engine = spawn_engine(EngineConfig {
+        fixed_time: Some(fixed),
+        ..EngineConfig::for_tests()
+    })
+    .await;
+    let node = json!({"type": "time", "name": "Clock", "parameters": {"timezone": "+02:00"}});
+    let run = run_flow(&engine, &single("t", node), json!({})).await;
+    let out = outputs_of(&run, "t");
+    assert_eq!(out["current_time"], "2026-01-02T05:04:05+02:00");
+    assert_eq!(out["formatted_time"], "2026-01-02 05:04:05");
+    assert_eq!(out["timestamp"], fixed.timestamp());
+    assert_eq!(
+        run.of_type("time_block")[0]["data"]["current_time"],
+        out["current_time"]
+    );
+}
+
+#[tokio::test]
+async fn llm_structured_returns_typed_values_and_json_text_without_chunks() {
+    let engine = spawn_engine(EngineConfig::for_tests()).await;
+    let run = run_flow(
+        &engine,
+        &classifier_flow(false),
+        json!({"chat": {"chat_input": "what time is it?"}}),
+    )
+    .await;
+    let out = outputs_of(&run, "intent");
+    assert_eq!(out["primary_intent"], "question");
+    assert_eq!(out["urgency"], "low");
+    assert!(out["confidence"].is_f64());
+    let text: Value = serde_json::from_str(out["structured_output"].as_str().unwrap()).unwrap();
+    assert_eq!(text["urgency"], "low");
+    let result = &run.of_type("llm_structured_result")[0]["data"];
+    assert_eq!(result["element_id"], "intent");
+    let chunk_owners: Vec<&Value> = run
+        .of_type("llm_chunk")
+        .iter()
+        .map(|c| &c["data"]["element_id"])
+        .collect();
+    assert!(
+        chunk_owners.iter().all(|o| *o == "reply_normal"),
+        "{chunk_owners:?}"
+    );
+}
+
+#[tokio::test]
+async fn metadata_reports_the_run_identity_from_the_config_frame_and_nothing_else() {
+    let engine = spawn_engine(EngineConfig::for_tests()).await;
+    let flow = single("m", json!({"type": "metadata", "name": "Meta"}));
+    let config = json!({"run": {"run_id": "r-1", "agent_id": "echo", "user_id": "alice", "version": "published"},
+                        "allow_custom_code": true, "model": "gpt-x"});
+    let run = run_flow_with(&engine, &flow.to_string(), &json!({}), &config.to_string()).await;
+    assert_eq!(
+        outputs_of(&run, "m"),
+        &json!({"user_id": "alice", "agent_id": "echo", "run_id": "r-1", "version": "published", "flow_id": "flow-under-test"})
+    );
+    let anonymous = run_flow(&engine, &flow, json!({})).await;
+    assert_eq!(outputs_of(&anonymous, "m")["user_id"], Value::Null);
+}
+
+#[tokio::test]
+async fn context_history_keeps_the_last_messages_in_the_requested_format() {
+    let engine = spawn_engine(EngineConfig::for_tests()).await;
+    let node = json!({"type": "contexthistory", "name": "History", "parameters": {"max_messages": 2, "format": "text_only"}});
+    let history = json!([{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
+                         {"role": "assistant", "content": "c"}]);
+    let run = run_flow(
+        &engine,
+        &single("h", node),
+        json!({"h": {"context_history": history}}),
+    )
+    .await;
+    assert_eq!(
+        outputs_of(&run, "h")["history"],
+        json!(["user: b", "assistant: c"])
+    );
+}
+
+#[tokio::test]
+async fn rest_api_is_blocked_unless_the_host_is_allowed() {
+    let app = axum::Router::new().route(
+        "/v1/info",
+        axum::routing::get(|| async { axum::Json(json!({"ok": true})) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let node = json!({"type": "RestAPI", "name": "API", "parameters": {"url": format!("http://127.0.0.1:{port}/v1/info")}});
+    let flow = single("api", node);
+
+    let closed = spawn_engine(EngineConfig::for_tests()).await;
+    let run = run_flow(&closed, &flow, json!({})).await;
+    let errors = run.of_type("element_error");
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0]["data"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("blocked")
+    );
+    assert_eq!(run.of_type("api_error").len(), 1);
+
+    let open = spawn_engine(EngineConfig {
+        rest_allow_hosts: vec!["127.0.0.1".into()],
+        ..EngineConfig::for_tests()
+    })
+    .await;
+    let run = run_flow(&open, &flow, json!({})).await;
+    assert_eq!(
+        outputs_of(&run, "api"),
+        &json!({"response": {"ok": true}, "status_code": 200})
+    );
+    assert_eq!(run.of_type("api_response")[0]["data"]["status_code"], 200);
 }

@@ -2,6 +2,7 @@
 //! Each module starts the real parts in-process on port 0 (see `common`).
 
 mod common;
+mod runlog;
 mod store;
 mod chat_client;
 mod chain;

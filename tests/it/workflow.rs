@@ -729,8 +729,64 @@ fn workflow_doc() -> impl Strategy<Value = Value> {
         })
 }
 
-/// Check every `(yaml, expected)` case with PyYAML's `safe_load` in one python3 run.
-fn check_with_pyyaml(cases: &[(String, Value)]) {
+/// A raw canvas document: `parameters` lists (with empty values), `inputs`/`outputs` lists and
+/// edges with mappings, all with arbitrary names.
+fn canvas_doc() -> impl Strategy<Value = Value> {
+    let node = (
+        prop::sample::select(TYPES),
+        nasty_string(),
+        prop::collection::vec((nasty_string(), json_value()), 0..4),
+        prop::collection::vec(nasty_string(), 0..3),
+    );
+    (
+        prop::collection::vec(node, 1..6),
+        prop::collection::vec(
+            (
+                any::<prop::sample::Index>(),
+                any::<prop::sample::Index>(),
+                prop::sample::select(&["control", "data", "both"][..]),
+                prop::collection::vec((nasty_string(), nasty_string()), 0..3),
+            ),
+            0..6,
+        ),
+    )
+        .prop_map(|(nodes, edges)| {
+            let ids: Vec<String> = (0..nodes.len()).map(|i| format!("node-{i}")).collect();
+            let nodes: Vec<Value> = nodes
+                .into_iter()
+                .enumerate()
+                .map(|(i, (t, name, params, outputs))| {
+                    let params: Vec<Value> = params
+                        .into_iter()
+                        .map(|(name, value)| json!({"name": name, "value": value}))
+                        .collect();
+                    let outputs: Vec<Value> = outputs
+                        .into_iter()
+                        .map(|name| json!({"name": name, "type": "string"}))
+                        .collect();
+                    json!({"id": ids[i], "type": t, "name": name, "parameters": params,
+                           "outputs": outputs, "position": {"x": i}})
+                })
+                .collect();
+            let edges: Vec<Value> = edges
+                .into_iter()
+                .map(|(a, b, kind, mappings)| {
+                    let mappings: Vec<Value> = mappings
+                        .into_iter()
+                        .map(|(f, t)| json!({"fromOutput": f, "toInput": t}))
+                        .collect();
+                    json!({"source": a.get(&ids), "target": b.get(&ids),
+                           "connectionType": kind, "mappings": mappings})
+                })
+                .collect();
+            json!({"nodes": nodes, "edges": edges})
+        })
+}
+
+/// Read every `(yaml, expected)` case with PyYAML's `safe_load` in one python3 run and compare
+/// strictly (types included: `True` is not `1`). Returns PyYAML's report, whose last line is
+/// `checked <n> bad <m>`, preceded by up to five `MISMATCH` lines.
+fn pyyaml_report(cases: &[(String, Value)]) -> String {
     const SCRIPT: &str = r#"
 import sys, json
 try:
@@ -790,12 +846,28 @@ print("checked", n, "bad", bad)
         "python3 failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+    stdout.into_owned()
+}
+
+fn check_with_pyyaml(cases: &[(String, Value)]) {
+    let report = pyyaml_report(cases);
     assert!(
-        stdout
+        report
             .trim_end()
             .ends_with(&format!("checked {} bad 0", cases.len())),
-        "PyYAML reads our YAML differently:\n{stdout}"
+        "PyYAML reads our YAML differently:\n{report}"
     );
+}
+
+#[test]
+fn the_pyyaml_check_catches_values_that_change_type() {
+    let cases = [
+        ("yes\n".to_owned(), json!("yes")),
+        ("1\n".to_owned(), json!(true)),
+        ("\"yes\"\n".to_owned(), json!("yes")),
+    ];
+    let report = pyyaml_report(&cases);
+    assert!(report.trim_end().ends_with("checked 3 bad 2"), "{report}");
 }
 
 /// Generate `count` values of `strategy` (deterministic seed) without shrinking.
@@ -822,6 +894,19 @@ fn yaml_of_normalized_workflows_reads_back_identically_in_our_parser_and_pyyaml(
         assert_eq!(back, flow, "our parser, yaml:\n{yaml}");
         cases.push((yaml, flow));
     }
+    for stored in generate(canvas_doc(), 500) {
+        let flow = normalize(&stored).flow;
+        let yaml = to_yaml(&flow);
+        let back = from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        assert_eq!(back, flow, "our parser, yaml:\n{yaml}");
+        cases.push((yaml, flow));
+    }
+    let long_key = "k".repeat(1500);
+    let long_quoted_key = format!("{}: #", "x ".repeat(700));
+    let value = json!({ long_key.clone(): {long_quoted_key.clone(): [long_key, long_quoted_key]} });
+    let yaml = to_yaml(&value);
+    assert_eq!(from_yaml(&yaml), Ok(value.clone()), "{yaml}");
+    cases.push((yaml, value));
     for value in generate(json_value(), 1500) {
         let yaml = to_yaml(&value);
         let back = from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));

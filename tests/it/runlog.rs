@@ -1,0 +1,281 @@
+//! The run log: frames come back in order from `replay`, `finish` records how a run ended, the
+//! memory log stays bounded, the sweep fails only runs of gateways that stopped heartbeating, and
+//! a full buffer drops (and counts) frames instead of blocking the relay.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use flowgate::runlog::{
+    GATEWAY_LOST, MemoryRunLog, MemoryRunLogConfig, PgRunLog, PgRunLogConfig, RunLog, RunStart,
+    RunState, RunStatus, sweep_lost_runs,
+};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use uuid::Uuid;
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+fn config() -> PgRunLogConfig {
+    PgRunLogConfig {
+        buffer: 1024,
+        batch_max: 64,
+        max_events_per_run: 10_000,
+        write_timeout: TIMEOUT,
+        write_attempts: 2,
+        retry_delay: Duration::from_millis(50),
+        heartbeat_interval: Duration::from_secs(10),
+        stale_after: Duration::from_secs(60),
+    }
+}
+
+fn run(user: &str) -> RunStart {
+    RunStart {
+        run_id: Uuid::new_v4(),
+        agent_id: "echo".to_owned(),
+        user_id: user.to_owned(),
+        version: "published".to_owned(),
+        workflow_hash: Some("abc123".to_owned()),
+    }
+}
+
+fn frame(seq: u64) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"type":"llm_chunk","seq":{seq},"data":{{"content":"é{seq}"}}}}"#
+    ))
+}
+
+async fn check_replay_and_finish(log: RunLog) {
+    let start = run("alice");
+    let id = start.run_id;
+    log.start(start);
+    for seq in 1..=40 {
+        log.event(id, seq, frame(seq));
+    }
+    let all = log.replay(id, 0).await.expect("replay");
+    assert_eq!(all, (1..=40).map(frame).collect::<Vec<_>>());
+    let tail = log.replay(id, 37).await.expect("replay");
+    assert_eq!(tail, vec![frame(38), frame(39), frame(40)]);
+    assert!(log.replay(id, 40).await.expect("replay").is_empty());
+
+    let info = log.run_owner(id).await.expect("owner").expect("known run");
+    assert_eq!(info.user_id, "alice");
+    assert_eq!(info.status, RunState::Running);
+    assert_eq!(info.last_seq, 40);
+    assert_eq!(info.ended_at, None);
+
+    log.finish(
+        id,
+        RunStatus::Failed,
+        Some("engine_lost"),
+        Some("the engine went away"),
+    );
+    // Exactly one ending: a later finish does not overwrite it.
+    log.finish(id, RunStatus::Completed, None, None);
+    let info = log.run_owner(id).await.expect("owner").expect("known run");
+    assert_eq!(info.status, RunState::Failed);
+    assert_eq!(info.error_code.as_deref(), Some("engine_lost"));
+    assert_eq!(info.error_message.as_deref(), Some("the engine went away"));
+    assert!(info.ended_at.is_some());
+    assert_eq!(info.events_dropped, 0);
+
+    assert_eq!(log.run_owner(Uuid::new_v4()).await.expect("owner"), None);
+    assert_eq!(log.stats().events_dropped, 0);
+    assert_eq!(log.stats().events_written, 40);
+}
+
+#[sqlx::test]
+async fn postgres_replay_is_in_order_and_finish_records_the_ending(pool: PgPool) {
+    let log = PgRunLog::spawn(pool.clone(), config())
+        .await
+        .expect("run log");
+    check_replay_and_finish(RunLog::Postgres(log.clone())).await;
+    assert!(log.stats().batches >= 1);
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM flowgate_run_event")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(stored, 40);
+}
+
+#[tokio::test]
+async fn memory_replay_is_in_order_and_finish_records_the_ending() {
+    check_replay_and_finish(RunLog::Memory(MemoryRunLog::new(
+        MemoryRunLogConfig::default(),
+    )))
+    .await;
+}
+
+#[tokio::test]
+async fn memory_log_evicts_the_oldest_finished_run_and_caps_frames() {
+    let log = RunLog::Memory(MemoryRunLog::new(MemoryRunLogConfig {
+        max_runs: 2,
+        max_events_per_run: 3,
+    }));
+    let (a, b, c) = (run("a"), run("b"), run("c"));
+    let (a_id, b_id, c_id) = (a.run_id, b.run_id, c.run_id);
+    log.start(b);
+    log.start(a);
+    log.finish(a_id, RunStatus::Completed, None, None);
+    log.start(c); // full: `a` is the oldest *finished* run, `b` (older, running) stays
+    assert_eq!(log.run_owner(a_id).await.expect("owner"), None);
+    assert!(log.run_owner(b_id).await.expect("owner").is_some());
+    assert!(log.run_owner(c_id).await.expect("owner").is_some());
+
+    for seq in 1..=5 {
+        log.event(c_id, seq, frame(seq));
+    }
+    assert_eq!(
+        log.replay(c_id, 0).await.expect("replay"),
+        vec![frame(1), frame(2), frame(3)]
+    );
+    let info = log.run_owner(c_id).await.expect("owner").expect("c");
+    assert_eq!((info.last_seq, info.events_dropped), (3, 2));
+    assert_eq!(log.stats().events_dropped, 2);
+}
+
+async fn insert_instance(pool: &PgPool, id: Uuid, heartbeat_age_secs: f64) {
+    sqlx::query(
+        "INSERT INTO flowgate_instance (instance_id, started_at, heartbeat_at) \
+         VALUES ($1, now() - interval '2 hours', now() - make_interval(secs => $2))",
+    )
+    .bind(id)
+    .bind(heartbeat_age_secs)
+    .execute(pool)
+    .await
+    .expect("instance");
+}
+
+async fn insert_run(pool: &PgPool, instance: Uuid, status: &str) -> Uuid {
+    let id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO flowgate_run (run_id, agent_id, user_id, version, status, instance_id) \
+         VALUES ($1, 'echo', 'alice', 'published', $2, $3)",
+    )
+    .bind(id)
+    .bind(status)
+    .bind(instance)
+    .execute(pool)
+    .await
+    .expect("run");
+    id
+}
+
+async fn status_of(pool: &PgPool, run_id: Uuid) -> (String, Option<String>) {
+    sqlx::query_as("SELECT status, error_code FROM flowgate_run WHERE run_id = $1")
+        .bind(run_id)
+        .fetch_one(pool)
+        .await
+        .expect("status")
+}
+
+#[sqlx::test]
+async fn sweep_fails_only_running_runs_of_an_instance_with_a_stale_heartbeat(pool: PgPool) {
+    let (stale, live) = (Uuid::new_v4(), Uuid::new_v4());
+    insert_instance(&pool, stale, 3600.0).await;
+    insert_instance(&pool, live, 1.0).await;
+    let lost = insert_run(&pool, stale, "running").await;
+    let done = insert_run(&pool, stale, "completed").await;
+    let alive = insert_run(&pool, live, "running").await;
+
+    let swept = sweep_lost_runs(&pool, Duration::from_secs(60), None, TIMEOUT)
+        .await
+        .expect("sweep");
+    assert_eq!(swept, 1);
+    assert_eq!(
+        status_of(&pool, lost).await,
+        ("failed".to_owned(), Some(GATEWAY_LOST.to_owned()))
+    );
+    assert_eq!(status_of(&pool, done).await, ("completed".to_owned(), None));
+    assert_eq!(status_of(&pool, alive).await, ("running".to_owned(), None));
+}
+
+#[sqlx::test]
+async fn a_starting_gateway_sweeps_lost_runs_but_not_live_ones(pool: PgPool) {
+    let (stale, live) = (Uuid::new_v4(), Uuid::new_v4());
+    insert_instance(&pool, stale, 3600.0).await;
+    insert_instance(&pool, live, 1.0).await;
+    let lost = insert_run(&pool, stale, "running").await;
+    let alive = insert_run(&pool, live, "running").await;
+
+    let log = PgRunLog::spawn(
+        pool.clone(),
+        PgRunLogConfig {
+            heartbeat_interval: Duration::from_millis(20),
+            ..config()
+        },
+    )
+    .await
+    .expect("run log");
+    let deadline = Instant::now() + TIMEOUT;
+    while status_of(&pool, lost).await.0 == "running" {
+        assert!(Instant::now() < deadline, "the lost run was never swept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        status_of(&pool, lost).await.1.as_deref(),
+        Some(GATEWAY_LOST)
+    );
+    assert_eq!(status_of(&pool, alive).await, ("running".to_owned(), None));
+    // This gateway's own heartbeat row is fresh.
+    let fresh: bool = sqlx::query_scalar(
+        "SELECT heartbeat_at > now() - interval '1 minute' FROM flowgate_instance \
+         WHERE instance_id = $1",
+    )
+    .bind(log.instance_id())
+    .fetch_one(&pool)
+    .await
+    .expect("heartbeat row");
+    assert!(fresh);
+}
+
+#[sqlx::test]
+async fn a_full_buffer_counts_drops_instead_of_blocking(pool: PgPool) {
+    // One connection, held by the test: the writer cannot write until it is released.
+    let opts = pool.connect_options().as_ref().clone();
+    let single = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(20))
+        .connect_with(opts)
+        .await
+        .expect("pool");
+    let cfg = PgRunLogConfig {
+        buffer: 4,
+        batch_max: 2,
+        write_timeout: Duration::from_secs(20),
+        ..config()
+    };
+    let log = PgRunLog::spawn(single.clone(), cfg).await.expect("run log");
+    let held = single.acquire().await.expect("hold the only connection");
+
+    let start = run("alice");
+    let id = start.run_id;
+    log.start(start);
+    let began = Instant::now();
+    for seq in 1..=200 {
+        log.event(id, seq, frame(seq));
+    }
+    assert!(
+        began.elapsed() < Duration::from_secs(1),
+        "event() blocked for {:?}",
+        began.elapsed()
+    );
+    let dropped = log.stats().events_dropped;
+    assert!(
+        dropped >= 200 - 8,
+        "only {dropped} frames were counted as dropped"
+    );
+
+    drop(held);
+    log.flush(Duration::from_secs(10)).await;
+    log.finish(id, RunStatus::Completed, None, None);
+    log.flush(Duration::from_secs(10)).await;
+    let stats = log.stats();
+    assert_eq!(stats.events_written + stats.events_dropped, 200);
+    let info = RunLog::Postgres(log)
+        .run_owner(id)
+        .await
+        .expect("owner")
+        .expect("run row");
+    assert_eq!(info.status, RunState::Completed);
+    assert_eq!(info.events_dropped, stats.events_dropped);
+}
