@@ -208,18 +208,28 @@ function onEnd(detail) {
     disconnected: "Disconnected",
   };
   ui.runInfo.textContent = labels[detail.type] || detail.type;
+  // Elements still marked running did not finish: the run ended under them.
+  for (const li of done.elements.values()) {
+    if (li.dataset.state !== "running") continue;
+    li.dataset.state = "stopped";
+    li.querySelector(".icon").textContent = "■";
+  }
   if (detail.type === "flow_completed") {
     if (!done.text) done.body.textContent = "(no text output)";
     conversation.push({ role: "user", content: done.prompt }, { role: "assistant", content: done.text });
-  } else {
-    let why = describeError(detail.data);
-    if (detail.type === "flow_cancelled") why = "stopped";
-    else if (detail.type === "disconnected") why = "disconnected";
-    const note = document.createElement("span");
-    note.className = "end-note";
-    note.textContent = ` (${why})`;
-    done.bubble.append(note);
+    return;
   }
+  let why = describeError(detail.data);
+  if (detail.type === "flow_cancelled") why = "stopped";
+  else if (detail.type === "disconnected") why = "disconnected";
+  if (!done.text) {
+    done.body.textContent = why === "stopped" ? "(stopped before any text)" : why;
+    return;
+  }
+  const note = document.createElement("span");
+  note.className = "end-note";
+  note.textContent = `(${why})`;
+  done.bubble.append(note);
 }
 
 // ---- agents --------------------------------------------------------------------------------

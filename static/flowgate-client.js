@@ -187,6 +187,7 @@ export class FlowgateClient extends EventTarget {
   }
 
   emit(type, detail) {
+    if (type === "error") this.lastError = detail;
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
 
@@ -230,6 +231,7 @@ export class FlowgateClient extends EventTarget {
     this.socket = socket;
     socket.onopen = () => {
       this.failures = 0;
+      this.lastError = null;
       this.setState("connected");
       this.stableTimer = setTimeout(() => { this.attempt = 0; }, this.stableAfter);
       if (this.current && this.current.id) {
@@ -326,7 +328,9 @@ export class FlowgateClient extends EventTarget {
     const reason = event.reason || CLOSE_REASONS[code] || `Closed with code ${code}.`;
     if (FATAL_CLOSE.has(code)) {
       const errorCode = CLOSE_CODE_ERRORS[code] || "invalid_request";
-      this.emit("error", { code: errorCode, error: reason, message: CLOSE_REASONS[code] || reason, fatal: true });
+      // The gateway usually explained itself in an error frame just before: keep that sentence.
+      const message = this.lastError && this.lastError.code === errorCode ? this.lastError.message : CLOSE_REASONS[code] || reason;
+      this.emit("error", { code: errorCode, error: reason, message, fatal: true });
       this.endRun("disconnected", { code, reason });
       this.setState("error", { code, reason });
       return;

@@ -6,3 +6,5 @@ mod chain;
 mod chain_pg;
 #[path = "it/faults.rs"]
 mod faults;
+#[path = "it/runs.rs"]
+mod runs;

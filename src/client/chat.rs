@@ -283,7 +283,8 @@ pub async fn chat(
             url: args.url.clone(),
             reason: e.to_string(),
         })?;
-    if let Some(token) = &args.token {
+    let token = args.token.as_ref().filter(|t| !t.expose().trim().is_empty());
+    if let Some(token) = token {
         let mut value = http::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
             .map_err(|_| ChatError::InvalidToken)?;
         value.set_sensitive(true);
@@ -454,7 +455,7 @@ pub async fn chat(
                 .map(|c| format!(" [{c}]"))
                 .unwrap_or_default();
             screen.note(&format!("flowgate: {error}{code}"), true)?;
-            if code == " [unauthenticated]" && args.token.is_none() {
+            if code == " [unauthenticated]" && token.is_none() {
                 screen.note(
                     "flowgate: pass a token with --token or FLOWGATE_TOKEN",
                     true,

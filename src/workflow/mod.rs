@@ -125,24 +125,28 @@ pub fn initial_inputs(
     if let Some(initial) = initial.filter(|i| i.as_object().is_some_and(|m| !m.is_empty())) {
         return initial.clone();
     }
-    let first_of = |kind: &str| {
+    // Types are canonical in a converted flow; aliases are recognised all the same.
+    let first_of = |kind: normalize::ElementType| {
         flow.get("nodes")
             .and_then(Value::as_object)
             .and_then(|nodes| {
-                nodes
-                    .iter()
-                    .find(|(_, node)| node.get("type").and_then(Value::as_str) == Some(kind))
+                nodes.iter().find(|(_, node)| {
+                    node.get("type")
+                        .and_then(Value::as_str)
+                        .and_then(normalize::ElementType::parse)
+                        == Some(kind)
+                })
             })
             .map(|(id, _)| id.clone())
     };
     let mut inputs = serde_json::Map::new();
     if let Some(message) = message
-        && let Some(id) = first_of("chat_input")
+        && let Some(id) = first_of(normalize::ElementType::ChatInput)
     {
         inputs.insert(id, serde_json::json!({ "chat_input": message }));
     }
     if let Some(history) = history
-        && let Some(id) = first_of("context_history")
+        && let Some(id) = first_of(normalize::ElementType::ContextHistory)
     {
         inputs.insert(id, serde_json::json!({ "context_history": history }));
     }

@@ -64,7 +64,7 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub state: AppState,
     pub shutdown: CancellationToken,
-    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+    pub task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     pub engine: Option<TestEngine>,
 }
 
@@ -75,6 +75,13 @@ impl Drop for TestApp {
 }
 
 impl TestApp {
+    /// Shut the gateway down and wait until it has stopped.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+        }
+    }
     pub fn ws_url(&self, agent: &str) -> String {
         format!("ws://{}/api/chat/execute/{agent}", self.addr)
     }
@@ -102,7 +109,7 @@ pub async fn spawn_gateway(
         addr,
         state,
         shutdown,
-        task,
+        task: Some(task),
         engine,
     }
 }

@@ -680,8 +680,6 @@ async fn stall_after_n_keeps_the_socket_open_and_silent() {
         Ending::Open,
         "nothing more within 300 ms and no close"
     );
-    // Nothing more arrived, and the run did not finish behind the stall.
-    assert_eq!(engine.stats.elements_started.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]

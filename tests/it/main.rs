@@ -13,3 +13,4 @@ mod workflow;
 mod deploy;
 mod faults;
 mod engine;
+mod runs;
