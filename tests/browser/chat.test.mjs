@@ -42,8 +42,9 @@ after(async () => {
   if (browser) await browser.close();
 });
 
-/** Open the page for `agent` with the token in the fragment; collects console problems. */
-async function open(agent) {
+/** Open the page for `agent` with the token in the fragment (after `setup`, e.g. routes); collects
+ * console problems. */
+async function open(agent, setup = async () => {}) {
   const context = await browser.newContext({ viewport: { width: 1100, height: 760 } });
   const page = await context.newPage();
   const problems = [];
@@ -51,6 +52,7 @@ async function open(agent) {
     if (m.type() === "error" && /Content.Security.Policy|Refused to/i.test(m.text())) problems.push(m.text());
   });
   page.on("pageerror", (e) => problems.push(String(e)));
+  await setup(page);
   await page.goto(`${BASE}/?agent=${encodeURIComponent(agent)}#token=${TOKEN}`);
   return { page, context, problems };
 }
@@ -115,6 +117,56 @@ test("Stop cancels the run in progress", { skip: SKIP }, async () => {
     assert.deepEqual(problems, []);
   } finally {
     await context.close();
+  }
+});
+
+/** Run `message` on a fresh page and return the final answer text. */
+async function answerOf(message, setup = async () => {}) {
+  const { page, context, problems } = await open("assistant", setup);
+  try {
+    await page.locator('#connection[data-state="connected"]').waitFor({ timeout: WAIT });
+    await send(page, message);
+    await page.locator('body[data-run="idle"]').waitFor({ timeout: WAIT * 2 });
+    assert.equal(await lastAnswer(page).getAttribute("data-end"), "flow_completed");
+    assert.deepEqual(problems, []);
+    return { text: await lastAnswer(page).locator(".body").textContent(), page, context };
+  } catch (e) {
+    await context.close();
+    throw e;
+  }
+}
+
+test("a dropped connection reconnects and resumes without losing or repeating text", { skip: SKIP }, async () => {
+  const message = "Resume test: say something long";
+  const plain = await answerOf(message);
+  await plain.context.close();
+
+  let connections = 0;
+  let dropped = false;
+  const resumed = await answerOf(message, (page) =>
+    page.routeWebSocket(/\/api\/chat\/execute\//, (ws) => {
+      connections += 1;
+      const server = ws.connectToServer();
+      let chunks = 0;
+      server.onMessage((frame) => {
+        if (dropped && connections === 1) return;
+        ws.send(frame);
+        if (connections === 1 && JSON.parse(frame).type === "llm_chunk" && ++chunks === 3) {
+          // The network goes away in the middle of the answer.
+          dropped = true;
+          server.close();
+          ws.close({ code: 1012, reason: "test: connection dropped" });
+        }
+      });
+    }),
+  );
+  try {
+    assert.ok(dropped, "the connection was dropped mid-answer");
+    assert.equal(connections, 2, "one reconnect");
+    assert.equal(resumed.text, plain.text);
+    await resumed.page.screenshot({ path: join(OUTPUT, "chat-resumed.png"), fullPage: true });
+  } finally {
+    await resumed.context.close();
   }
 });
 
