@@ -18,8 +18,49 @@ use crate::config::Secret;
 pub struct Identity {
     /// The user id (the token's `sub` claim).
     pub user_id: String,
-    /// When the token expires (seconds since the epoch).
+    /// When the token expires (seconds since the epoch); `u64::MAX` for anonymous callers.
     pub expires_at: u64,
+    /// An unauthenticated caller admitted by `--allow-anonymous` (published agents only).
+    pub anonymous: bool,
+}
+
+impl Identity {
+    /// The identity of an unauthenticated caller when anonymous access is on.
+    pub fn anonymous() -> Identity {
+        Identity {
+            user_id: "anonymous".into(),
+            expires_at: u64::MAX,
+            anonymous: true,
+        }
+    }
+}
+
+/// Client token verification settings (part of the gateway's config).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthConfig {
+    /// HS256 secret that client JWTs are verified with. Without any key every run is refused
+    /// (`unauthenticated`) unless `--allow-anonymous`.
+    #[arg(long, env = "FLOWGATE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+
+    /// Leeway for `exp`/`nbf` checks of client tokens.
+    #[arg(long, env = "FLOWGATE_JWT_LEEWAY", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub jwt_leeway: Duration,
+
+    /// Let callers without a token run published agents (as user `anonymous`).
+    #[arg(long, env = "FLOWGATE_ALLOW_ANONYMOUS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_anonymous: bool,
+}
+
+impl AuthConfig {
+    /// HS256 with `secret`, default leeway (tests).
+    pub fn hs256_for_tests(secret: &str) -> AuthConfig {
+        AuthConfig {
+            jwt_secret: Some(Secret::new(secret)),
+            jwt_leeway: Duration::from_secs(30),
+            allow_anonymous: false,
+        }
+    }
 }
 
 /// Why a token was refused. The text is safe to show (it never contains the token).
@@ -68,6 +109,14 @@ impl std::fmt::Debug for Verifier {
 }
 
 impl Verifier {
+    /// The verifier the gateway's config asks for.
+    pub fn from_config(config: &AuthConfig) -> Result<Verifier, AuthError> {
+        Ok(Verifier::hs256(
+            config.jwt_secret.as_ref(),
+            config.jwt_leeway,
+        ))
+    }
+
     /// HS256 with `secret`; `None` refuses every token.
     pub fn hs256(secret: Option<&Secret>, leeway: Duration) -> Verifier {
         let mut validation = Validation::new(Algorithm::HS256);
@@ -104,6 +153,7 @@ impl Verifier {
         Ok(Identity {
             user_id,
             expires_at: data.claims.exp,
+            anonymous: false,
         })
     }
 }

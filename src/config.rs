@@ -88,14 +88,9 @@ pub struct GatewayConfig {
     #[arg(long, env = "FLOWGATE_ENGINE_FLOW_FORMAT", value_enum, default_value_t = FlowFormat::Yaml)]
     pub engine_flow_format: FlowFormat,
 
-    /// HS256 secret that client JWTs are verified with. Without it every run is refused
-    /// (`unauthenticated`).
-    #[arg(long, env = "FLOWGATE_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<Secret>,
-
-    /// Leeway for `exp`/`nbf` checks of client tokens.
-    #[arg(long, env = "FLOWGATE_JWT_LEEWAY", default_value = "30s", value_parser = duration)]
-    pub jwt_leeway: Duration,
+    /// Client token verification (`--jwt-*`).
+    #[command(flatten)]
+    pub auth: crate::auth::AuthConfig,
 
     /// Accept the token in the `?token=` query parameter (compat with existing frontends).
     #[arg(long, env = "FLOWGATE_ALLOW_QUERY_TOKEN", default_value_t = true, action = clap::ArgAction::Set)]
@@ -204,8 +199,7 @@ impl GatewayConfig {
             flows_dir: None,
             engine_url: engine_url.into(),
             engine_flow_format: FlowFormat::Yaml,
-            jwt_secret: Some(Secret::new("test-secret")),
-            jwt_leeway: Duration::from_secs(30),
+            auth: crate::auth::AuthConfig::hs256_for_tests("test-secret"),
             allow_query_token: true,
             engine_key: None,
             engine_connect_timeout: Duration::from_secs(2),

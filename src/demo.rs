@@ -57,7 +57,7 @@ pub async fn run(args: DemoArgs) -> ExitCode {
 
     let mut config = GatewayConfig::for_tests(format!("ws://{engine_addr}"));
     config.listen = args.listen;
-    config.jwt_secret = Some(jwt_secret.clone());
+    config.auth.jwt_secret = Some(jwt_secret.clone());
     config.engine_key = Some(engine_key);
     config.log_format = args.log_format;
     config.engine_idle_timeout = std::time::Duration::from_secs(120);

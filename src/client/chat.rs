@@ -283,7 +283,10 @@ pub async fn chat(
             url: args.url.clone(),
             reason: e.to_string(),
         })?;
-    let token = args.token.as_ref().filter(|t| !t.expose().trim().is_empty());
+    let token = args
+        .token
+        .as_ref()
+        .filter(|t| !t.expose().trim().is_empty());
     if let Some(token) = token {
         let mut value = http::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
             .map_err(|_| ChatError::InvalidToken)?;

@@ -362,6 +362,8 @@ async fn stream_run(
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => {
                     tracing::info!(flow_id, sent, "gateway closed the socket; stopping the run");
                     cancel.cancel();
+                    // One more read flushes the automatic close reply.
+                    let _ = tokio::time::timeout(conn.config.close_timeout, conn.socket.recv()).await;
                     return;
                 }
                 Some(Ok(_)) => {}

@@ -51,6 +51,8 @@ pub enum StartError {
     },
     #[error("cannot open the agent store: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("invalid client authentication settings: {0}")]
+    Auth(String),
     #[error("cannot start the run log: {0}")]
     RunLog(String),
     #[error(
@@ -80,7 +82,8 @@ impl Gateway {
                 addr: config.listen,
                 source,
             })?;
-        let verifier = Verifier::hs256(config.jwt_secret.as_ref(), config.jwt_leeway);
+        let verifier =
+            Verifier::from_config(&config.auth).map_err(|e| StartError::Auth(e.to_string()))?;
         let runlog = match &store {
             Store::Postgres(pg) => {
                 let log_config = PgRunLogConfig {

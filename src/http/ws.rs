@@ -110,6 +110,7 @@ pub async fn upgrade(
     }
     let found = find_token(&headers, query.as_deref(), state.config.allow_query_token);
     let authn = match &found {
+        None if state.config.auth.allow_anonymous => Authn::Ok(crate::auth::Identity::anonymous()),
         None => Authn::Missing,
         Some((token, _)) => match state.verifier.verify(token) {
             Ok(id) => Authn::Ok(id),

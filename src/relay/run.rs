@@ -253,7 +253,9 @@ async fn prepare(state: &AppState, spec: &RunSpec, em: &mut Emitter) -> Option<P
         Some(_) => Version::Published,
         None => agent.default_version(),
     };
-    if version == Version::Draft && agent.owner != spec.identity.user_id {
+    if version == Version::Draft
+        && (spec.identity.anonymous || agent.owner != spec.identity.user_id)
+    {
         let msg = format!(
             "agent `{}` is not published, and its draft is only available to its owner",
             spec.agent_id

@@ -8,8 +8,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use serde_json::Value;
-use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::{Postgres, Row};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Connection, Postgres, Row};
 
 use super::{AgentRecord, StoreError, StoredWorkflow, Version};
 
@@ -114,10 +114,18 @@ pub async fn connect_pool(
     max_connections: u32,
     timeout: Duration,
 ) -> Result<PgPool, StoreError> {
+    let options: PgConnectOptions = url.expose().parse().map_err(|_| {
+        // The parse error may quote the URL (and its password): keep it out of messages.
+        StoreError::Unavailable("the database URL is not valid".to_owned())
+    })?;
+    // One direct connection first: an unreachable database fails fast with its real cause
+    // (e.g. "connection refused") instead of a pool timeout.
+    let probe = bounded(timeout, PgConnection::connect_with(&options)).await?;
+    let _ = tokio::time::timeout(timeout, probe.close()).await;
     let connect = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(timeout)
-        .connect(url.expose());
+        .connect_with(options);
     bounded(timeout, connect).await
 }
 

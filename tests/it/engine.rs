@@ -21,7 +21,13 @@ const WAIT: Duration = Duration::from_secs(10);
 struct TestEngine {
     addr: std::net::SocketAddr,
     stats: Arc<EngineStats>,
-    _shutdown: tokio_util::sync::DropGuard,
+    shutdown: CancellationToken,
+}
+
+impl Drop for TestEngine {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
 }
 
 async fn spawn_engine(config: EngineConfig) -> TestEngine {
@@ -33,7 +39,7 @@ async fn spawn_engine(config: EngineConfig) -> TestEngine {
     TestEngine {
         addr,
         stats,
-        _shutdown: shutdown.drop_guard(),
+        shutdown,
     }
 }
 
@@ -672,7 +678,7 @@ async fn crash_after_n_drops_the_connection_without_a_close_frame() {
 
 #[tokio::test]
 async fn stall_after_n_keeps_the_socket_open_and_silent() {
-    let (run, engine) =
+    let (run, _engine) =
         run_with_fault_config("stall-after=4", &echo_flow(), echo_inputs("hi")).await;
     assert_eq!(run.types(), &ECHO_TRACE_TYPES[..4]);
     assert_eq!(
@@ -1094,4 +1100,102 @@ async fn rest_api_is_blocked_unless_the_host_is_allowed() {
         &json!({"response": {"ok": true}, "status_code": 200})
     );
     assert_eq!(run.of_type("api_response")[0]["data"]["status_code"], 200);
+}
+
+fn slow_llm() -> EngineConfig {
+    EngineConfig {
+        llm_tokens: 50,
+        llm_token_delay: Duration::from_millis(20),
+        ..EngineConfig::for_tests()
+    }
+}
+
+#[tokio::test]
+async fn engine_shutdown_closes_running_flows_with_1012() {
+    let engine = spawn_engine(slow_llm()).await;
+    let mut ws = connect(&engine, None).await.unwrap();
+    let inputs = json!({"chat": {"chat_input": "hello"}});
+    handshake(&mut ws, &chat_llm_flow().to_string(), &inputs, "null").await;
+    loop {
+        let frame: Value = serde_json::from_str(&next_text(&mut ws, WAIT).await.unwrap()).unwrap();
+        if frame["type"] == "llm_chunk" {
+            break;
+        }
+    }
+    engine.shutdown.cancel();
+    let (frames, ending) = drain(&mut ws, WAIT).await;
+    assert_eq!(ending, Ending::Closed(1012));
+    assert!(parse(&frames).iter().all(|f| f["type"] != "flow_completed"));
+}
+
+#[tokio::test]
+async fn llm_chunk_timestamps_are_the_send_times_in_microseconds() {
+    let engine = spawn_engine(EngineConfig {
+        llm_tokens: 4,
+        llm_token_delay: Duration::from_millis(20),
+        ..EngineConfig::for_tests()
+    })
+    .await;
+    let run = run_flow(
+        &engine,
+        &chat_llm_flow(),
+        json!({"chat": {"chat_input": "hi"}}),
+    )
+    .await;
+    let stamps: Vec<f64> = run
+        .of_type("llm_chunk")
+        .iter()
+        .map(|c| c["timestamp"].as_f64().unwrap())
+        .collect();
+    assert_eq!(stamps.len(), 4);
+    for pair in stamps.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(gap >= 0.019 && gap < 5.0, "chunks {gap} s apart");
+    }
+}
+
+#[tokio::test]
+async fn an_element_runs_once_and_missing_control_ancestors_backtrack_first() {
+    let engine = spawn_engine(EngineConfig::for_tests()).await;
+    // start -> a -> join; b -> join (b is only reachable backwards, via its own parent p);
+    // start -> join as well; data-only d never runs.
+    let c = |from: &str, to: &str, kind: &str| json!({"from_id": from, "to_id": to, "connection_type": kind});
+    let constant =
+        |name: &str| json!({"type": "constants", "name": name, "parameters": {"v": name}});
+    let flow = json!({
+        "nodes": {
+            "start": {"type": "start", "name": "Start"},
+            "a": constant("a"), "p": constant("p"), "b": constant("b"),
+            "join": constant("join"), "d": constant("d"),
+        },
+        "connections": [
+            c("start", "a", "control"), c("a", "join", "control"), c("p", "b", "both"),
+            c("b", "join", "both"), c("start", "join", "control"),
+            {"from_id": "join", "to_id": "d", "connection_type": "data",
+             "from_output": "join:v", "to_input": "d:v"},
+        ],
+        "start_element": "start"
+    });
+    let run = run_flow(&engine, &flow, json!({})).await;
+    let seen: Vec<(String, bool)> = run
+        .of_type("element_started")
+        .iter()
+        .map(|e| {
+            let d = &e["data"];
+            (
+                d["element_id"].as_str().unwrap().to_owned(),
+                d["backtracking"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("start", false),
+        ("a", false),
+        ("p", true),
+        ("b", true),
+        ("join", false),
+    ];
+    let expected: Vec<(String, bool)> = expected.iter().map(|(i, b)| (i.to_string(), *b)).collect();
+    assert_eq!(seen, expected);
+    assert_eq!(run.last()["type"], "flow_completed");
 }

@@ -885,6 +885,7 @@ fn generate<S: Strategy>(strategy: S, count: usize) -> Vec<S::Value> {
 
 #[test]
 fn yaml_of_normalized_workflows_reads_back_identically_in_our_parser_and_pyyaml() {
+    T0.get_or_init(std::time::Instant::now);
     let mut cases = Vec::new();
     for stored in generate(workflow_doc(), 1200) {
         let flow = normalize(&stored).flow;
@@ -917,8 +918,12 @@ fn yaml_of_normalized_workflows_reads_back_identically_in_our_parser_and_pyyaml(
         let value = json!({ *s: [*s, {"k": *s}] });
         cases.push((to_yaml(&value), value));
     }
+    let t = std::time::Instant::now();
+    eprintln!("TIMING gen {:?} cases {}", T0.get_or_init(std::time::Instant::now).elapsed(), cases.len());
     check_with_pyyaml(&cases);
+    eprintln!("TIMING py {:?} bytes {}", t.elapsed(), cases.iter().map(|c| c.0.len()).sum::<usize>());
 }
+static T0: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
