@@ -185,6 +185,42 @@ pub struct GatewayConfig {
     #[arg(long, env = "FLOWGATE_SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]
     pub shutdown_grace: Duration,
 
+    /// Browser origins allowed to open a WebSocket (comma list, e.g.
+    /// `https://chat.example.com`). Requests without `Origin` (non-browser clients) are always
+    /// allowed; with the list empty, only same-origin pages (Origin host = Host header) are.
+    /// A disallowed Origin gets 403 before the upgrade.
+    #[arg(long, env = "FLOWGATE_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// WebSocket upgrades allowed per second per client address (burst: twice as many);
+    /// beyond, 429 before the upgrade. 0 = unlimited.
+    #[arg(long, env = "FLOWGATE_UPGRADES_PER_SECOND", default_value_t = 20)]
+    pub upgrades_per_second: u32,
+
+    /// Messages a client may send per second on one socket (burst: twice as many); beyond,
+    /// the socket is closed with 4429. 0 = unlimited.
+    #[arg(
+        long,
+        env = "FLOWGATE_CLIENT_MESSAGES_PER_SECOND",
+        default_value_t = 20
+    )]
+    pub client_messages_per_second: u32,
+
+    /// Most client sockets open at once; beyond, new sockets are closed with 1013.
+    #[arg(long, env = "FLOWGATE_MAX_SESSIONS", default_value_t = 10_000)]
+    pub max_sessions: usize,
+
+    /// Engine event types never forwarded to clients (comma list). `llm_prompt` may contain
+    /// hidden prompts, so it is dropped by default; pass an empty value to forward everything.
+    /// Terminal events are always forwarded.
+    #[arg(
+        long,
+        env = "FLOWGATE_DROP_EVENTS",
+        value_delimiter = ',',
+        default_value = "llm_prompt"
+    )]
+    pub drop_events: Vec<String>,
+
     /// Log output format.
     #[arg(long, env = "FLOWGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -222,6 +258,11 @@ impl GatewayConfig {
             client_write_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(20),
             shutdown_grace: Duration::from_secs(2),
+            allowed_origins: Vec::new(),
+            upgrades_per_second: 0,
+            client_messages_per_second: 0,
+            max_sessions: 10_000,
+            drop_events: vec!["llm_prompt".into()],
             log_format: LogFormat::Text,
         }
     }

@@ -105,6 +105,11 @@ pub enum ChatError {
     ConnectTimeout { url: String, timeout: Duration },
     #[error("the gateway refused the connection: HTTP {status}{}", body_suffix(.body))]
     Refused { status: u16, body: String },
+    #[error(
+        "cannot connect to {url}: this build has no TLS support; use an http:// or ws:// URL \
+         (e.g. through a TLS-terminating proxy on this machine)"
+    )]
+    NoTls { url: String },
     #[error("cannot connect to {url}: {source}")]
     Connect {
         url: String,
@@ -325,6 +330,9 @@ pub async fn chat(
                 status: response.status().as_u16(),
                 body,
             });
+        }
+        Ok(Err(tungstenite::Error::Url(tungstenite::error::UrlError::TlsFeatureNotEnabled))) => {
+            return Err(ChatError::NoTls { url });
         }
         Ok(Err(source)) => return Err(ChatError::Connect { url, source }),
         Ok(Ok(pair)) => pair,

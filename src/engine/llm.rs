@@ -22,6 +22,14 @@ pub fn text_of(value: &Value) -> String {
     }
 }
 
+/// The text an input contributes to a template: lists (a conversation history) one item a line.
+fn template_text(value: &Value) -> String {
+    match value {
+        Value::Array(items) => items.iter().map(text_of).collect::<Vec<_>>().join("\n"),
+        other => text_of(other),
+    }
+}
+
 /// Fill the `wrapper_prompt` template (see the module docs).
 pub fn render_prompt(template: Option<&str>, inputs: &Map<String, Value>) -> String {
     let prompt = inputs.get("prompt").map(text_of).unwrap_or_default();
@@ -30,7 +38,7 @@ pub fn render_prompt(template: Option<&str>, inputs: &Map<String, Value>) -> Str
     };
     let lookup = |name: &str| -> Option<String> {
         match inputs.get(name) {
-            Some(v) => Some(text_of(v)),
+            Some(v) => Some(template_text(v)),
             None if name == "prompt" || name == "context" => Some(String::new()),
             None => None,
         }
@@ -68,8 +76,17 @@ const FILLER: &[&str] = &["and", "that", "is", "all", "for", "now"];
 
 /// The scripted answer to a rendered prompt.
 pub fn reply(prompt: &str) -> String {
-    let said: Vec<&str> = prompt.split_whitespace().take(60).collect();
-    format!("You said: {}. {TAIL}", said.join(" "))
+    let said = prompt
+        .split_whitespace()
+        .take(60)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let stop = if said.ends_with(['.', '!', '?']) {
+        ""
+    } else {
+        "."
+    };
+    format!("You said: {said}{stop} {TAIL}")
 }
 
 /// Split `text` into exactly `n` (at least 1) chunks at word boundaries; their concatenation is
@@ -149,6 +166,11 @@ mod tests {
             "Reply (question): hi {unknown} {not json}"
         );
         assert_eq!(render_prompt(None, inputs.as_object().unwrap()), "hi");
+        let history = json!({"prompt": "q", "context": ["user: a", "assistant: b"]});
+        assert_eq!(
+            render_prompt(Some("{context}\n{prompt}"), history.as_object().unwrap()),
+            "user: a\nassistant: b\nq"
+        );
     }
 
     #[test]

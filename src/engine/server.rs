@@ -56,8 +56,9 @@ async fn execute(
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
         let verdict = match token {
             Some(t) => crate::auth::verify_engine_token(key, t),
             None => Err(crate::auth::AuthError::Missing),
@@ -164,7 +165,11 @@ impl Conn {
     async fn abort(self, flow_id: &str, error: RecvError) {
         tracing::info!(flow_id, error = %error, "handshake ended");
         match error {
-            RecvError::Closed => {}
+            RecvError::Closed => {
+                // One more read flushes the automatic close reply, if the peer sent a close.
+                let mut conn = self;
+                let _ = tokio::time::timeout(conn.config.close_timeout, conn.socket.recv()).await;
+            }
             RecvError::Timeout => self.close(4408, "handshake step timed out").await,
             RecvError::TooBig => self.close(1009, "frame too big").await,
             RecvError::Binary => self.close(1008, "text frames only").await,

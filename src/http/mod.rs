@@ -6,6 +6,7 @@
 //! graceful shutdown does not wait for them.
 
 pub mod health;
+pub mod limits;
 pub mod page;
 pub mod ws;
 
@@ -39,6 +40,10 @@ pub struct AppState {
     pub runs: Registry,
     /// Where runs and their frames are recorded.
     pub runlog: RunLog,
+    /// Upgrade rate per client address.
+    pub upgrade_limits: limits::PerAddress,
+    /// Client sockets open now.
+    pub open_sessions: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Errors starting the gateway.
@@ -104,6 +109,10 @@ impl Gateway {
                 max_events_per_run: config.max_run_frames,
             })),
         };
+        let upgrade_limits = limits::PerAddress::new(
+            config.upgrades_per_second,
+            config.upgrades_per_second.saturating_mul(2),
+        );
         let state = AppState {
             config: Arc::new(config),
             store,
@@ -113,6 +122,8 @@ impl Gateway {
             sessions: TaskTracker::new(),
             runs: Registry::default(),
             runlog,
+            upgrade_limits,
+            open_sessions: Arc::default(),
         };
         Ok(Gateway { listener, state })
     }

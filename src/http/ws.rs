@@ -4,7 +4,7 @@
 //! logged.
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
@@ -88,8 +88,31 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
+/// Is this browser origin allowed? No `Origin` (a non-browser client) is; otherwise it must be
+/// in the allow-list, or, with an empty list, name the same host as the `Host` header.
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    if allowed.is_empty() {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let origin_host = origin.split_once("://").map(|(_, rest)| rest).unwrap_or("");
+        return !host.is_empty() && origin_host.eq_ignore_ascii_case(host);
+    }
+    allowed
+        .iter()
+        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+}
+
 pub async fn upgrade(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Path(agent_id): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -107,6 +130,21 @@ pub async fn upgrade(
     };
     if state.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    if !origin_allowed(&headers, &state.config.allowed_origins) {
+        tracing::warn!(%peer, "upgrade refused: Origin not allowed");
+        return (
+            StatusCode::FORBIDDEN,
+            "this Origin may not open a flowgate socket (see --allowed-origins)\n",
+        )
+            .into_response();
+    }
+    if !state.upgrade_limits.allow(peer.ip()) {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many connection attempts: slow down\n",
+        )
+            .into_response();
     }
     let found = find_token(&headers, query.as_deref(), state.config.allow_query_token);
     let authn = match &found {
@@ -132,7 +170,29 @@ pub async fn upgrade(
     );
     let sessions = state.sessions.clone();
     ws.on_upgrade(move |socket| {
-        sessions.track_future(session::serve(state, socket, agent_id, authn).instrument(span))
+        sessions.track_future(
+            async move {
+                let open = state
+                    .open_sessions
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if open >= state.config.max_sessions {
+                    tracing::warn!(open, "too many sessions: closing with 1013");
+                    session::refuse(
+                        socket,
+                        crate::relay::protocol::close::TRY_AGAIN,
+                        "overloaded: try again later",
+                        state.config.client_write_timeout,
+                    )
+                    .await;
+                } else {
+                    session::serve(state.clone(), socket, agent_id, authn).await;
+                }
+                state
+                    .open_sessions
+                    .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            .instrument(span),
+        )
     })
 }
 

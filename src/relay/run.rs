@@ -385,6 +385,12 @@ async fn relay(
         partial_cap: state.config.max_engine_frame_bytes,
         ..Progress::default()
     };
+    // The idle deadline moves with events only: an engine that answers pings but sends no
+    // event still times out.
+    let mut deadline = tokio::time::Instant::now() + idle;
+    let ping_every = state.config.ping_interval;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    let mut last_heard = tokio::time::Instant::now();
     loop {
         let next = tokio::select! {
             biased;
@@ -393,8 +399,24 @@ async fn relay(
                 cancelled(em, &progress);
                 return;
             }
-            n = tokio::time::timeout(idle, socket.next()) => n,
+            _ = ping.tick() => {
+                if last_heard.elapsed() > ping_every * 2 {
+                    lost(em, &progress, "the engine stopped answering pings");
+                    return;
+                }
+                let sent = tokio::time::timeout(
+                    state.config.engine_handshake_timeout,
+                    socket.send(Message::Ping(Default::default())),
+                ).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    lost(em, &progress, "a ping to the engine could not be sent");
+                    return;
+                }
+                continue;
+            }
+            n = tokio::time::timeout_at(deadline, socket.next()) => n,
         };
+        last_heard = tokio::time::Instant::now();
         let text = match next {
             Err(_) => {
                 let msg = format!(
@@ -438,7 +460,10 @@ async fn relay(
                 }
                 return;
             }
-            Ok(Some(Ok(Message::Text(t)))) => t,
+            Ok(Some(Ok(Message::Text(t)))) => {
+                deadline = tokio::time::Instant::now() + idle;
+                t
+            }
             Ok(Some(Ok(Message::Close(_)))) => {
                 lost(
                     em,
@@ -490,6 +515,10 @@ async fn relay(
                 chunk = Some((element, c.to_string()));
             }
         }
+        let terminal = kind == "flow_completed" || kind == "flow_error";
+        if !terminal && state.config.drop_events.iter().any(|d| d == kind) {
+            continue; // filtered (e.g. llm_prompt, which may hold hidden prompts)
+        }
         if kind == "flow_started" || peek.run_id.is_some() || peek.seq.is_some() {
             // Rare: rebuild the frame (flow_started gains data.workflow; an engine that sends
             // its own run_id/seq has them replaced).
@@ -513,7 +542,7 @@ async fn relay(
         } else {
             em.engine(raw, chunk);
         }
-        if kind == "flow_completed" || kind == "flow_error" {
+        if terminal {
             if kind == "flow_error" {
                 let why = peek
                     .data

@@ -68,9 +68,27 @@ pub async fn serve(state: AppState, mut socket: WebSocket, agent_id: String, aut
     let mut draining = false;
     let grace = tokio::time::sleep(Duration::MAX / 4);
     tokio::pin!(grace);
+    let expiry = tokio::time::sleep(until_expiry(identity.as_ref()));
+    tokio::pin!(expiry);
+    let mut expired = false;
+    let mut rate = crate::http::limits::Bucket::new(
+        state.config.client_messages_per_second,
+        state.config.client_messages_per_second.saturating_mul(2),
+    );
+    // Liveness: anything from the client (a pong included) proves it is there.
+    let mut last_heard = tokio::time::Instant::now();
 
     loop {
         tokio::select! {
+            _ = &mut expiry, if !expired && identity.is_some() => {
+                expired = true;
+                tracing::info!("the client's token expired");
+                if run.is_none() {
+                    expire(&mut socket, write_timeout).await;
+                    return;
+                }
+                // The current run finishes; the socket closes with 4401 after it.
+            }
             _ = shutdown.cancelled(), if !draining => {
                 draining = true;
                 if run.is_none() {
@@ -110,6 +128,10 @@ pub async fn serve(state: AppState, mut socket: WebSocket, agent_id: String, aut
                     }
                     Follow::End(close_after) => {
                         if let Some(ended) = run.take() { ended.shared.detach(); }
+                        if expired {
+                            expire(&mut socket, write_timeout).await;
+                            return;
+                        }
                         if let Some((code, reason)) = close_after {
                             close_with(&mut socket, code, reason, write_timeout).await;
                             return;
@@ -122,6 +144,16 @@ pub async fn serve(state: AppState, mut socket: WebSocket, agent_id: String, aut
                 }
             }
             incoming = socket.recv() => {
+                last_heard = tokio::time::Instant::now();
+                if state.config.client_messages_per_second > 0
+                    && matches!(incoming, Some(Ok(Message::Text(_) | Message::Binary(_))))
+                    && !rate.take(std::time::Instant::now())
+                {
+                    tracing::warn!("client message flood: closing with 4429");
+                    leave(&state, &mut run);
+                    close_with(&mut socket, close::RATE_LIMITED, "rate limited", write_timeout).await;
+                    return;
+                }
                 let text = match incoming {
                     None => {
                         leave(&state, &mut run);
@@ -169,6 +201,8 @@ pub async fn serve(state: AppState, mut socket: WebSocket, agent_id: String, aut
                                 return;
                             }
                             tracing::Span::current().record("user_id", id.user_id.as_str());
+                            expiry.as_mut().reset(tokio::time::Instant::now() + until_expiry(Some(&id)));
+                            expired = false;
                             identity = Some(id);
                         }
                         Err(e) => {
@@ -207,6 +241,11 @@ pub async fn serve(state: AppState, mut socket: WebSocket, agent_id: String, aut
                             close_with(&mut socket, close::UNAUTHENTICATED, "unauthenticated", write_timeout).await;
                             return;
                         };
+                        if expired {
+                            expire(&mut socket, write_timeout).await;
+                            leave(&state, &mut run);
+                            return;
+                        }
                         let refusal = if run.is_some() {
                             Some("a run is already in progress on this socket: wait for its terminal event or send {\"type\":\"cancel\"}".to_owned())
                         } else if draining {
@@ -232,6 +271,12 @@ pub async fn serve(state: AppState, mut socket: WebSocket, agent_id: String, aut
                 }
             }
             _ = ping.tick() => {
+                if last_heard.elapsed() > state.config.ping_interval * 2 {
+                    tracing::info!("client stopped answering pings: closing with 4408");
+                    leave(&state, &mut run);
+                    close_with(&mut socket, close::TOO_SLOW, "idle: no pong", write_timeout).await;
+                    return;
+                }
                 if !write(&mut socket, Message::Ping(Vec::new().into()), write_timeout).await {
                     leave(&state, &mut run);
                     return;
@@ -239,6 +284,47 @@ pub async fn serve(state: AppState, mut socket: WebSocket, agent_id: String, aut
             }
         }
     }
+}
+
+/// Time until the token expires (forever for anonymous callers or no identity).
+fn until_expiry(identity: Option<&Identity>) -> Duration {
+    let Some(id) = identity else {
+        return Duration::from_secs(365 * 24 * 3600);
+    };
+    if id.expires_at == u64::MAX {
+        return Duration::from_secs(365 * 24 * 3600);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    Duration::from_secs(id.expires_at.saturating_sub(now))
+}
+
+/// The token expired: tell the client and close with 4401.
+async fn expire(socket: &mut WebSocket, write_timeout: Duration) {
+    let text = protocol::error_frame(
+        ErrorCode::Unauthenticated,
+        "the token has expired: reconnect (or send {\"type\":\"auth\"}) with a fresh token",
+    );
+    let _ = write(socket, Message::Text(text.into()), write_timeout).await;
+    close_with(
+        socket,
+        close::UNAUTHENTICATED,
+        "token expired",
+        write_timeout,
+    )
+    .await;
+}
+
+/// Refuse a socket right after the upgrade (overload).
+pub async fn refuse(
+    mut socket: WebSocket,
+    code: u16,
+    reason: &'static str,
+    write_timeout: Duration,
+) {
+    close_with(&mut socket, code, reason, write_timeout).await;
 }
 
 fn start_run(

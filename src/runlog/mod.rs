@@ -9,7 +9,8 @@
 //!   statements in one transaction. A full buffer drops the frame, counts it in
 //!   [`RunLogStats::events_dropped`], logs once per run that its log is incomplete and records the
 //!   count on the run row. A heartbeat task keeps `flowgate_instance.heartbeat_at` fresh and
-//!   sweeps runs of instances whose heartbeat is stale to `failed`/`gateway_lost`.
+//!   sweeps runs of instances whose heartbeat is stale to `failed`/`gateway_lost`, then deletes
+//!   finished runs older than the retention (a bounded number per tick).
 //! - [`MemoryRunLog`] (`memory`) keeps the last `max_runs` runs in memory (oldest finished runs
 //!   are evicted first), at most `max_events_per_run` frames each.
 //!
@@ -26,7 +27,7 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 pub use memory::{MemoryRunLog, MemoryRunLogConfig};
-pub use postgres::{PgRunLog, PgRunLogConfig, sweep_lost_runs};
+pub use postgres::{PgRunLog, PgRunLogConfig, prune, sweep_lost_runs};
 
 /// The `error_code` of runs whose gateway stopped heartbeating.
 pub const GATEWAY_LOST: &str = "gateway_lost";

@@ -6,6 +6,7 @@
 //! meets a full buffer is dropped and counted. The writer writes each batch in one transaction, in
 //! the order runs → frames → `last_seq` → endings. The sweep only fails runs whose instance has
 //! not heartbeated for `stale_after`; starting a gateway never touches other instances' runs.
+//! Pruning deletes finished runs older than `retention`, `prune_batch` runs per heartbeat tick.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +41,10 @@ pub struct PgRunLogConfig {
     pub heartbeat_interval: Duration,
     /// Runs of an instance whose heartbeat is older than this are failed with `gateway_lost`.
     pub stale_after: Duration,
+    /// Finished runs older than this are deleted with their frames (on the heartbeat).
+    pub retention: Duration,
+    /// Most runs deleted per heartbeat tick (keeps each delete short).
+    pub prune_batch: usize,
 }
 
 impl Default for PgRunLogConfig {
@@ -53,6 +58,8 @@ impl Default for PgRunLogConfig {
             retry_delay: Duration::from_millis(200),
             heartbeat_interval: Duration::from_secs(10),
             stale_after: Duration::from_secs(60),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            prune_batch: 200,
         }
     }
 }
@@ -609,7 +616,63 @@ async fn heartbeat_loop(
             ),
             Err(e) => tracing::warn!(error = %e, "run log sweep failed"),
         }
+        match prune(
+            &pool,
+            config.retention,
+            config.prune_batch,
+            config.write_timeout,
+        )
+        .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(runs = n, "old runs deleted from the run log"),
+            Err(e) => tracing::warn!(error = %e, "run log pruning failed"),
+        }
     }
+}
+
+/// Delete up to `batch` runs that ended more than `retention` ago, with their frames, and the
+/// rows of instances that are silent for as long and have no running run. Returns the runs
+/// deleted.
+pub async fn prune(
+    pool: &PgPool,
+    retention: Duration,
+    batch: usize,
+    timeout: Duration,
+) -> Result<u64, RunLogError> {
+    let work = async {
+        let mut tx = pool.begin().await?;
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT run_id FROM flowgate_run \
+             WHERE ended_at < now() - make_interval(secs => $1) ORDER BY ended_at LIMIT $2",
+        )
+        .bind(retention.as_secs_f64())
+        .bind(i64::try_from(batch).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await?;
+        if !ids.is_empty() {
+            sqlx::query("DELETE FROM flowgate_run_event WHERE run_id = ANY($1)")
+                .bind(&ids)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM flowgate_run WHERE run_id = ANY($1)")
+                .bind(&ids)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "DELETE FROM flowgate_instance i \
+             WHERE i.heartbeat_at < now() - make_interval(secs => $1) \
+               AND NOT EXISTS (SELECT 1 FROM flowgate_run r \
+                               WHERE r.instance_id = i.instance_id AND r.status = 'running')",
+        )
+        .bind(retention.as_secs_f64())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(ids.len() as u64)
+    };
+    bounded(timeout, work).await
 }
 
 async fn bounded<T>(

@@ -418,3 +418,73 @@ async fn a_silent_gateway_times_out() {
         run.result
     );
 }
+
+// ---- against the real gateway and reference engine ------------------------------------------
+
+fn real_args(app: &crate::common::TestApp, agent: &str) -> ChatArgs {
+    let mut a = args(&format!("http://{}", app.addr), agent);
+    a.token = Some(Secret::new(crate::common::token("alice")));
+    a
+}
+
+#[tokio::test]
+async fn real_gateway_echo_prints_the_message_back() {
+    let app = crate::common::spawn_app().await;
+    let run = run_chat(
+        &real_args(&app, "echo"),
+        "hello from the terminal",
+        &CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(
+        run.result.unwrap(),
+        Outcome::Completed {
+            text: "hello from the terminal".into()
+        }
+    );
+    assert_eq!(run.stdout, "hello from the terminal\n");
+    assert!(
+        run.stderr.contains("▶ Chat Input (chat_input)"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test]
+async fn real_gateway_assistant_streams_its_answer() {
+    let app = crate::common::spawn_app().await;
+    let run = run_chat(
+        &real_args(&app, "assistant"),
+        "Hello there",
+        &CancellationToken::new(),
+    )
+    .await;
+    let Ok(Outcome::Completed { text }) = run.result else {
+        panic!("{:?}\n{}", run.result, run.stderr)
+    };
+    assert!(text.contains("Hello there"), "{text}");
+    assert_eq!(run.stdout, format!("{text}\n"), "the streamed text, once");
+    assert!(
+        run.stderr.contains("▶ Assistant (llm_text)"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test]
+async fn real_gateway_unknown_agent_fails_with_agent_not_found() {
+    let app = crate::common::spawn_app().await;
+    let run = run_chat(
+        &real_args(&app, "no-such-agent"),
+        "hi",
+        &CancellationToken::new(),
+    )
+    .await;
+    let outcome = run.result.unwrap();
+    assert!(
+        matches!(&outcome, Outcome::Failed { code: Some(c), .. } if c == "agent_not_found"),
+        "{outcome:?}"
+    );
+    assert_ne!(outcome.exit_code(), std::process::ExitCode::SUCCESS);
+    assert!(run.stderr.contains("[agent_not_found]"), "{}", run.stderr);
+}

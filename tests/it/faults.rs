@@ -9,7 +9,11 @@ use serde_json::{Value, json};
 
 use crate::common::*;
 
-async fn run_with_fault(fault: &str, agent: &str, tweak: impl FnOnce(&mut flowgate::config::GatewayConfig)) -> (Vec<Value>, Client) {
+async fn run_with_fault(
+    fault: &str,
+    agent: &str,
+    tweak: impl FnOnce(&mut flowgate::config::GatewayConfig),
+) -> (Vec<Value>, Client) {
     let mut engine = EngineConfig::for_tests();
     engine.fault = Some(fault.parse::<Fault>().expect("fault spec"));
     engine.llm_tokens = 20;
@@ -47,8 +51,14 @@ async fn engine_crash_mid_run_is_engine_lost_with_the_partial_output() {
     assert_eq!(t["type"], "flow_error");
     assert_eq!(t["data"]["code"], "engine_lost", "{t}");
     let streamed = streamed_text(&frames);
-    assert!(!streamed.is_empty(), "the crash should come after some chunks: {frames:#?}");
-    assert_eq!(t["data"]["partial_output"].as_str(), Some(streamed.as_str()));
+    assert!(
+        !streamed.is_empty(),
+        "the crash should come after some chunks: {frames:#?}"
+    );
+    assert_eq!(
+        t["data"]["partial_output"].as_str(),
+        Some(streamed.as_str())
+    );
     assert_nothing_after_terminal(&mut c, &frames).await;
 }
 

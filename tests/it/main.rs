@@ -14,3 +14,4 @@ mod deploy;
 mod faults;
 mod engine;
 mod runs;
+mod security;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use flowgate::runlog::{
     GATEWAY_LOST, MemoryRunLog, MemoryRunLogConfig, PgRunLog, PgRunLogConfig, RunLog, RunStart,
-    RunState, RunStatus, sweep_lost_runs,
+    RunState, RunStatus, prune, sweep_lost_runs,
 };
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -25,6 +25,7 @@ fn config() -> PgRunLogConfig {
         retry_delay: Duration::from_millis(50),
         heartbeat_interval: Duration::from_secs(10),
         stale_after: Duration::from_secs(60),
+        ..PgRunLogConfig::default()
     }
 }
 
@@ -278,4 +279,56 @@ async fn a_full_buffer_counts_drops_instead_of_blocking(pool: PgPool) {
         .expect("run row");
     assert_eq!(info.status, RunState::Completed);
     assert_eq!(info.events_dropped, stats.events_dropped);
+}
+
+#[sqlx::test]
+async fn pruning_deletes_only_runs_past_retention_with_their_frames(pool: PgPool) {
+    let (old_gateway, live) = (Uuid::new_v4(), Uuid::new_v4());
+    insert_instance(&pool, old_gateway, 30.0 * 24.0 * 3600.0).await;
+    insert_instance(&pool, live, 1.0).await;
+    let old = insert_run(&pool, old_gateway, "completed").await;
+    let recent = insert_run(&pool, live, "completed").await;
+    let running = insert_run(&pool, live, "running").await;
+    sqlx::query("UPDATE flowgate_run SET ended_at = now() - interval '8 days' WHERE run_id = $1")
+        .bind(old)
+        .execute(&pool)
+        .await
+        .expect("age the run");
+    sqlx::query("UPDATE flowgate_run SET ended_at = now() - interval '1 hour' WHERE run_id = $1")
+        .bind(recent)
+        .execute(&pool)
+        .await
+        .expect("age the run");
+    for id in [old, recent, running] {
+        sqlx::query("INSERT INTO flowgate_run_event (run_id, seq, frame) VALUES ($1, 1, '{}')")
+            .bind(id)
+            .execute(&pool)
+            .await
+            .expect("frame");
+    }
+
+    let week = Duration::from_secs(7 * 24 * 3600);
+    let deleted = prune(&pool, week, 100, TIMEOUT).await.expect("prune");
+    assert_eq!(deleted, 1);
+    let runs: Vec<Uuid> = sqlx::query_scalar("SELECT run_id FROM flowgate_run")
+        .fetch_all(&pool)
+        .await
+        .expect("runs");
+    assert!(!runs.contains(&old));
+    assert!(runs.contains(&recent) && runs.contains(&running));
+    let frames: Vec<Uuid> = sqlx::query_scalar("SELECT run_id FROM flowgate_run_event")
+        .fetch_all(&pool)
+        .await
+        .expect("frames");
+    assert!(!frames.contains(&old));
+    assert_eq!(frames.len(), 2);
+    let instances: Vec<Uuid> = sqlx::query_scalar("SELECT instance_id FROM flowgate_instance")
+        .fetch_all(&pool)
+        .await
+        .expect("instances");
+    assert_eq!(
+        instances,
+        vec![live],
+        "the long-silent instance row is gone"
+    );
 }

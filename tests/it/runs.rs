@@ -37,13 +37,17 @@ async fn resume_of_a_live_run_continues_without_gap_or_duplicate() {
     let run_id = frames[0]["run_id"].as_str().unwrap().to_owned();
     drop(c); // the connection is lost without a cancel
     let mut c2 = app.connect("assistant", "alice").await;
-    c2.send_json(json!({"type": "resume", "run_id": run_id, "after_seq": 22})).await;
+    c2.send_json(json!({"type": "resume", "run_id": run_id, "after_seq": 22}))
+        .await;
     frames.extend(c2.collect_run().await);
     assert_run_stamps(&frames);
     let last = frames.last().unwrap();
     assert_eq!(last["type"], "flow_completed", "{last}");
     let final_output = frames.iter().find(|f| f["type"] == "final_output").unwrap();
-    assert_eq!(final_output["data"]["text_output"].as_str(), Some(streamed_text(&frames).as_str()));
+    assert_eq!(
+        final_output["data"]["text_output"].as_str(),
+        Some(streamed_text(&frames).as_str())
+    );
 }
 
 #[tokio::test]
@@ -54,7 +58,8 @@ async fn a_finished_run_is_replayed_to_its_terminal_event() {
     let original = c.collect_run().await;
     let run_id = original[0]["run_id"].as_str().unwrap().to_owned();
     let mut c2 = app.connect("echo", "alice").await;
-    c2.send_json(json!({"type": "resume", "run_id": run_id, "after_seq": 5})).await;
+    c2.send_json(json!({"type": "resume", "run_id": run_id, "after_seq": 5}))
+        .await;
     let replay = c2.collect_run().await;
     assert_eq!(replay, original[5..].to_vec());
 }
@@ -67,11 +72,15 @@ async fn resuming_another_users_run_is_forbidden_and_an_unknown_run_is_invalid()
     let frames = c.collect_run().await;
     let run_id = frames[0]["run_id"].as_str().unwrap().to_owned();
     let mut thief = app.connect("echo", "mallory").await;
-    thief.send_json(json!({"type": "resume", "run_id": run_id, "after_seq": 0})).await;
+    thief
+        .send_json(json!({"type": "resume", "run_id": run_id, "after_seq": 0}))
+        .await;
     let f = thief.next().await.unwrap();
     assert_eq!(f["data"]["code"], "forbidden", "{f}");
     thief
-        .send_json(json!({"type": "resume", "run_id": uuid::Uuid::new_v4().to_string(), "after_seq": 0}))
+        .send_json(
+            json!({"type": "resume", "run_id": uuid::Uuid::new_v4().to_string(), "after_seq": 0}),
+        )
         .await;
     let f = thief.next().await.unwrap();
     assert_eq!(f["data"]["code"], "invalid_request", "{f}");
@@ -79,7 +88,10 @@ async fn resuming_another_users_run_is_forbidden_and_an_unknown_run_is_invalid()
 
 #[tokio::test]
 async fn a_detached_run_is_cancelled_when_nobody_resumes_it_within_the_grace() {
-    let app = spawn_app_with(slow_engine(400, 10), |c| c.detach_grace = Duration::from_millis(300)).await;
+    let app = spawn_app_with(slow_engine(400, 10), |c| {
+        c.detach_grace = Duration::from_millis(300)
+    })
+    .await;
     let mut c = app.connect("assistant", "alice").await;
     c.send_json(json!({"message": "long"})).await;
     let frames = read_until_seq(&mut c, 20).await;
@@ -88,14 +100,23 @@ async fn a_detached_run_is_cancelled_when_nobody_resumes_it_within_the_grace() {
     // The whole run would take 4 s; the grace is 0.3 s.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut c2 = app.connect("assistant", "alice").await;
-    c2.send_json(json!({"type": "resume", "run_id": run_id, "after_seq": 0})).await;
+    c2.send_json(json!({"type": "resume", "run_id": run_id, "after_seq": 0}))
+        .await;
     let replay = c2.collect_run().await;
-    assert_eq!(replay.last().unwrap()["type"], "flow_cancelled", "{:#?}", replay.last());
+    assert_eq!(
+        replay.last().unwrap()["type"],
+        "flow_cancelled",
+        "{:#?}",
+        replay.last()
+    );
 }
 
 #[tokio::test]
 async fn a_detached_run_keeps_going_within_the_grace() {
-    let app = spawn_app_with(slow_engine(40, 10), |c| c.detach_grace = Duration::from_secs(20)).await;
+    let app = spawn_app_with(slow_engine(40, 10), |c| {
+        c.detach_grace = Duration::from_secs(20)
+    })
+    .await;
     let mut c = app.connect("assistant", "alice").await;
     c.send_json(json!({"message": "keep going"})).await;
     let frames = read_until_seq(&mut c, 20).await;
@@ -103,7 +124,8 @@ async fn a_detached_run_keeps_going_within_the_grace() {
     drop(c);
     tokio::time::sleep(Duration::from_millis(800)).await; // the run finishes meanwhile
     let mut c2 = app.connect("assistant", "alice").await;
-    c2.send_json(json!({"type": "resume", "run_id": run_id, "after_seq": 0})).await;
+    c2.send_json(json!({"type": "resume", "run_id": run_id, "after_seq": 0}))
+        .await;
     let replay = c2.collect_run().await;
     assert_eq!(replay.last().unwrap()["type"], "flow_completed");
 }
@@ -118,12 +140,16 @@ async fn cancel_on_disconnect_stops_the_run_at_once() {
     drop(c);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut c2 = app.connect("assistant", "alice").await;
-    c2.send_json(json!({"type": "resume", "run_id": run_id, "after_seq": 0})).await;
+    c2.send_json(json!({"type": "resume", "run_id": run_id, "after_seq": 0}))
+        .await;
     let replay = c2.collect_run().await;
     let last = replay.last().unwrap();
     assert_eq!(last["type"], "flow_cancelled", "{last}");
     let chunks = replay.iter().filter(|f| f["type"] == "llm_chunk").count();
-    assert!(chunks < 100, "the run went on after the disconnect: {chunks} chunks");
+    assert!(
+        chunks < 100,
+        "the run went on after the disconnect: {chunks} chunks"
+    );
 }
 
 #[tokio::test]
@@ -138,7 +164,11 @@ async fn merged_chunks_keep_seq_coverage_exact() {
         let seq = f["seq"].as_u64().unwrap();
         match f.get("merged_seqs") {
             Some(m) => {
-                assert_eq!(m[0].as_u64(), Some(expected), "merged range starts right after: {f}");
+                assert_eq!(
+                    m[0].as_u64(),
+                    Some(expected),
+                    "merged range starts right after: {f}"
+                );
                 assert_eq!(m[1].as_u64(), Some(seq));
                 assert_eq!(f["type"], "llm_chunk");
             }
@@ -147,7 +177,10 @@ async fn merged_chunks_keep_seq_coverage_exact() {
         expected = seq + 1;
     }
     let final_output = frames.iter().find(|f| f["type"] == "final_output").unwrap();
-    assert_eq!(final_output["data"]["text_output"].as_str(), Some(streamed_text(&frames).as_str()));
+    assert_eq!(
+        final_output["data"]["text_output"].as_str(),
+        Some(streamed_text(&frames).as_str())
+    );
 }
 
 #[tokio::test]
@@ -163,12 +196,18 @@ async fn too_many_runs_per_user_is_refused() {
     // Another user is not affected.
     let mut other = app.connect("echo", "bob").await;
     other.send_json(json!({"message": "x"})).await;
-    assert_eq!(other.collect_run().await.last().unwrap()["type"], "flow_completed");
+    assert_eq!(
+        other.collect_run().await.last().unwrap()["type"],
+        "flow_completed"
+    );
 }
 
 #[tokio::test]
 async fn shutdown_lets_a_running_run_finish_then_closes_with_1012() {
-    let app = spawn_app_with(slow_engine(30, 10), |c| c.shutdown_grace = Duration::from_secs(5)).await;
+    let app = spawn_app_with(slow_engine(30, 10), |c| {
+        c.shutdown_grace = Duration::from_secs(5)
+    })
+    .await;
     let mut c = app.connect("assistant", "alice").await;
     c.send_json(json!({"message": "finish me"})).await;
     read_until_seq(&mut c, 10).await;
@@ -180,7 +219,10 @@ async fn shutdown_lets_a_running_run_finish_then_closes_with_1012() {
 
 #[tokio::test]
 async fn shutdown_closes_a_run_that_outlives_the_grace_with_1012() {
-    let app = spawn_app_with(slow_engine(1000, 10), |c| c.shutdown_grace = Duration::from_millis(300)).await;
+    let app = spawn_app_with(slow_engine(1000, 10), |c| {
+        c.shutdown_grace = Duration::from_millis(300)
+    })
+    .await;
     let mut c = app.connect("assistant", "alice").await;
     c.send_json(json!({"message": "too long"})).await;
     read_until_seq(&mut c, 10).await;
@@ -201,14 +243,16 @@ async fn a_finished_run_is_replayed_after_a_gateway_restart(pool: sqlx::PgPool) 
 
     let app2 = spawn_app_pg(pool.clone()).await;
     let mut c2 = app2.connect("echo", "alice").await;
-    c2.send_json(json!({"type": "resume", "run_id": run_id, "after_seq": 0})).await;
+    c2.send_json(json!({"type": "resume", "run_id": run_id, "after_seq": 0}))
+        .await;
     let replay = c2.collect_run().await;
     assert_eq!(replay, original);
-    let row: (String, i64) = sqlx::query_as("SELECT status, last_seq::bigint FROM flowgate_run WHERE run_id = $1::uuid")
-        .bind(&run_id)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let row: (String, i64) =
+        sqlx::query_as("SELECT status, last_seq::bigint FROM flowgate_run WHERE run_id = $1::uuid")
+            .bind(&run_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(row.0, "completed");
     assert_eq!(row.1 as usize, original.len());
 }

@@ -1,0 +1,4 @@
+#[path = "it/common.rs"]
+mod common;
+#[path = "it/security.rs"]
+mod security;
