@@ -1,4 +1,8 @@
 #[path = "it/common.rs"]
 mod common;
-#[path = "it/security.rs"]
-mod security;
+#[path = "it/chain.rs"]
+mod chain;
+#[path = "it/outage.rs"]
+mod outage;
+#[path = "it/binary.rs"]
+mod binary;

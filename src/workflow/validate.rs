@@ -231,12 +231,20 @@ fn endpoint_name<'a>(
     None
 }
 
+/// How many declared names a message lists before "…" (keeps messages short on huge schemas).
+const LISTED_NAMES: usize = 10;
+
 fn names(schema: &Map<String, Value>) -> String {
-    schema
+    let mut text = schema
         .keys()
+        .take(LISTED_NAMES)
         .map(String::as_str)
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(", ");
+    if schema.len() > LISTED_NAMES {
+        text.push_str(", …");
+    }
+    text
 }
 
 fn reachable(start: usize, succ: &[Vec<(usize, usize)>], pred: &[Vec<usize>]) -> Vec<bool> {

@@ -15,3 +15,5 @@ mod faults;
 mod engine;
 mod runs;
 mod security;
+mod outage;
+mod binary;

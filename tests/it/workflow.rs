@@ -940,6 +940,23 @@ proptest! {
     }
 
     #[test]
+    fn convert_never_panics_on_workflow_shaped_values(
+        canvas in any::<bool>(),
+        nodes in prop::collection::vec((nasty_string(), json_value()), 0..6),
+        edges in prop::collection::vec(json_value(), 0..6),
+        start in json_value(),
+    ) {
+        let doc = if canvas {
+            let nodes: Vec<Value> = nodes.into_iter().map(|(_, v)| v).collect();
+            json!({"nodes": nodes, "edges": edges})
+        } else {
+            json!({"flow_definition": {"nodes": Value::Object(nodes.into_iter().collect()),
+                   "connections": edges, "start_element": start}})
+        };
+        check_convert(&doc)?;
+    }
+
+    #[test]
     fn convert_never_panics_on_mutated_samples(
         which in 0usize..7,
         mutations in prop::collection::vec((any::<prop::sample::Index>(), json_value(), any::<bool>()), 1..4),
