@@ -18,6 +18,7 @@ pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod http;
+pub mod metrics;
 pub mod relay;
 pub mod runlog;
 pub mod store;

@@ -6,3 +6,5 @@ mod chain;
 mod outage;
 #[path = "it/binary.rs"]
 mod binary;
+#[path = "it/ops.rs"]
+mod ops;

@@ -99,7 +99,8 @@ pub struct EngineConfig {
     #[arg(long, env = "FLOWGATE_ENGINE_REST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub rest_timeout: Duration,
 
-    /// Largest `rest_api` response read (bytes); a larger one is an element error.
+    /// Largest `rest_api` response read (bytes, headers included); a larger one is an element
+    /// error.
     #[arg(long, env = "FLOWGATE_ENGINE_REST_MAX_RESPONSE_BYTES", default_value_t = 1024 * 1024)]
     pub rest_max_response_bytes: usize,
 }

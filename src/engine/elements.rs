@@ -47,7 +47,11 @@ fn fail<T>(message: impl Into<String>) -> Result<T, Failure> {
     Err(Failure::Element(message.into()))
 }
 
+/// Length of the `*_preview` fields of element events (display only).
 const PREVIEW_CHARS: usize = 200;
+
+/// Longest string a `random_generator` makes (its `length` parameter is capped here).
+const MAX_RANDOM_STRING: u64 = 4096;
 
 /// The `processing` message of an element, or `None` for types that send their own event
 /// instead (`merger`, `selector`) unless the flow sets a message.
@@ -424,8 +428,8 @@ async fn random_generator(node: &Node, env: &RunEnv, emitter: &Emitter) -> Eleme
             if max < min {
                 return fail(format!("Random range is empty: min {min} > max {max}"));
             }
-            let span = (max - min) as u64 + 1;
-            Value::from(min + rng.below(span) as i64)
+            let span = max.abs_diff(min).saturating_add(1);
+            Value::from(min.wrapping_add(rng.below(span) as i64))
         }
         "float" | "number" => {
             let min = param_f64(node, "min", 0.0);
@@ -435,7 +439,7 @@ async fn random_generator(node: &Node, env: &RunEnv, emitter: &Emitter) -> Eleme
         "bool" | "boolean" => Value::Bool(rng.next() & 1 == 1),
         "string" => {
             const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-            let len = param_u64(node, "length", 8).min(4096);
+            let len = param_u64(node, "length", 8).min(MAX_RANDOM_STRING);
             let s: String = (0..len)
                 .map(|_| CHARS[rng.below(CHARS.len() as u64) as usize] as char)
                 .collect();

@@ -210,6 +210,12 @@ impl Executor {
                 Err(Stop::Cancelled) => Ok(()),
             };
         }
+        tracing::info!(
+            flow_id,
+            elements = self.order.len(),
+            execution_time = self.started.elapsed().as_secs_f64(),
+            "flow ended"
+        );
         self.stats.runs_ended.fetch_add(1, Ordering::SeqCst);
     }
 

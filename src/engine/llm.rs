@@ -71,6 +71,8 @@ pub fn render_prompt(template: Option<&str>, inputs: &Map<String, Value>) -> Str
     out
 }
 
+/// How many words of the prompt the scripted reply repeats.
+const REPLY_ECHO_WORDS: usize = 60;
 const TAIL: &str = "This answer comes from the flowgate scripted model.";
 const FILLER: &[&str] = &["and", "that", "is", "all", "for", "now"];
 
@@ -78,7 +80,7 @@ const FILLER: &[&str] = &["and", "that", "is", "all", "for", "now"];
 pub fn reply(prompt: &str) -> String {
     let said = prompt
         .split_whitespace()
-        .take(60)
+        .take(REPLY_ECHO_WORDS)
         .collect::<Vec<_>>()
         .join(" ");
     let stop = if said.ends_with(['.', '!', '?']) {

@@ -88,11 +88,14 @@ async fn exchange(t: &Target, request: Vec<u8>, limit: usize) -> Result<(u16, Ve
         .await
         .map_err(|e| format!("sending the request failed: {e}"))?;
     let mut raw = Vec::new();
-    let mut limited = (&mut stream).take(limit as u64 + 64 * 1024 + 1);
-    limited
+    (&mut stream)
+        .take(limit as u64 + 1)
         .read_to_end(&mut raw)
         .await
         .map_err(|e| format!("reading the response failed: {e}"))?;
+    if raw.len() > limit {
+        return Err(format!("the response is larger than {limit} bytes"));
+    }
     let head_end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -110,9 +113,6 @@ async fn exchange(t: &Target, request: Vec<u8>, limit: usize) -> Result<(u16, Ve
     });
     if chunked {
         body = decode_chunked(&body).ok_or("the chunked response body is malformed")?;
-    }
-    if body.len() > limit {
-        return Err(format!("the response is larger than {limit} bytes"));
     }
     Ok((status, body))
 }

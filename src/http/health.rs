@@ -67,3 +67,20 @@ async fn engine_reachable(state: &AppState) -> Result<(), String> {
         )),
     }
 }
+
+/// `GET /metrics`: Prometheus/OpenMetrics text.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let stats = state.runlog.stats();
+    let m = &state.metrics;
+    m.runlog_events_written.set(stats.events_written);
+    m.runlog_events_dropped.set(stats.events_dropped);
+    m.runlog_write_lag_ms_max.set(stats.write_lag_ms_max);
+    m.workflow_cache_hits.set(state.cache.hits());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.render(),
+    )
+}

@@ -44,6 +44,7 @@ pub struct AppState {
     pub upgrade_limits: limits::PerAddress,
     /// Client sockets open now.
     pub open_sessions: Arc<std::sync::atomic::AtomicUsize>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Errors starting the gateway.
@@ -124,6 +125,7 @@ impl Gateway {
             runlog,
             upgrade_limits,
             open_sessions: Arc::default(),
+            metrics: Arc::default(),
         };
         Ok(Gateway { listener, state })
     }
@@ -187,6 +189,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/agents", get(page::agents))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .route("/", get(page::index))
         .route("/static/{file}", get(page::asset))
         .with_state(state)

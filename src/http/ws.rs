@@ -162,8 +162,14 @@ pub async fn upgrade(
     if transport == Some(Transport::Subprotocol) {
         ws = ws.protocols(["bearer"]);
     }
+    let trace = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::relay::trace::TraceContext::parse)
+        .unwrap_or_else(crate::relay::trace::TraceContext::new_root);
     let span = tracing::info_span!(
         "session",
+        trace_id = %trace.trace_id,
         agent_id = %agent_id,
         user_id = tracing::field::Empty,
         transport = ?transport,
@@ -175,6 +181,7 @@ pub async fn upgrade(
                 let open = state
                     .open_sessions
                     .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                state.metrics.sessions_open.inc();
                 if open >= state.config.max_sessions {
                     tracing::warn!(open, "too many sessions: closing with 1013");
                     session::refuse(
@@ -185,11 +192,12 @@ pub async fn upgrade(
                     )
                     .await;
                 } else {
-                    session::serve(state.clone(), socket, agent_id, authn).await;
+                    session::serve(state.clone(), socket, agent_id, authn, trace).await;
                 }
                 state
                     .open_sessions
                     .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                state.metrics.sessions_open.dec();
             }
             .instrument(span),
         )

@@ -49,6 +49,8 @@ pub struct EngineTarget {
     pub connect_timeout: Duration,
     pub handshake_timeout: Duration,
     pub max_frame_bytes: usize,
+    /// W3C `traceparent` for the upgrade request.
+    pub traceparent: Option<String>,
 }
 
 /// The four payloads the gateway sends in the handshake.
@@ -81,6 +83,11 @@ pub async fn open(
         request
             .headers_mut()
             .insert(http::header::AUTHORIZATION, value);
+    }
+    if let Some(tp) = &target.traceparent
+        && let Ok(value) = tp.parse()
+    {
+        request.headers_mut().insert("traceparent", value);
     }
     let mut config = WebSocketConfig::default();
     config.max_message_size = Some(target.max_frame_bytes);

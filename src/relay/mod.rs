@@ -14,3 +14,4 @@ pub mod protocol;
 pub mod registry;
 pub mod run;
 pub mod session;
+pub mod trace;

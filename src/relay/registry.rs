@@ -24,6 +24,8 @@ pub struct Frame {
     pub text: Utf8Bytes,
     /// For `llm_chunk` frames: `(element_id, content)` so a lagging client can get them merged.
     pub chunk: Option<Arc<(String, String)>>,
+    /// When the gateway got (or made) the frame: the start of its added latency.
+    pub received: std::time::Instant,
 }
 
 #[derive(Debug, Default)]

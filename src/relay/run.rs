@@ -38,6 +38,10 @@ pub struct RunSpec {
     pub agent_id: String,
     pub identity: Identity,
     pub request: RunRequest,
+    /// When the run request arrived.
+    pub requested_at: std::time::Instant,
+    /// The `traceparent` sent to the engine (the session's trace, a new span).
+    pub traceparent: String,
 }
 
 /// Assigns `seq` and enforces "one terminal event, nothing after it". Frames go to the run's
@@ -94,6 +98,7 @@ impl Emitter {
             seq: self.seq,
             text,
             chunk,
+            received: std::time::Instant::now(),
         });
     }
 
@@ -153,6 +158,7 @@ struct PeekData<'a> {
 /// returns.
 pub async fn execute(state: AppState, spec: RunSpec, shared: Arc<RunShared>) {
     let cancel = shared.cancel.clone();
+    state.metrics.run_started(&spec.agent_id);
     state.runlog.start(RunStart {
         run_id: spec.run_id,
         agent_id: spec.agent_id.clone(),
@@ -188,6 +194,7 @@ pub async fn execute(state: AppState, spec: RunSpec, shared: Arc<RunShared>) {
                     connect_timeout: config.engine_connect_timeout,
                     handshake_timeout: config.engine_handshake_timeout,
                     max_frame_bytes: config.max_engine_frame_bytes,
+                    traceparent: Some(spec.traceparent.clone()),
                 };
                 let flow_id = em.run_id.to_string();
                 let opened = tokio::select! {
@@ -202,6 +209,7 @@ pub async fn execute(state: AppState, spec: RunSpec, shared: Arc<RunShared>) {
                 match opened {
                     None => cancelled(&mut em, &Progress::default()),
                     Some(Err(e)) => {
+                        state.metrics.engine_connect_failures.inc();
                         tracing::warn!(error = %e, "engine connection failed");
                         em.terminal_error(e.code(), &e.to_string(), json!({}));
                     }
@@ -216,6 +224,7 @@ pub async fn execute(state: AppState, spec: RunSpec, shared: Arc<RunShared>) {
     state
         .runlog
         .finish(spec.run_id, status, code, message.as_deref());
+    state.metrics.run_finished(&spec.agent_id, status.as_str(), code);
     tracing::info!(
         status = status.as_str(),
         code = code.unwrap_or(""),
@@ -526,6 +535,10 @@ async fn relay(
                 Ok(v) => v,
                 Err(_) => continue,
             };
+            if kind == "flow_started" {
+                let setup = spec.requested_at.elapsed().as_secs_f64();
+                state.metrics.connect_to_flow_started.observe(setup);
+            }
             if kind == "flow_started"
                 && let Some(Value::Object(data)) = v.get_mut("data")
             {

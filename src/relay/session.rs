@@ -38,7 +38,13 @@ struct ActiveRun {
 }
 
 /// Serve one client socket until it closes.
-pub async fn serve(state: AppState, mut socket: WebSocket, agent_id: String, authn: Authn) {
+pub async fn serve(
+    state: AppState,
+    mut socket: WebSocket,
+    agent_id: String,
+    authn: Authn,
+    trace: super::trace::TraceContext,
+) {
     let write_timeout = state.config.client_write_timeout;
     let mut identity = match authn {
         Authn::Ok(id) => Some(id),
@@ -117,7 +123,10 @@ pub async fn serve(state: AppState, mut socket: WebSocket, agent_id: String, aut
                             return;
                         }
                         let last = batch.last().map(|f| f.seq).unwrap_or(r.cursor);
+                        let received: Vec<std::time::Instant> = batch.iter().map(|f| f.received).collect();
+                        let count = batch.len();
                         let texts = if lag > state.config.merge_lag { merge_chunks(batch) } else { batch.into_iter().map(|f| f.text).collect() };
+                        let written = texts.len();
                         if !write_batch(&mut socket, texts, write_timeout).await {
                             tracing::info!("client too slow or gone");
                             leave(&state, &mut run);
@@ -125,6 +134,11 @@ pub async fn serve(state: AppState, mut socket: WebSocket, agent_id: String, aut
                             return;
                         }
                         r.cursor = last;
+                        state.metrics.coalesced_chunks.inc_by((count - written) as u64);
+                        state.metrics.events_relayed.inc_by(written as u64);
+                        for t in received {
+                            state.metrics.event_added_latency.observe(t.elapsed().as_secs_f64());
+                        }
                     }
                     Follow::End(close_after) => {
                         if let Some(ended) = run.take() { ended.shared.detach(); }
@@ -227,10 +241,11 @@ pub async fn serve(state: AppState, mut socket: WebSocket, agent_id: String, aut
                         }
                         match resume(&state, &mut socket, &id, run_id, after_seq, write_timeout).await {
                             Resumed::Live(shared) => {
+                                state.metrics.resumes.inc();
                                 tracing::info!(%run_id, after_seq, "client resumed a live run");
                                 run = Some(ActiveRun { shared, cursor: after_seq });
                             }
-                            Resumed::Replayed => {}
+                            Resumed::Replayed => { state.metrics.resumes.inc(); }
                             Resumed::SocketGone => return,
                         }
                     }
@@ -266,7 +281,7 @@ pub async fn serve(state: AppState, mut socket: WebSocket, agent_id: String, aut
                             if !write(&mut socket, Message::Text(text.into()), write_timeout).await { leave(&state, &mut run); return; }
                             continue;
                         }
-                        run = Some(start_run(&state, &agent_id, id, *request));
+                        run = Some(start_run(&state, &agent_id, id, *request, &trace));
                     }
                 }
             }
@@ -332,6 +347,7 @@ fn start_run(
     agent_id: &str,
     identity: Identity,
     request: protocol::RunRequest,
+    trace: &super::trace::TraceContext,
 ) -> ActiveRun {
     let run_id = Uuid::new_v4();
     let shared = RunShared::new(run_id, identity.user_id.clone(), agent_id.to_owned());
@@ -343,6 +359,8 @@ fn start_run(
         agent_id: agent_id.to_owned(),
         identity,
         request,
+        requested_at: std::time::Instant::now(),
+        traceparent: trace.child_header(),
     };
     let task_state = state.clone();
     let task_shared = shared.clone();

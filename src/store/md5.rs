@@ -110,6 +110,7 @@ pub fn python_float_repr(f: f64) -> String {
     let (mantissa, exp) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
     let exp: i32 = exp.parse().unwrap_or(0);
     let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let (digits, exp) = break_tie_to_even(f.abs(), digits, exp);
     // Position of the decimal point relative to the first digit (Python's `decpt`).
     let decpt = exp + 1;
     let body = if decpt <= -4 || decpt > 16 {
@@ -132,6 +133,40 @@ pub fn python_float_repr(f: f64) -> String {
         }
     };
     format!("{sign}{body}")
+}
+
+/// Rust's shortest digits break an exact tie between two equally short, equally close digit
+/// strings upwards; Python's `dtoa` (mode 0) picks the one with an even last digit. A tie means
+/// the exact binary value has one digit more than the shortest form, and that digit is `5`.
+fn break_tie_to_even(f: f64, digits: String, exp: i32) -> (String, i32) {
+    // An f64's exact decimal expansion has at most 767 significant digits.
+    let exact = format!("{f:.767e}");
+    let Some((mantissa, exact_exp)) = exact.split_once('e') else {
+        return (digits, exp);
+    };
+    let Ok(exact_exp) = exact_exp.parse::<i32>() else {
+        return (digits, exp);
+    };
+    let exact_digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let exact_digits = exact_digits.trim_end_matches('0');
+    if exact_digits.len() != digits.len() + 1 || !exact_digits.ends_with('5') {
+        return (digits, exp);
+    }
+    let lower = &exact_digits[..digits.len()];
+    let even = lower
+        .bytes()
+        .last()
+        .is_some_and(|d| (d - b'0').is_multiple_of(2));
+    if !even || lower == digits {
+        return (digits, exp);
+    }
+    // Use the lower candidate only if it still reads back as the same double.
+    let candidate = format!("{}.{}e{exact_exp}", &lower[..1], &lower[1..]);
+    if candidate.parse::<f64>() == Ok(f) {
+        (lower.to_owned(), exact_exp)
+    } else {
+        (digits, exp)
+    }
 }
 
 #[cfg(test)]
@@ -158,6 +193,21 @@ mod tests {
         ];
         for (value, expected) in cases {
             assert_eq!(python_float_repr(value), expected, "repr of {value:?}");
+        }
+    }
+
+    #[test]
+    fn exact_ties_round_to_the_even_digit_like_python() {
+        // Exactly halfway between two shortest forms: Python picks the even last digit.
+        // python3 -c 'import struct; print([repr(struct.unpack("<d", bytes.fromhex(h)[::-1])[0])
+        //   for h in ["4316dd14fdc9bd19", "4300d10664995332", "43107f2fa815d1d1"]])'
+        let cases = [
+            (0x4316dd14fdc9bd19_u64, "1608882928643910.2"),
+            (0x4300d10664995332, "591678126893670.2"),
+            (0x43107f2fa815d1d1, "1160860571890804.2"),
+        ];
+        for (bits, expected) in cases {
+            assert_eq!(python_float_repr(f64::from_bits(bits)), expected);
         }
     }
 

@@ -64,12 +64,13 @@ fn read(file: &Path) -> Result<String, String> {
 }
 
 /// Parse a stored workflow document: JSON (either stored shape), else YAML whose top level is a
-/// mapping (the YAML export shape `flow_definition:` + `metadata:`).
-pub fn parse_document(text: &str) -> Result<Value, String> {
+/// mapping (the YAML export shape `flow_definition:` + `metadata:`). Also returns the findings
+/// only the text shows (keys given twice in JSON).
+pub fn parse_document(text: &str) -> Result<(Value, Vec<Finding>), String> {
     match serde_json::from_str::<Value>(text) {
-        Ok(value) => Ok(value),
+        Ok(value) => Ok((value, super::text_findings(text))),
         Err(json_error) => match super::yaml::from_yaml(text) {
-            Ok(value @ Value::Object(_)) => Ok(value),
+            Ok(value @ Value::Object(_)) => Ok((value, Vec::new())),
             Ok(_) => Err(format!(
                 "the input is neither JSON ({json_error}) nor a YAML mapping"
             )),
@@ -94,13 +95,34 @@ pub fn finding_line(f: &Finding) -> String {
     format!("{severity} {pointer}: {}\n", f.message)
 }
 
+/// Convert a parsed document; findings of the text itself make it invalid as well.
+fn convert_doc(
+    doc: &Value,
+    text_findings: Vec<Finding>,
+) -> Result<super::Converted, super::InvalidWorkflow> {
+    if text_findings.is_empty() {
+        return super::convert(doc);
+    }
+    let mut findings = text_findings;
+    let rest = match super::convert(doc) {
+        Ok(converted) => converted.warnings,
+        Err(invalid) => invalid.findings,
+    };
+    let (errors, warnings): (Vec<Finding>, Vec<Finding>) = rest
+        .into_iter()
+        .partition(|f| f.severity == Severity::Error);
+    findings.extend(errors);
+    findings.extend(warnings);
+    Err(super::InvalidWorkflow { findings })
+}
+
 /// `convert` on document text: the payload on stdout, warnings (or findings) on stderr.
 pub fn convert_text(text: &str, to: FlowFormat) -> Outcome {
-    let doc = match parse_document(text) {
-        Ok(doc) => doc,
+    let (doc, text_findings) = match parse_document(text) {
+        Ok(parsed) => parsed,
         Err(message) => return unreadable(message),
     };
-    match super::convert(&doc) {
+    match convert_doc(&doc, text_findings) {
         Ok(converted) => {
             let mut stdout = super::render(&converted.flow, to);
             if !stdout.ends_with('\n') {
@@ -122,11 +144,11 @@ pub fn convert_text(text: &str, to: FlowFormat) -> Outcome {
 
 /// `validate` on document text: every finding on stdout, a one-line summary on stderr.
 pub fn validate_text(text: &str) -> Outcome {
-    let doc = match parse_document(text) {
-        Ok(doc) => doc,
+    let (doc, text_findings) = match parse_document(text) {
+        Ok(parsed) => parsed,
         Err(message) => return unreadable(message),
     };
-    let (findings, code) = match super::convert(&doc) {
+    let (findings, code) = match convert_doc(&doc, text_findings) {
         Ok(converted) => (converted.warnings, 0),
         Err(invalid) => (invalid.findings, EXIT_INVALID),
     };

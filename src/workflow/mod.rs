@@ -98,6 +98,33 @@ pub fn convert(stored: &Value) -> Result<Converted, InvalidWorkflow> {
     })
 }
 
+/// Findings only the JSON *text* of a stored workflow shows: a key given twice in one object
+/// (JSON parsers and Postgres JSONB keep only the last one, so a duplicated element id silently
+/// loses an element). Errors, with pointers like `/flow_definition/nodes/llm_1`. Used by the
+/// CLI; stores that read JSON files can call it too.
+pub fn text_findings(json_text: &str) -> Vec<Finding> {
+    stored::duplicate_keys(json_text)
+        .into_iter()
+        .map(|(pointer, key)| {
+            let in_nodes = pointer.rsplit_once('/').is_some_and(|(parent, _)| {
+                parent == "/flow_definition/nodes" || parent == "/nodes"
+            });
+            let message = if in_nodes {
+                format!(
+                    "the element id '{key}' is used twice: only the last element with it is kept"
+                )
+            } else {
+                format!("the key '{key}' appears twice in this object: only the last value is kept")
+            };
+            Finding {
+                pointer,
+                message,
+                severity: Severity::Error,
+            }
+        })
+        .collect()
+}
+
 /// Hex sha256 of the compact JSON of a normalized flow (key order as in the flow).
 pub fn flow_hash(flow: &Value) -> String {
     use sha2::Digest;

@@ -5,6 +5,9 @@
 //! `{nodes[], edges[]}`) and building RFC 6901 pointers, which every finding uses to point into
 //! the *stored* document. Called by `normalize`.
 
+use std::cell::RefCell;
+use std::collections::HashSet;
+
 use serde_json::{Map, Value};
 
 /// Which stored shape a document has.
@@ -119,6 +122,87 @@ pub fn describe(value: &Value) -> &'static str {
     }
 }
 
+/// Keys that appear more than once in one object of the JSON `text`, as (pointer, key) pairs in
+/// document order. JSON parsers (serde_json, Postgres JSONB) silently keep the last one, so a
+/// duplicated element id loses an element; `convert` never sees it, the CLI reports it.
+/// Text that is not JSON gives an empty list (the parse error is reported elsewhere).
+pub fn duplicate_keys(text: &str) -> Vec<(String, String)> {
+    let found = RefCell::new(Vec::new());
+    let mut de = serde_json::Deserializer::from_str(text);
+    let walk = Walk {
+        ptr: String::new(),
+        found: &found,
+    };
+    // A syntax error only ends the walk early; what was found before it stays found.
+    let _ = serde::de::DeserializeSeed::deserialize(walk, &mut de);
+    found.into_inner()
+}
+
+struct Walk<'a> {
+    ptr: String,
+    found: &'a RefCell<Vec<(String, String)>>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Walk<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Walk<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0;
+        while seq
+            .next_element_seed(Walk {
+                ptr: push_index(&self.ptr, i),
+                found: self.found,
+            })?
+            .is_some()
+        {
+            i += 1;
+        }
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let ptr = push(&self.ptr, &key);
+            if !seen.insert(key.clone()) {
+                self.found.borrow_mut().push((ptr.clone(), key));
+            }
+            map.next_value_seed(Walk {
+                ptr,
+                found: self.found,
+            })?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +227,20 @@ mod tests {
         assert_eq!(locate(&canvas).map(|l| l.shape).ok(), Some(Shape::Canvas));
         assert!(locate(&json!([1])).is_err());
         assert!(locate(&json!({"flow_definition": 3})).is_err());
+    }
+
+    #[test]
+    fn duplicated_keys_are_found_with_their_pointers() {
+        let text = r#"{"nodes": {"a": {"type": "start"}, "b": {}, "a": {"type": "end"}},
+                       "edges": [{"x": 1, "x": 2}], "c": 1}"#;
+        assert_eq!(
+            duplicate_keys(text),
+            vec![
+                ("/nodes/a".to_owned(), "a".to_owned()),
+                ("/edges/0/x".to_owned(), "x".to_owned())
+            ]
+        );
+        assert_eq!(duplicate_keys("{\"a\": 1, \"b\": 2}"), vec![]);
+        assert_eq!(duplicate_keys("not json"), vec![]);
     }
 }

@@ -17,3 +17,5 @@ mod runs;
 mod security;
 mod outage;
 mod binary;
+mod auth;
+mod ops;

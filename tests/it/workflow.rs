@@ -523,6 +523,22 @@ fn cli_validate_lists_every_finding() {
 }
 
 #[test]
+fn cli_reports_an_element_id_used_twice() {
+    let text = r#"{"flow_definition": {"nodes": {
+        "start_1": {"type": "start"}, "end_2": {"type": "end"}, "start_1": {"type": "time"}},
+        "connections": [{"from_id": "start_1", "to_id": "end_2", "connection_type": "control"}],
+        "start_element": "start_1"}}"#;
+    let out = validate_text(text);
+    assert_eq!(out.code, 1);
+    assert_eq!(
+        out.stdout,
+        "error /flow_definition/nodes/start_1: the element id 'start_1' is used twice: only the \
+         last element with it is kept\n"
+    );
+    assert_eq!(convert_text(text, FlowFormat::Yaml).code, 1);
+}
+
+#[test]
 fn cli_accepts_the_yaml_export_shape() {
     let stored = sample("assistant.workflow.json");
     let yaml = to_yaml(&stored);
