@@ -74,7 +74,8 @@ pub struct AuthConfig {
     #[arg(long, env = "FLOWGATE_JWT_JWKS_FILE")]
     pub jwt_jwks_file: Option<PathBuf>,
 
-    /// How often the JWKS file's modification time is checked (by a background thread).
+    /// How often the JWKS file's modification time is checked (by a background thread); `0`
+    /// turns reloading off.
     #[arg(long, env = "FLOWGATE_JWT_JWKS_RELOAD_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub jwt_jwks_reload_interval: Duration,
 
@@ -184,8 +185,8 @@ pub enum AuthError {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyConfigError {
     #[error(
-        "configure one JWT key source, not several: {0} are all set (use only one of \
-         --jwt-secret, --jwt-public-key-file, --jwt-jwks-file)"
+        "configure one JWT key source, not several (set: {0}); use only one of --jwt-secret, \
+         --jwt-public-key-file, --jwt-jwks-file"
     )]
     ConflictingSources(String),
     #[error("--jwt-secret is empty")]
@@ -206,7 +207,7 @@ pub enum KeyConfigError {
     #[error("{0} has no key usable for signatures with the accepted algorithms")]
     NoUsableKey(PathBuf),
     #[error("--jwt-algorithms: {alg:?} cannot be used with {key}")]
-    AlgorithmMismatch { alg: Algorithm, key: &'static str },
+    AlgorithmMismatch { alg: Algorithm, key: String },
     #[error("cannot start the JWKS reload thread: {0}")]
     Spawn(std::io::Error),
 }
@@ -330,7 +331,9 @@ impl Verifier {
                 configured,
                 current: RwLock::new(Arc::new(set)),
             });
-            spawn_reloader(&jwks, config.jwt_jwks_reload_interval)?;
+            if !config.jwt_jwks_reload_interval.is_zero() {
+                spawn_reloader(&jwks, config.jwt_jwks_reload_interval)?;
+            }
             Keys::Jwks(jwks)
         } else {
             Keys::None
@@ -364,7 +367,7 @@ impl Verifier {
         let issuers = non_empty(&config.jwt_issuer);
         if !issuers.is_empty() {
             validation.set_issuer(&issuers);
-            
+            required.push("iss");
         }
         let audiences = non_empty(&config.jwt_audience);
         if audiences.is_empty() {
@@ -387,6 +390,9 @@ impl Verifier {
     /// Check a token and return who it belongs to.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let inner = &*self.inner;
+        if matches!(inner.keys, Keys::None) {
+            return Err(AuthError::NotConfigured);
+        }
         // Parsing the header also refuses `alg: none`: it is not an algorithm `jsonwebtoken`
         // can name.
         let header = jsonwebtoken::decode_header(token)
@@ -401,7 +407,7 @@ impl Verifier {
                     .ok_or(AuthError::UnknownKey)?
             }
         };
-        if false && !entry.algorithms.contains(&header.alg) {
+        if !entry.algorithms.contains(&header.alg) {
             return Err(AuthError::AlgorithmNotAccepted);
         }
         let mut validation = inner.validation.clone();
@@ -477,12 +483,15 @@ fn non_empty(values: &[String]) -> Vec<&str> {
         .collect()
 }
 
-fn refuse_hmac(configured: &[Algorithm], key: &'static str) -> Result<(), KeyConfigError> {
+fn refuse_hmac(configured: &[Algorithm], key: &str) -> Result<(), KeyConfigError> {
     match configured
         .iter()
         .find(|a| a.family() == AlgorithmFamily::Hmac)
     {
-        Some(alg) => Err(KeyConfigError::AlgorithmMismatch { alg: *alg, key }),
+        Some(alg) => Err(KeyConfigError::AlgorithmMismatch {
+            alg: *alg,
+            key: key.to_owned(),
+        }),
         None => Ok(()),
     }
 }
@@ -497,7 +506,7 @@ fn secret_entry(secret: &Secret, configured: &[Algorithm]) -> Result<KeyEntry, K
     {
         return Err(KeyConfigError::AlgorithmMismatch {
             alg: *alg,
-            key: "a shared secret (HS256/384/512 only)",
+            key: "a shared secret (HS256/384/512 only)".into(),
         });
     }
     let algorithms = if configured.is_empty() {
@@ -532,13 +541,18 @@ fn pem_entry(path: &Path, configured: &[Algorithm]) -> Result<KeyEntry, KeyConfi
         .map_err(|_| KeyConfigError::NotAPublicKey(path.to_owned()))?;
     let fits =
         key_algorithms(&jwk).ok_or_else(|| KeyConfigError::NotAPublicKey(path.to_owned()))?;
-    let kind = match key.family() {
-        AlgorithmFamily::Rsa => "an RSA public key (RS*/PS* only)",
-        AlgorithmFamily::Ec => "this EC public key (ES256 for P-256, ES384 for P-384)",
-        AlgorithmFamily::Ed => "an Ed25519 public key (EdDSA only)",
-        AlgorithmFamily::Hmac => "a public key",
+    let family = match key.family() {
+        AlgorithmFamily::Rsa => "RSA",
+        AlgorithmFamily::Ec => "EC",
+        AlgorithmFamily::Ed => "Ed25519",
+        AlgorithmFamily::Hmac => "HMAC",
     };
-    refuse_hmac(configured, kind)?;
+    let names: Vec<String> = fits.iter().map(|a| format!("{a:?}")).collect();
+    let kind = format!(
+        "this {family} public key (it verifies {})",
+        names.join(", ")
+    );
+    refuse_hmac(configured, &kind)?;
     if let Some(alg) = configured.iter().find(|a| !fits.contains(a)) {
         return Err(KeyConfigError::AlgorithmMismatch {
             alg: *alg,
@@ -593,7 +607,13 @@ fn load_jwks(path: &Path, configured: &[Algorithm]) -> Result<KeySet, KeyConfigE
     })?;
     let doc: JwkSet = serde_json::from_slice(&bytes).map_err(|e| KeyConfigError::NotAJwks {
         path: path.to_owned(),
-        reason: e.to_string(),
+        // Position only: the message of a serde error can quote values from the file.
+        reason: format!(
+            "{:?} error at line {}, column {}",
+            e.classify(),
+            e.line(),
+            e.column()
+        ),
     })?;
     let mut keys: Vec<KeyEntry> = Vec::with_capacity(doc.keys.len());
     let mut seen = HashSet::new();
@@ -649,8 +669,6 @@ fn stamp(path: &Path) -> Stamp {
 fn spawn_reloader(jwks: &Arc<Jwks>, interval: Duration) -> Result<(), KeyConfigError> {
     let weak: Weak<Jwks> = Arc::downgrade(jwks);
     let mut seen = stamp(&jwks.path);
-    // A zero interval would spin; one millisecond is the floor.
-    let interval = interval.max(Duration::from_millis(1));
     std::thread::Builder::new()
         .name("flowgate-jwks".into())
         .spawn(move || {

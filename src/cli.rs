@@ -19,7 +19,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway: HTTP + WebSocket server.
-    Serve(GatewayConfig),
+    Serve(Box<GatewayConfig>),
     /// Run the reference execution engine.
     Engine(EngineArgs),
     /// Gateway + engine in one process on the embedded sample agents (no database needed).
@@ -94,7 +94,7 @@ pub async fn run(command: Command) -> std::process::ExitCode {
     match command {
         Command::Serve(config) => {
             crate::telemetry::init(config.log_format);
-            match crate::http::serve(config).await {
+            match crate::http::serve(*config).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "gateway failed");

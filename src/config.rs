@@ -138,7 +138,8 @@ pub struct GatewayConfig {
     #[arg(long, env = "FLOWGATE_MERGE_LAG", default_value_t = 32)]
     pub merge_lag: usize,
 
-    /// A client this many frames behind its run is closed with 4408 (it can resume).
+    /// A client that falls this many frames further behind its run than it was when it
+    /// attached is closed with 4408 (it can resume from the log).
     #[arg(long, env = "FLOWGATE_MAX_CLIENT_LAG", default_value_t = 20_000)]
     pub max_client_lag: usize,
 

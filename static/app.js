@@ -9,6 +9,8 @@ import { FlowgateClient, describeError } from "./flowgate-client.js";
 const TOKEN_KEY = "flowgate.token";
 const AGENT_KEY = "flowgate.agent";
 const AGENTS_TIMEOUT_MS = 10000;
+/** Findings of an `invalid_workflow` error shown in the banner. */
+const MAX_DETAILS = 5;
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -172,7 +174,9 @@ function connectTo(agentId) {
     }
   });
   client.addEventListener("error", (e) => {
-    showError(e.detail.message);
+    const details = Array.isArray(e.detail.details) ? e.detail.details.slice(0, MAX_DETAILS) : [];
+    const lines = details.map((d) => `• ${d.pointer || "/"}: ${d.message || ""}`);
+    showError([e.detail.message, ...lines].join("\n"));
     if (e.detail.fatal && e.detail.code === "unauthenticated") ui.tokenForm.hidden = false;
   });
   client.addEventListener("end", (e) => onEnd(e.detail));

@@ -354,24 +354,26 @@ pub async fn chat(
             _ = interrupt.cancelled(), if cancel_deadline.is_none() => {
                 cancel_deadline = Some(Instant::now() + args.cancel_timeout);
                 screen.note("■ cancelling… (Ctrl-C again to quit)", true)?;
-                send(&mut ws, json!({"type": "cancel"}).to_string(), args.connect_timeout).await?;
-                continue;
+                match send(&mut ws, json!({"type": "cancel"}).to_string(), args.connect_timeout).await {
+                    Ok(()) => continue,
+                    Err(e) => break Err(e),
+                }
             }
             next = timeout(wait, ws.next()) => next,
         };
         let frame = match next {
             Err(_) if cancel_deadline.is_some_and(|d| Instant::now() >= d) => {
-                return Err(ChatError::CancelTimeout(args.cancel_timeout));
+                break Err(ChatError::CancelTimeout(args.cancel_timeout));
             }
-            Err(_) => return Err(ChatError::Silent(args.idle_timeout)),
+            Err(_) => break Err(ChatError::Silent(args.idle_timeout)),
             Ok(None) => {
-                return Err(ChatError::Closed {
+                break Err(ChatError::Closed {
                     code: None,
                     reason: String::new(),
                 });
             }
             Ok(Some(Err(e))) => {
-                return Err(ChatError::Closed {
+                break Err(ChatError::Closed {
                     code: None,
                     reason: e.to_string(),
                 });
@@ -381,14 +383,13 @@ pub async fn chat(
         let text = match frame {
             Message::Text(text) => text,
             Message::Close(close) => {
-                screen.end_text()?;
                 let (code, reason) = match close {
                     Some(CloseFrame { code, reason }) => {
                         (Some(u16::from(code)), reason.to_string())
                     }
                     None => (None, String::new()),
                 };
-                return Err(ChatError::Closed { code, reason });
+                break Err(ChatError::Closed { code, reason });
             }
             _ => continue,
         };
@@ -444,21 +445,22 @@ pub async fn chat(
                         screen.streamed = t;
                     }
                 }
-                break Outcome::Completed {
+                break Ok(Outcome::Completed {
                     text: std::mem::take(&mut screen.streamed),
-                };
+                });
             }
-            "flow_error" => break failure(&data, "the run failed"),
-            "error" => break failure(&data, "the gateway reported an error"),
+            "flow_error" => break Ok(failure(&data, "the run failed")),
+            "error" => break Ok(failure(&data, "the gateway reported an error")),
             "flow_cancelled" => {
-                break Outcome::Cancelled {
+                break Ok(Outcome::Cancelled {
                     by_user: cancel_deadline.is_some(),
-                };
+                });
             }
             _ => {}
         }
     };
     screen.end_text()?;
+    let outcome = outcome?;
     match &outcome {
         Outcome::Failed { error, code } => {
             let code = code

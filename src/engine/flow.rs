@@ -311,6 +311,22 @@ mod tests {
     }
 
     #[test]
+    fn structural_problems_are_reported_with_the_element_or_connection() {
+        let ok =
+            json!({"nodes": {"s": {"type": "start"}}, "connections": [], "start_element": "s"});
+        let flow = Flow::parse(&ok, 10).unwrap();
+        assert_eq!(flow.nodes[0].name, "s");
+        let no_start = json!({"nodes": {"s": {"type": "start"}}, "start_element": "x"});
+        assert!(Flow::parse(&no_start, 10).unwrap_err().contains("`x`"));
+        let dangling = json!({"nodes": {"s": {"type": "start"}},
+                              "connections": [{"from_id": "s", "to_id": "end_9"}], "start_element": "s"});
+        assert!(Flow::parse(&dangling, 10).unwrap_err().contains("end_9"));
+        assert!(Flow::parse(&ok, 0).unwrap_err().contains("limit"));
+        let untyped = json!({"nodes": {"s": {}}, "start_element": "s"});
+        assert!(Flow::parse(&untyped, 10).unwrap_err().contains("no `type`"));
+    }
+
+    #[test]
     fn repr_matches_python() {
         let v = json!({"data1": "You asked: ", "data2": "canvas q", "x": [true, null, 1]});
         assert_eq!(
@@ -327,5 +343,20 @@ mod tests {
         assert!(!matches_type(&json!({"a": 1}), "string"));
         assert!(matches_type(&json!(1), "float"));
         assert!(!matches_type(&json!(1.5), "int"));
+    }
+
+    #[test]
+    fn an_alias_bomb_in_the_flow_frame_is_refused_quickly() {
+        let mut doc = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..10 {
+            let prev = i - 1;
+            doc.push_str(&format!(
+                "a{i}: &a{i} [*a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}]\n"
+            ));
+        }
+        let started = std::time::Instant::now();
+        let parsed = crate::workflow::yaml::from_yaml(&doc);
+        assert!(parsed.is_err(), "10^10 nodes were expanded");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 }

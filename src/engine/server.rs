@@ -191,109 +191,110 @@ impl Conn {
     }
 }
 
+/// How a handshake ended early.
+enum Early {
+    /// Receiving a step failed.
+    Recv(RecvError),
+    /// A frame was unusable: send a `flow_error` and close.
+    Refused(String),
+    /// Writing to the gateway failed; nothing more can be sent.
+    Gone,
+    /// An injected handshake fault.
+    Fault(Fault),
+}
+
+/// What a completed handshake delivered.
+struct Accepted {
+    flow: Flow,
+    initial: Map<String, Value>,
+    run: Map<String, Value>,
+    /// The flow's own fault, else the engine's.
+    fault: Option<Fault>,
+}
+
+async fn send_step(conn: &mut Conn, status: &str, message: &str) -> Result<(), Early> {
+    match conn.send_text(status_frame(status, message)).await {
+        true => Ok(()),
+        false => Err(Early::Gone),
+    }
+}
+
+/// Parse a JSON frame that must be an object or `null` (`null` reads as empty).
+fn object_or_null(text: &str, what: &str) -> Result<Map<String, Value>, Early> {
+    match serde_json::from_str::<Value>(text.trim()) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(Value::Null) => Ok(Map::new()),
+        Ok(_) => Err(Early::Refused(format!(
+            "{what}: expected a JSON object or null"
+        ))),
+        Err(e) => Err(Early::Refused(format!("{what}: not valid JSON ({e})"))),
+    }
+}
+
+/// Steps 1-7 of PROTOCOL.md section 3.
+async fn handshake(conn: &mut Conn, state: &AppState) -> Result<Accepted, Early> {
+    if let Some(f @ (Fault::RefuseHandshake | Fault::BadHandshake)) = state.config.fault {
+        return Err(Early::Fault(f));
+    }
+    send_step(conn, "ready", "Send flow_definition as JSON").await?;
+    let text = conn.recv_text().await.map_err(Early::Recv)?;
+    let flow = crate::workflow::yaml::from_yaml(&text)
+        .map_err(|e| format!("the flow definition is not valid YAML or JSON: {e}"))
+        .and_then(|v| Flow::parse(&v, state.config.max_elements))
+        .map_err(Early::Refused)?;
+    let flow_fault = flow_fault(&flow).map_err(Early::Refused)?;
+    if let Some(f @ (Fault::RefuseHandshake | Fault::BadHandshake)) = flow_fault {
+        return Err(Early::Fault(f));
+    }
+    send_step(conn, "received_flow", "Send initial_inputs as JSON").await?;
+    let text = conn.recv_text().await.map_err(Early::Recv)?;
+    let initial = object_or_null(&text, "handshake frame 4 (initial inputs)")?;
+    send_step(conn, "received_inputs", "Send config as JSON or 'null'").await?;
+    let text = conn.recv_text().await.map_err(Early::Recv)?;
+    let run = match object_or_null(&text, "handshake frame 6 (config)")?.remove("run") {
+        Some(Value::Object(run)) => run,
+        _ => Map::new(),
+    };
+    send_step(conn, "starting", "Starting flow execution").await?;
+    let fault = flow_fault.or(state.config.fault);
+    Ok(Accepted {
+        flow,
+        initial,
+        run,
+        fault,
+    })
+}
+
 async fn session(socket: WebSocket, flow_id: String, state: AppState) {
     let mut conn = Conn {
         socket,
         config: state.config.clone(),
         shutdown: state.shutdown.clone(),
     };
-    let global_fault = state.config.fault;
-    match global_fault {
-        Some(Fault::RefuseHandshake) => return conn.close(1011, "refusing the handshake").await,
-        Some(Fault::BadHandshake) => {
+    let accepted = match handshake(&mut conn, &state).await {
+        Ok(a) => a,
+        Err(Early::Gone) => return,
+        Err(Early::Recv(e)) => return conn.abort(&flow_id, e).await,
+        Err(Early::Refused(e)) => return conn.refuse(&flow_id, &e).await,
+        Err(Early::Fault(Fault::BadHandshake)) => {
+            tracing::info!(flow_id, "fault: sending a wrong handshake frame");
             if conn.send_text(status_frame("busy", "Not ready")).await {
                 let _ = conn.recv_text().await;
                 conn.close(1011, "bad handshake").await;
             }
             return;
         }
-        _ => {}
-    }
-    if !conn
-        .send_text(status_frame("ready", "Send flow_definition as JSON"))
-        .await
-    {
-        return;
-    }
-    let flow_text = match conn.recv_text().await {
-        Ok(t) => t,
-        Err(e) => return conn.abort(&flow_id, e).await,
-    };
-    let parsed = crate::workflow::yaml::from_yaml(&flow_text)
-        .map_err(|e| format!("the flow definition is not valid YAML or JSON: {e}"))
-        .and_then(|v| Flow::parse(&v, state.config.max_elements));
-    let flow = match parsed {
-        Ok(f) => f,
-        Err(e) => return conn.refuse(&flow_id, &e).await,
-    };
-    let flow_fault = match flow_fault(&flow) {
-        Ok(f) => f,
-        Err(e) => return conn.refuse(&flow_id, &e).await,
-    };
-    let fault = flow_fault.or(global_fault);
-    match flow_fault {
-        Some(Fault::RefuseHandshake) => return conn.close(1011, "refusing the handshake").await,
-        Some(Fault::BadHandshake) => {
-            if conn.send_text(status_frame("busy", "Not ready")).await {
-                conn.close(1011, "bad handshake").await;
-            }
-            return;
-        }
-        _ => {}
-    }
-    if !conn
-        .send_text(status_frame("received_flow", "Send initial_inputs as JSON"))
-        .await
-    {
-        return;
-    }
-    let initial = match conn.recv_text().await {
-        Ok(t) => t,
-        Err(e) => return conn.abort(&flow_id, e).await,
-    };
-    let initial: Map<String, Value> = match serde_json::from_str::<Value>(&initial) {
-        Ok(Value::Object(m)) => m,
-        Ok(Value::Null) => Map::new(),
-        Ok(_) => {
-            return conn
-                .refuse(&flow_id, "the initial inputs are not a JSON object")
-                .await;
-        }
-        Err(e) => {
-            let error = format!("the initial inputs are not valid JSON: {e}");
-            return conn.refuse(&flow_id, &error).await;
+        Err(Early::Fault(_)) => {
+            tracing::info!(flow_id, "fault: refusing the handshake");
+            return conn.close(1011, "refusing the handshake").await;
         }
     };
-    let reply = status_frame("received_inputs", "Send config as JSON or 'null'");
-    if !conn.send_text(reply).await {
-        return;
-    }
-    let config = match conn.recv_text().await {
-        Ok(t) => t,
-        Err(e) => return conn.abort(&flow_id, e).await,
-    };
-    let run = match serde_json::from_str::<Value>(config.trim()) {
-        Ok(Value::Null) => Map::new(),
-        Ok(Value::Object(m)) => match m.get("run") {
-            Some(Value::Object(run)) => run.clone(),
-            _ => Map::new(),
-        },
-        Ok(_) => {
-            return conn
-                .refuse(&flow_id, "the config is neither a JSON object nor null")
-                .await;
-        }
-        Err(e) => {
-            let error = format!("the config is not valid JSON: {e}");
-            return conn.refuse(&flow_id, &error).await;
-        }
-    };
-    if !conn
-        .send_text(status_frame("starting", "Starting flow execution"))
-        .await
-    {
-        return;
-    }
+    let Accepted {
+        flow,
+        initial,
+        run,
+        fault,
+    } = accepted;
     tracing::info!(flow_id, run_id = ?run.get("run_id"), "flow starting");
     let env = RunEnv {
         config: state.config.clone(),

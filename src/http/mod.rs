@@ -162,6 +162,7 @@ impl Gateway {
         {
             tracing::warn!("sessions still open after the shutdown grace period");
         }
+        state.runlog.flush(state.config.store_timeout).await;
         Ok(())
     }
 }

@@ -5,19 +5,21 @@
 //! may run, for the page's picker). Every page response carries a strict Content-Security-Policy
 //! (no inline script or style, connections only to this origin), `nosniff`, no framing and no
 //! referrer; assets are revalidated by `ETag` so an upgraded binary is picked up at once.
-//! `/api/agents` requires `Authorization: Bearer <jwt>` (verified with [`AppState::verifier`]);
-//! it lists active agents plus the caller's own unpublished ones.
+//! `/api/agents` requires `Authorization: Bearer <jwt>` (the [`BearerUser`] extractor, verified
+//! with [`AppState::verifier`]); it lists active agents plus the caller's own unpublished ones.
 
 use std::sync::LazyLock;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::AppState;
+use crate::auth::Identity;
 
 /// The Content-Security-Policy of the page and its assets.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
@@ -144,19 +146,30 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// The caller of a JSON endpoint, authenticated by `Authorization: Bearer <jwt>`.
+/// Rejects with 401 `{"error", "code": "unauthenticated"}`.
+#[derive(Debug, Clone)]
+pub struct BearerUser(pub Identity);
+
+impl FromRequestParts<AppState> for BearerUser {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let unauthenticated =
+            |text: String| json_error(StatusCode::UNAUTHORIZED, "unauthenticated", text);
+        let token = bearer(&parts.headers).ok_or_else(|| {
+            unauthenticated("send the token as `Authorization: Bearer <jwt>`".into())
+        })?;
+        let identity = state
+            .verifier
+            .verify(token)
+            .map_err(|e| unauthenticated(e.to_string()))?;
+        Ok(BearerUser(identity))
+    }
+}
+
 /// `GET /api/agents`: `[{agent_id, name, description, status}]` of the agents the caller may run.
-pub async fn agents(State(state): State<AppState>, request: HeaderMap) -> Response {
-    let Some(token) = bearer(&request) else {
-        return json_error(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "send the token as `Authorization: Bearer <jwt>`".into(),
-        );
-    };
-    let identity = match state.verifier.verify(token) {
-        Ok(identity) => identity,
-        Err(e) => return json_error(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()),
-    };
+pub async fn agents(State(state): State<AppState>, BearerUser(identity): BearerUser) -> Response {
     let listed = tokio::time::timeout(state.config.store_timeout, state.store.list_agents()).await;
     let records = match listed {
         Ok(Ok(records)) => records,

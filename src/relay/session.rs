@@ -35,6 +35,9 @@ pub enum Authn {
 struct ActiveRun {
     shared: Arc<RunShared>,
     cursor: u64,
+    /// How far behind the socket was when it attached (a resume may start far behind); the
+    /// hard limit is on falling further behind than that.
+    lag_at_attach: usize,
 }
 
 /// Serve one client socket until it closes.
@@ -116,7 +119,7 @@ pub async fn serve(
                     Follow::Frames(batch) => {
                         let r = run.as_mut().expect("next_frames only yields for a run");
                         let lag = r.shared.lag(r.cursor);
-                        if lag > state.config.max_client_lag {
+                        if lag > r.lag_at_attach.saturating_add(state.config.max_client_lag) {
                             tracing::info!(lag, "client too far behind: closing with 4408 (it can resume)");
                             leave(&state, &mut run);
                             close_with(&mut socket, close::TOO_SLOW, "too slow: resume from the log", write_timeout).await;
@@ -243,7 +246,8 @@ pub async fn serve(
                             Resumed::Live(shared) => {
                                 state.metrics.resumes.inc();
                                 tracing::info!(%run_id, after_seq, "client resumed a live run");
-                                run = Some(ActiveRun { shared, cursor: after_seq });
+                                let lag_at_attach = shared.lag(after_seq);
+                                run = Some(ActiveRun { shared, cursor: after_seq, lag_at_attach });
                             }
                             Resumed::Replayed => { state.metrics.resumes.inc(); }
                             Resumed::SocketGone => return,
@@ -376,7 +380,7 @@ fn start_run(
         }
         .instrument(span),
     );
-    ActiveRun { shared, cursor: 0 }
+    ActiveRun { shared, cursor: 0, lag_at_attach: 0 }
 }
 
 /// The next frames of the followed run; pending forever when there is none.

@@ -190,16 +190,16 @@ impl FilesStore {
             return catalog;
         }
         let dir = dir.clone();
-        let reloaded = tokio::task::spawn_blocking(move || load_dir(&dir)).await;
+        let paths: Vec<PathBuf> = catalog.stamp.iter().map(|(p, _)| p.clone()).collect();
+        let reloaded = tokio::task::spawn_blocking(move || (load_dir(&dir), stamp_of(paths))).await;
         let fresh = match reloaded {
-            Ok(Ok(fresh)) => {
+            Ok((Ok(fresh), _)) => {
                 tracing::info!(agents = fresh.agents.len(), "flows folder reloaded");
                 Arc::new(fresh)
             }
-            Ok(Err(e)) => {
+            Ok((Err(e), stamp)) => {
                 tracing::warn!(error = %e, "flows folder changed but is invalid; keeping the previous agents");
                 // Remember the new times so the broken state is reported once, not per lookup.
-                let stamp = stamp_of(catalog.stamp.iter().map(|(p, _)| p.clone()));
                 Arc::new(Catalog {
                     agents: catalog.agents.clone(),
                     stamp,

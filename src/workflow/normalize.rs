@@ -6,6 +6,11 @@
 //! `<type>_<digits>`, `parameters` lists, `inputs`/`outputs` → schemas, edge `mappings` → data
 //! connections), dropping canvas-only fields, and the structural findings (wrong JSON kinds,
 //! unknown types, duplicate ids). Never panics on any input; linear in the document size.
+//!
+//! Canvas choices: a node's `parameters` (a `[{name, value}]` list or an object) wins over its
+//! `parametersObject`; an `inputs`/`outputs` entry without `type` is typed `json`; a canvas id
+//! without digits takes the node's 1-based position; an edge without `connectionType` is
+//! `both`, and its mappings become data connections whatever its type.
 
 use std::collections::HashMap;
 

@@ -3,7 +3,8 @@
 //! Owns: recognising which shape a stored document has (exported `{flow_definition, metadata}`,
 //! the bare `{nodes{}, connections, start_element}` object, or the raw canvas
 //! `{nodes[], edges[]}`) and building RFC 6901 pointers, which every finding uses to point into
-//! the *stored* document. Called by `normalize`.
+//! the *stored* document, and finding keys given twice in the JSON text (which every JSON
+//! parser collapses silently). Called by `normalize` and `workflow::text_findings`.
 
 use std::cell::RefCell;
 use std::collections::HashSet;

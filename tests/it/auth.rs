@@ -484,6 +484,37 @@ async fn jwks_picks_the_key_by_kid_and_refuses_an_unknown_kid() {
     .await;
 }
 
+#[test]
+fn unusable_jwks_files_are_startup_errors() {
+    let dir = Scratch::new();
+    let broken = dir.write("broken.json", "{\"keys\": [");
+    assert!(matches!(
+        Verifier::from_config(&jwks_config(broken, Duration::ZERO)),
+        Err(KeyConfigError::NotAJwks { .. })
+    ));
+    // A symmetric key in a JWKS would reopen the HS/RS confusion: it is ignored.
+    let oct = dir.write(
+        "oct.json",
+        r#"{"keys": [{"kty": "oct", "kid": "s", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQ"}]}"#,
+    );
+    assert!(matches!(
+        Verifier::from_config(&jwks_config(oct, Duration::ZERO)),
+        Err(KeyConfigError::NoUsableKey(_))
+    ));
+    let good = dir.write(
+        "good.json",
+        &jwks(&[("a", Algorithm::ES256, "ec256_private.pem")]),
+    );
+    let with_hmac = AuthConfig {
+        jwt_algorithms: vec![Algorithm::HS256],
+        ..jwks_config(good, Duration::ZERO)
+    };
+    assert!(matches!(
+        Verifier::from_config(&with_hmac),
+        Err(KeyConfigError::AlgorithmMismatch { .. })
+    ));
+}
+
 #[tokio::test]
 async fn rotated_jwks_key_is_accepted_after_the_reload_interval() {
     let dir = Scratch::new();

@@ -260,3 +260,86 @@ fn dockerfile_runtime_stage_is_slim_unprivileged_and_ships_flows() {
         "target/ stays out of the context"
     );
 }
+
+/// Top-level repository entries that the crate compiles in (`include_str!`, `sqlx::migrate!`).
+fn compiled_in_paths() -> BTreeSet<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut found = BTreeSet::new();
+    let mut dirs = vec![root.join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.contains("sqlx::migrate!()") {
+                found.insert("migrations".to_owned());
+            }
+            for (at, _) in text
+                .match_indices("include_str!(")
+                .chain(text.match_indices("include_bytes!("))
+            {
+                let rest = &text[at..];
+                let Some(start) = rest.find('"') else {
+                    continue;
+                };
+                let literal = rest[start + 1..].split('"').next().unwrap();
+                let resolved = path.parent().unwrap().join(literal);
+                let mut normal = std::path::PathBuf::new();
+                for part in resolved.components() {
+                    match part {
+                        std::path::Component::ParentDir => {
+                            normal.pop();
+                        }
+                        other => normal.push(other),
+                    }
+                }
+                let relative = normal
+                    .strip_prefix(root)
+                    .unwrap_or_else(|_| panic!("{literal} leaves the repo"));
+                let top = relative
+                    .components()
+                    .next()
+                    .unwrap()
+                    .as_os_str()
+                    .to_string_lossy()
+                    .into_owned();
+                found.insert(top);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn dockerfile_builder_copies_everything_the_crate_compiles_in() {
+    let dockerfile = repo_file("Dockerfile");
+    let builder: Vec<&str> = dockerfile
+        .split("\nFROM ")
+        .nth(1)
+        .expect("a builder stage")
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from="))
+        .collect();
+    let needed = compiled_in_paths();
+    assert!(
+        needed.contains("static") && needed.contains("flows"),
+        "{needed:?}"
+    );
+    for top in ["src", "Cargo.toml", "Cargo.lock"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(needed)
+    {
+        assert!(
+            builder.iter().any(|c| c
+                .split_whitespace()
+                .skip(1)
+                .any(|w| w.trim_end_matches('/') == top)),
+            "the builder stage does not COPY {top}: {builder:?}"
+        );
+    }
+}

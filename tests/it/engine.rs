@@ -1146,7 +1146,7 @@ async fn llm_chunk_timestamps_are_the_send_times_in_microseconds() {
     assert_eq!(stamps.len(), 4);
     for pair in stamps.windows(2) {
         let gap = pair[1] - pair[0];
-        assert!(gap >= 0.019 && gap < 5.0, "chunks {gap} s apart");
+        assert!((0.019..5.0).contains(&gap), "chunks {gap} s apart");
     }
 }
 
@@ -1194,4 +1194,57 @@ async fn an_element_runs_once_and_missing_control_ancestors_backtrack_first() {
     let expected: Vec<(String, bool)> = expected.iter().map(|(i, b)| (i.to_string(), *b)).collect();
     assert_eq!(seen, expected);
     assert_eq!(run.last()["type"], "flow_completed");
+}
+
+#[tokio::test]
+async fn the_config_frame_cannot_switch_on_custom_code_or_change_the_model() {
+    let engine = spawn_engine(EngineConfig::for_tests()).await;
+    let flow = chain(
+        vec![
+            ("llm", json!({"type": "llm_text", "name": "LLM"})),
+            (
+                "code",
+                json!({"type": "custom", "name": "Code", "code": "import os"}),
+            ),
+        ],
+        vec![],
+        "llm:llm_output",
+    );
+    let config = json!({"custom_code_enabled": true, "allow_custom": true, "model": "gpt-x",
+                        "llm_model": "gpt-x", "run": {"run_id": "r"}});
+    let inputs = json!({"llm": {"prompt": "hi"}});
+    let run = run_flow_with(&engine, &flow.to_string(), &inputs, &config.to_string()).await;
+    assert_eq!(
+        run.of_type("llm_prompt")[0]["data"]["model"],
+        "flowgate-scripted"
+    );
+    let errors = run.of_type("element_error");
+    assert_eq!(errors.len(), 1);
+    assert_eq!(
+        errors[0]["data"]["error"],
+        "custom code is disabled on this engine"
+    );
+}
+
+#[tokio::test]
+async fn initial_inputs_that_are_not_json_get_a_flow_error_and_a_close() {
+    let engine = spawn_engine(EngineConfig::for_tests()).await;
+    let mut ws = connect(&engine, None).await.unwrap();
+    next_text(&mut ws, WAIT).await.unwrap();
+    ws.send(Message::text(echo_flow().to_string()))
+        .await
+        .unwrap();
+    next_text(&mut ws, WAIT).await.unwrap();
+    ws.send(Message::text("{not json")).await.unwrap();
+    let (frames, ending) = drain(&mut ws, WAIT).await;
+    let frames = parse(&frames);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0]["type"], "flow_error");
+    assert!(
+        frames[0]["data"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("initial inputs")
+    );
+    assert_eq!(ending, Ending::Closed(1008));
 }

@@ -142,3 +142,36 @@ async fn an_engine_handshake_that_never_comes_is_engine_timeout() {
     let t = terminal(&frames);
     assert_eq!(t["data"]["code"], "engine_unavailable", "{t}");
 }
+
+#[sqlx::test]
+async fn the_run_log_agrees_with_what_the_client_saw_after_an_engine_crash(pool: sqlx::PgPool) {
+    let mut engine = EngineConfig::for_tests();
+    engine.fault = Some("crash-after=20".parse::<Fault>().unwrap());
+    engine.llm_tokens = 20;
+    let app = spawn_app_pg_with(pool.clone(), engine, |_| {}).await;
+    let mut c = app.connect("assistant", "alice").await;
+    c.send_json(json!({"message": "crash"})).await;
+    let frames = c.collect_run().await;
+    let run_id = frames[0]["run_id"].as_str().unwrap().to_owned();
+    app.stop().await; // flushes the run log
+    let (status, code): (String, Option<String>) =
+        sqlx::query_as("SELECT status, error_code FROM flowgate_run WHERE run_id = $1::uuid")
+            .bind(&run_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "failed");
+    assert_eq!(code.as_deref(), Some("engine_lost"));
+    let logged: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT seq::bigint, frame::text FROM flowgate_run_event WHERE run_id = $1::uuid ORDER BY seq",
+    )
+    .bind(&run_id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(logged.len(), frames.len());
+    for ((seq, text), seen) in logged.iter().zip(&frames) {
+        let v: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(&v, seen, "seq {seq}");
+    }
+}

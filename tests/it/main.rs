@@ -19,3 +19,5 @@ mod outage;
 mod binary;
 mod auth;
 mod ops;
+mod schema_check;
+mod bench_smoke;

@@ -1,5 +1,7 @@
 //! Operations: /metrics after runs, W3C traceparent from the client to the engine and in logs.
 
+#![allow(clippy::result_large_err)] // tungstenite's header callback returns its own large error type
+
 use std::sync::{Arc, Mutex};
 
 use futures_util::{SinkExt, StreamExt};

@@ -256,3 +256,32 @@ async fn a_finished_run_is_replayed_after_a_gateway_restart(pool: sqlx::PgPool) 
     assert_eq!(row.0, "completed");
     assert_eq!(row.1 as usize, original.len());
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_with_4408_and_can_resume_from_the_log() {
+    // 40k chunks (~12 MB) overflow the loopback socket buffers of a client that does not read.
+    let mut engine = slow_engine(40_000, 0);
+    engine.max_elements = 500;
+    let app = spawn_app_with(engine, |c| {
+        c.max_client_lag = 200;
+        c.merge_lag = usize::MAX;
+        c.client_write_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut c = app.connect("assistant", "alice").await;
+    c.send_json(json!({"message": "flood me"})).await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // not reading
+    let mut frames = Vec::new();
+    while let Some(f) = c.next().await {
+        frames.push(f);
+    }
+    assert_eq!(c.closed.clone().flatten().map(|f| u16::from(f.code)), Some(4408));
+    assert!(!frames.iter().any(is_terminal), "closed before the end of the run");
+    let last = frames.last().unwrap()["seq"].as_u64().unwrap();
+    let run_id = frames[0]["run_id"].as_str().unwrap().to_owned();
+    let mut c2 = app.connect("assistant", "alice").await;
+    c2.send_json(json!({"type": "resume", "run_id": run_id, "after_seq": last})).await;
+    frames.extend(c2.collect_run().await);
+    assert_run_stamps(&frames);
+    assert_eq!(frames.last().unwrap()["type"], "flow_completed");
+}

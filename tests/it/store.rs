@@ -531,3 +531,53 @@ async fn files_store_picks_up_a_changed_folder() {
         .expect("row");
     assert_eq!(kept.workflow, json!({"v": 2}));
 }
+
+#[sqlx::test]
+async fn reimport_updates_only_the_rows_that_changed(pool: PgPool) {
+    let dir = Scratch::new();
+    dir.write("a.json", r#"{"v": 1}"#);
+    dir.write("b.json", r#"{"v": "b"}"#);
+    let index = |name: &str| {
+        format!(
+            r#"[{{"agent_id": "a", "owner": "o", "status": "Active", "name": "{name}",
+                 "published": "a.json", "unpublished": "b.json"}}]"#
+        )
+    };
+    dir.write("agents.json", &index("A"));
+    import_dir(&pool, &dir.0).await.expect("first import");
+    let edited = async || -> (String, String) {
+        sqlx::query_as(
+            "SELECT p.last_edited_time::text, u.last_edited_time::text \
+             FROM published_agent p JOIN unpublished_agent u USING (agent_id)",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("times")
+    };
+    let before = edited().await;
+
+    dir.write("a.json", r#"{"v": 2}"#);
+    dir.write("agents.json", &index("A renamed"));
+    let report = import_dir(&pool, &dir.0).await.expect("second import");
+    let a = &report.agents[0];
+    assert_eq!(
+        (a.agent, a.published, a.unpublished),
+        (RowChange::Updated, RowChange::Updated, RowChange::Unchanged)
+    );
+    let after = edited().await;
+    assert_ne!(
+        after.0, before.0,
+        "the changed published row keeps its old time"
+    );
+    assert_eq!(after.1, before.1, "the unchanged draft row got a new time");
+    let store = PgStore::from_pool(pool, TIMEOUT);
+    let published = store
+        .workflow("a", Version::Published)
+        .await
+        .expect("wf")
+        .expect("row");
+    assert_eq!(published.workflow, json!({"v": 2}));
+    assert_eq!(published.md5, md5_of(&json!({"v": 2})));
+    let agent = store.agent("a").await.expect("agent").expect("row");
+    assert_eq!(agent.name, "A renamed");
+}

@@ -1,0 +1,880 @@
+//! `flowgate bench`: the benchmark harness.
+//!
+//! Owns: starting a reference engine and a gateway as child processes of a flowgate executable
+//! (or targeting given URLs), driving N concurrent client sessions through the gateway and then
+//! directly against the engine, and reporting setup latency, per-event latency, throughput, the
+//! gateway's CPU and memory, errors and lost events, each judged against the targets of
+//! `docs/benchmarks.md`. Called by the CLI (`crate::cli`) through [`run`]; the smoke test calls
+//! [`execute`] for the [`Report`].
+//!
+//! Phases (streaming): warm-up + measured window through the gateway, then the same again
+//! directly against the engine (the bench performs the engine handshake itself with the flow
+//! payload the gateway would send), so "added" = gateway − direct from one invocation. In
+//! `--idle` mode the engine's scripted model waits `--idle-delay` between chunks, every session
+//! holds one run open, and the gateway's RSS is read with all sessions open.
+//!
+//! Numbers are printed, never asserted (STYLE.md 13): a missed target says `MISSED`.
+
+pub mod procs;
+pub mod report;
+pub mod session;
+pub mod stats;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Secret;
+use crate::relay::engine_client::EngineTarget;
+use crate::workflow::FlowFormat;
+use procs::ChildProc;
+pub use report::Report;
+use report::{Added, ConfigEcho, CpuReport, PathReport, RssReport};
+use session::{Counters, DirectTarget, GatewayTarget, Plan};
+use stats::Tally;
+
+/// A duration in milliseconds (`20`, `0.5`) or humantime (`20ms`, `1h`).
+fn parse_millis(s: &str) -> Result<Duration, String> {
+    parse_with_unit(s, 1e-3)
+}
+
+/// A duration in seconds (`5`, `0.5`) or humantime (`500ms`, `2m`).
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    parse_with_unit(s, 1.0)
+}
+
+fn parse_with_unit(s: &str, unit_secs: f64) -> Result<Duration, String> {
+    if let Ok(n) = s.trim().parse::<f64>() {
+        return Duration::try_from_secs_f64(n * unit_secs).map_err(|e| e.to_string());
+    }
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// `flowgate bench` settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Concurrent client sessions.
+    #[arg(long, default_value_t = 1000)]
+    pub sessions: usize,
+
+    /// `llm_chunk` events each run streams (the engine's `--llm-tokens`).
+    #[arg(long, default_value_t = 50)]
+    pub events: usize,
+
+    /// Interval between two `llm_chunk` events of a run (the engine's `--llm-token-delay`):
+    /// milliseconds or a humantime duration (`20ms`).
+    #[arg(long, default_value = "20ms", value_parser = parse_millis)]
+    pub interval: Duration,
+
+    /// Warm-up before each measured window (its numbers are discarded): seconds or humantime.
+    /// In `--idle` mode, the settling time between the last session connecting and the reading.
+    #[arg(long, default_value = "3s", value_parser = parse_secs)]
+    pub warmup: Duration,
+
+    /// Measured window of each path; sessions start runs back to back until it ends (seconds or
+    /// humantime). In `--idle` mode, how long the sessions are held open.
+    #[arg(long, default_value = "15s", value_parser = parse_secs)]
+    pub duration: Duration,
+
+    /// Memory mode: every session opens one run that waits on a slow engine (`--idle-delay`
+    /// between chunks) and holds it; reports the gateway's RSS per open session.
+    #[arg(long)]
+    pub idle: bool,
+
+    /// The engine's delay between chunks in `--idle` mode.
+    #[arg(long, default_value = "1h", value_parser = parse_secs)]
+    pub idle_delay: Duration,
+
+    /// Reuse each session's WebSocket for its next run (default: one connection per run, as
+    /// the existing frontend does; setup is then measured from the run request).
+    #[arg(long)]
+    pub keep_connection: bool,
+
+    /// Skip the direct-to-engine phase.
+    #[arg(long)]
+    pub no_direct: bool,
+
+    /// Benchmark this running gateway (`ws://host:port`) instead of starting one.
+    #[arg(long)]
+    pub gateway_url: Option<String>,
+
+    /// The pid of the `--gateway-url` gateway, for its CPU and memory numbers.
+    #[arg(long, requires = "gateway_url")]
+    pub gateway_pid: Option<u32>,
+
+    /// Use this running engine (`ws://host:port`) instead of starting one: for the direct
+    /// phase, and as the engine of a gateway the bench starts. It must stream `--events` chunks
+    /// every `--interval` itself.
+    #[arg(long)]
+    pub engine_url: Option<String>,
+
+    /// HS256 secret client tokens are signed with (required with `--gateway-url`; a random one
+    /// is used for a gateway the bench starts).
+    #[arg(long, env = "FLOWGATE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+
+    /// Engine-hop key (`FLOWGATE_ENGINE_KEY`) for the direct phase; a random one is shared by
+    /// the engine and gateway the bench starts.
+    #[arg(long, env = "FLOWGATE_ENGINE_KEY", hide_env_values = true)]
+    pub engine_key: Option<Secret>,
+
+    /// Folder of agents the started gateway serves (`serve --flows-dir`), and where the direct
+    /// phase reads the agent's workflow.
+    #[arg(long, default_value = "flows")]
+    pub flows_dir: PathBuf,
+
+    /// The agent every run uses (its scripted LLM streams the chunks).
+    #[arg(long, default_value = "assistant")]
+    pub agent: String,
+
+    /// The run request's `message`.
+    #[arg(long, default_value = "Say something about benchmarks.")]
+    pub message: String,
+
+    /// Encoding of the flow definition in the direct phase's handshake (the gateway's
+    /// `--engine-flow-format`).
+    #[arg(long, value_enum, default_value_t = FlowFormat::Yaml)]
+    pub flow_format: FlowFormat,
+
+    /// The flowgate executable started for the engine and the gateway (default: this one).
+    #[arg(long)]
+    pub flowgate_bin: Option<PathBuf>,
+
+    /// Write the children's logs to this folder (`engine.log`, `gateway.log`) instead of
+    /// discarding them.
+    #[arg(long)]
+    pub child_logs: Option<PathBuf>,
+
+    /// Open-files limit to raise this process to (at most the hard limit); the children
+    /// inherit it.
+    #[arg(long, default_value_t = 65_536)]
+    pub nofile: u64,
+
+    /// Loopback addresses (127.0.0.1, 127.0.0.2, …) the client sockets are bound to; 0 picks
+    /// enough for the ephemeral ports the run needs.
+    #[arg(long, default_value_t = 0)]
+    pub local_addrs: usize,
+
+    /// Most connection attempts in flight at once (ramp-up).
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+
+    /// Time allowed for a TCP connect and for a WebSocket upgrade.
+    #[arg(long, default_value = "10s", value_parser = parse_secs)]
+    pub connect_timeout: Duration,
+
+    /// A run fails (`timeout`) when no frame arrives for this long.
+    #[arg(long, default_value = "10s", value_parser = parse_secs)]
+    pub frame_timeout: Duration,
+
+    /// Time allowed for closing a socket.
+    #[arg(long, default_value = "2s", value_parser = parse_secs)]
+    pub close_timeout: Duration,
+
+    /// Pause of a session after a failed run.
+    #[arg(long, default_value = "100ms", value_parser = parse_secs)]
+    pub retry_pause: Duration,
+
+    /// Time allowed for a started child to listen.
+    #[arg(long, default_value = "30s", value_parser = parse_secs)]
+    pub startup_timeout: Duration,
+
+    /// In `--idle` mode, time allowed for every session to reach its first chunk.
+    #[arg(long, default_value = "90s", value_parser = parse_secs)]
+    pub ramp_timeout: Duration,
+
+    /// Largest frame accepted by the bench's clients (bytes).
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Print the report as JSON on stdout (default: a markdown table).
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl BenchArgs {
+    /// Parse `flowgate bench` arguments (without the program and subcommand names).
+    pub fn parse_from<I, T>(args: I) -> Result<BenchArgs, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            args: BenchArgs,
+        }
+        use clap::Parser;
+        let argv = std::iter::once(std::ffi::OsString::from("bench"))
+            .chain(args.into_iter().map(Into::into));
+        Wrapper::try_parse_from(argv).map(|w| w.args)
+    }
+}
+
+/// Why a benchmark could not run (its numbers are never an error).
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("invalid arguments: {0}")]
+    Args(String),
+    #[error("setup failed: {0}")]
+    Setup(String),
+    #[error("the benchmark workflow cannot be used: {0}")]
+    Workflow(String),
+}
+
+/// `flowgate bench`: run, print the report, exit 0 when there were no errors and no lost events
+/// (missed targets are reported, not an exit code), 1 otherwise, 2 when the bench could not run.
+pub async fn run(args: BenchArgs) -> ExitCode {
+    match execute(&args).await {
+        Ok(report) => {
+            if args.json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(j) => println!("{j}"),
+                    Err(e) => {
+                        eprintln!("flowgate bench: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            } else {
+                print!("{}", report.markdown());
+            }
+            if report.errors == 0 && report.lost_runs == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("flowgate bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn progress(msg: &str) {
+    eprintln!("bench: {msg}");
+}
+
+/// The handshake payload the gateway would send for the agent.
+struct Payload {
+    flow: String,
+    initial_inputs: String,
+    version: &'static str,
+}
+
+async fn load_payload(args: &BenchArgs) -> Result<Payload, BenchError> {
+    let w = |e: String| BenchError::Workflow(e);
+    let store = crate::store::files::FilesStore::open(&args.flows_dir)
+        .map_err(|e| w(format!("{}: {e}", args.flows_dir.display())))?;
+    let agent = store
+        .agent(&args.agent)
+        .await
+        .map_err(|e| w(e.to_string()))?
+        .ok_or_else(|| {
+            w(format!(
+                "no agent `{}` in {}",
+                args.agent,
+                args.flows_dir.display()
+            ))
+        })?;
+    let version = agent.default_version();
+    let stored = store
+        .workflow(&args.agent, version)
+        .await
+        .map_err(|e| w(e.to_string()))?
+        .ok_or_else(|| {
+            w(format!(
+                "agent `{}` has no {} workflow",
+                args.agent,
+                version.as_str()
+            ))
+        })?;
+    let converted = crate::workflow::convert(&stored.workflow).map_err(|e| w(e.to_string()))?;
+    let flow = crate::workflow::render(&converted.flow, args.flow_format);
+    let initial_inputs =
+        crate::workflow::initial_inputs(&converted.flow, Some(&args.message), None, None)
+            .to_string();
+    Ok(Payload {
+        flow,
+        initial_inputs,
+        version: version.as_str(),
+    })
+}
+
+/// `ws://host:port[/…]` → the socket address and the base URL.
+async fn resolve(url: &str) -> Result<(SocketAddr, String), BenchError> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| BenchError::Args(format!("`{url}` is not a URL: {e}")))?;
+    let (scheme, default_port) = match uri.scheme_str() {
+        Some("ws") | Some("http") => ("ws", 80),
+        _ => {
+            return Err(BenchError::Args(format!(
+                "`{url}`: only ws:// and http:// URLs can be benchmarked"
+            )));
+        }
+    };
+    let host = uri
+        .host()
+        .ok_or_else(|| BenchError::Args(format!("`{url}` has no host")))?;
+    let port = uri.port_u16().unwrap_or(default_port);
+    let addr = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| BenchError::Args(format!("`{url}`: cannot resolve {host}")))?;
+    Ok((
+        addr,
+        format!("{scheme}://{}", uri.authority().expect("has host")),
+    ))
+}
+
+fn random_secret() -> Secret {
+    Secret::new(format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    ))
+}
+
+fn env_pair(k: &str, v: impl ToString) -> (String, String) {
+    (k.to_owned(), v.to_string())
+}
+
+/// How many loopback addresses the client sockets need.
+fn local_addr_count(args: &BenchArgs) -> usize {
+    if args.local_addrs > 0 {
+        return args.local_addrs.min(254);
+    }
+    let ports = (procs::ephemeral_ports() * 9 / 10).max(1) as f64;
+    // A connection per run leaves a TIME_WAIT entry for 60 s on one side: count them too.
+    let per_run = (args.interval * args.events as u32).max(Duration::from_millis(10));
+    let connections = if args.idle || args.keep_connection {
+        args.sessions as f64
+    } else {
+        args.sessions as f64 * (1.0 + 60.0 / per_run.as_secs_f64())
+    };
+    ((connections / ports).ceil() as usize).clamp(1, 64)
+}
+
+/// Both processes' readings at one instant.
+#[derive(Clone, Copy)]
+struct Reading {
+    at: Instant,
+    gateway: Option<procs::ProcSample>,
+    engine: Option<procs::ProcSample>,
+    /// This process (the clients).
+    me: Option<procs::ProcSample>,
+    open: usize,
+}
+
+fn read(gw_pid: Option<u32>, engine_pid: Option<u32>, counters: &Counters) -> Reading {
+    Reading {
+        at: Instant::now(),
+        gateway: gw_pid.and_then(procs::sample),
+        engine: engine_pid.and_then(procs::sample),
+        me: procs::sample(std::process::id()),
+        open: counters.open.load(Ordering::Relaxed),
+    }
+}
+
+/// What one phase measured.
+struct PhaseResult {
+    tally: Tally,
+    window_s: f64,
+    start: Reading,
+    end: Reading,
+}
+
+fn cpu_seconds(
+    a: Option<procs::ProcSample>,
+    b: Option<procs::ProcSample>,
+    tck: u64,
+) -> Option<f64> {
+    Some(b?.cpu_ticks.saturating_sub(a?.cpu_ticks) as f64 / tck as f64)
+}
+
+/// Wait for every session (bounded) and merge their tallies.
+async fn collect(mut set: JoinSet<Tally>, deadline: Instant) -> Tally {
+    let mut total = Tally::default();
+    loop {
+        match tokio::time::timeout_at(deadline, set.join_next()).await {
+            Ok(Some(Ok(t))) => total.merge(t),
+            Ok(Some(Err(e))) => total.error("session_panicked", e.to_string()),
+            Ok(None) => break,
+            Err(_) => {
+                let stuck = set.len();
+                set.abort_all();
+                for _ in 0..stuck {
+                    total.error("session_stuck", "a session did not finish in time");
+                }
+                break;
+            }
+        }
+    }
+    total
+}
+
+enum PathKind {
+    Gateway(Arc<GatewayTarget>),
+    Direct(Arc<DirectTarget>),
+}
+
+fn plan(args: &BenchArgs, warm_end: Instant, end: Instant) -> Plan {
+    Plan {
+        warm_end,
+        end,
+        events: args.events as u64,
+        keep_connection: args.keep_connection,
+        connect_timeout: args.connect_timeout,
+        frame_timeout: args.frame_timeout,
+        close_timeout: args.close_timeout,
+        retry_pause: args.retry_pause,
+        max_frame_bytes: args.max_frame_bytes,
+    }
+}
+
+/// One streaming phase: sessions start staggered over one interval, run back to back; the
+/// window is [start + warm-up, start + warm-up + duration].
+async fn streaming_phase(
+    args: &BenchArgs,
+    path: PathKind,
+    gw_pid: Option<u32>,
+    engine_pid: Option<u32>,
+) -> PhaseResult {
+    let start = Instant::now() + Duration::from_millis(100);
+    let warm_end = start + args.warmup;
+    let end = warm_end + args.duration;
+    let plan = Arc::new(plan(args, warm_end, end));
+    let counters = Arc::new(Counters::default());
+    let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    let mut set = JoinSet::new();
+    let n = args.sessions;
+    for i in 0..n {
+        let start_at = start + args.interval.mul_f64(i as f64 / n as f64);
+        let (plan, gate, counters) = (plan.clone(), gate.clone(), counters.clone());
+        match &path {
+            PathKind::Gateway(t) => set.spawn(session::gateway_streaming(
+                i,
+                t.clone(),
+                plan,
+                start_at,
+                gate,
+                counters,
+            )),
+            PathKind::Direct(t) => set.spawn(session::direct_streaming(
+                i,
+                t.clone(),
+                plan,
+                start_at,
+                gate,
+                counters,
+            )),
+        };
+    }
+    tokio::time::sleep_until(warm_end).await;
+    let first = read(gw_pid, engine_pid, &counters);
+    tokio::time::sleep_until(end).await;
+    let last = read(gw_pid, engine_pid, &counters);
+    // A run in flight at the end finishes (it is checked for errors and lost events).
+    let run_len = args.interval * args.events as u32;
+    let deadline = Instant::now()
+        + run_len
+        + args.frame_timeout
+        + args.connect_timeout * 2
+        + args.close_timeout;
+    let tally = collect(set, deadline).await;
+    PhaseResult {
+        tally,
+        window_s: (last.at - first.at).as_secs_f64(),
+        start: first,
+        end: last,
+    }
+}
+
+/// The idle phase: every session holds one waiting run; the reading is taken after all are
+/// open and `--warmup` has passed, then the sessions are held for `--duration`.
+async fn idle_phase(
+    args: &BenchArgs,
+    target: Arc<GatewayTarget>,
+    gw_pid: Option<u32>,
+    engine_pid: Option<u32>,
+    notes: &mut Vec<String>,
+) -> PhaseResult {
+    let start = Instant::now();
+    // Everything counts: the window is the whole phase.
+    let plan = Arc::new(plan(args, start, start + Duration::from_secs(86_400)));
+    let counters = Arc::new(Counters::default());
+    let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    let stop = CancellationToken::new();
+    let mut set = JoinSet::new();
+    for i in 0..args.sessions {
+        set.spawn(session::gateway_idle(
+            i,
+            target.clone(),
+            plan.clone(),
+            gate.clone(),
+            counters.clone(),
+            stop.clone(),
+        ));
+    }
+    let ramp_deadline = start + args.ramp_timeout;
+    loop {
+        let done = counters.ready.load(Ordering::Relaxed) + counters.failed.load(Ordering::Relaxed);
+        if done >= args.sessions {
+            break;
+        }
+        if Instant::now() >= ramp_deadline {
+            notes.push(format!(
+                "only {done} of {} sessions were settled after --ramp-timeout {:?}",
+                args.sessions, args.ramp_timeout
+            ));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    progress(&format!(
+        "{} sessions holding ({} failed) after {:.1} s",
+        counters.ready.load(Ordering::Relaxed),
+        counters.failed.load(Ordering::Relaxed),
+        start.elapsed().as_secs_f64()
+    ));
+    tokio::time::sleep(args.warmup).await;
+    let first = read(gw_pid, engine_pid, &counters);
+    tokio::time::sleep(args.duration).await;
+    let last = read(gw_pid, engine_pid, &counters);
+    stop.cancel();
+    let deadline = Instant::now() + args.close_timeout * 2 + Duration::from_secs(5);
+    let tally = collect(set, deadline).await;
+    PhaseResult {
+        tally,
+        window_s: (last.at - first.at).as_secs_f64(),
+        start: first,
+        end: last,
+    }
+}
+
+/// The processes the bench started (killed at the end, also on an early return).
+#[derive(Default)]
+struct Children {
+    engine: Option<ChildProc>,
+    gateway: Option<ChildProc>,
+}
+
+impl Children {
+    async fn stop(self, wait: Duration) {
+        for c in [self.gateway, self.engine].into_iter().flatten() {
+            c.stop(wait).await;
+        }
+    }
+}
+
+/// Run the benchmark and build its report.
+pub async fn execute(args: &BenchArgs) -> Result<Report, BenchError> {
+    if args.sessions == 0 || args.events == 0 {
+        return Err(BenchError::Args(
+            "--sessions and --events must be at least 1".into(),
+        ));
+    }
+    let nofile = procs::raise_nofile(args.nofile);
+    let mut notes = Vec::new();
+    if let Some(limit) = nofile {
+        // The gateway holds two sockets per session (client and engine).
+        let need = args.sessions as u64 * 2 + 256;
+        if limit < need {
+            notes.push(format!(
+                "the open-files limit is {limit}, below the ~{need} the gateway needs for {} sessions",
+                args.sessions
+            ));
+        }
+    }
+    let tck = procs::clock_ticks();
+    let payload = load_payload(args).await?;
+    let mut children = Children::default();
+    let result = drive(args, &payload, &mut children, nofile, tck, notes).await;
+    children.stop(args.close_timeout).await;
+    result
+}
+
+async fn drive(
+    args: &BenchArgs,
+    payload: &Payload,
+    children: &mut Children,
+    nofile: Option<u64>,
+    tck: u64,
+    mut notes: Vec<String>,
+) -> Result<Report, BenchError> {
+    let exe = match &args.flowgate_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| BenchError::Setup(format!("cannot find this executable: {e}")))?,
+    };
+    let logs = args.child_logs.as_deref().map(procs::log_dir).transpose()?;
+    let logs: Option<&Path> = logs.as_deref();
+    let delay = if args.idle {
+        args.idle_delay
+    } else {
+        args.interval
+    };
+
+    // The engine.
+    let own_engine = args.engine_url.is_none() && (args.gateway_url.is_none() || !args.no_direct);
+    let (engine_url, engine_key) = if let Some(url) = &args.engine_url {
+        (Some(url.clone()), args.engine_key.clone())
+    } else if own_engine && !(args.gateway_url.is_some() && args.idle) {
+        let key = args.engine_key.clone().unwrap_or_else(random_secret);
+        let addr = procs::free_port()?;
+        progress(&format!("starting the engine on {addr}"));
+        let engine = procs::spawn(procs::Spawn {
+            name: "engine",
+            exe: &exe,
+            args: vec!["engine".into()],
+            env: vec![
+                env_pair("FLOWGATE_ENGINE_LISTEN", addr),
+                env_pair("FLOWGATE_ENGINE_KEY", key.expose()),
+                env_pair("FLOWGATE_ENGINE_LLM_TOKENS", args.events),
+                env_pair(
+                    "FLOWGATE_ENGINE_LLM_TOKEN_DELAY",
+                    humantime::format_duration(delay),
+                ),
+            ],
+            addr,
+            logs,
+            startup_timeout: args.startup_timeout,
+        })
+        .await?;
+        children.engine = Some(engine);
+        (Some(format!("ws://{addr}")), Some(key))
+    } else {
+        (None, args.engine_key.clone())
+    };
+    let engine_pid = children.engine.as_ref().map(|c| c.pid);
+
+    // The gateway.
+    let (jwt_secret, gateway_url, gw_pid) = if let Some(url) = &args.gateway_url {
+        let secret = args.jwt_secret.clone().ok_or_else(|| {
+            BenchError::Args("--gateway-url needs --jwt-secret (FLOWGATE_JWT_SECRET)".into())
+        })?;
+        (secret, url.clone(), args.gateway_pid)
+    } else {
+        let secret = args.jwt_secret.clone().unwrap_or_else(random_secret);
+        let addr = procs::free_port()?;
+        let engine_url = engine_url
+            .clone()
+            .ok_or_else(|| BenchError::Args("no engine for the gateway".into()))?;
+        let mut env = vec![
+            env_pair("FLOWGATE_LISTEN", addr),
+            env_pair("FLOWGATE_ENGINE_URL", &engine_url),
+            env_pair("FLOWGATE_JWT_SECRET", secret.expose()),
+            // The bench's clients come from few addresses at a high rate.
+            env_pair("FLOWGATE_UPGRADES_PER_SECOND", 0),
+            env_pair("FLOWGATE_CLIENT_MESSAGES_PER_SECOND", 0),
+            env_pair("FLOWGATE_MAX_SESSIONS", args.sessions.max(10_000) + 64),
+        ];
+        if let Some(key) = &engine_key {
+            env.push(env_pair("FLOWGATE_ENGINE_KEY", key.expose()));
+        }
+        if args.idle {
+            let idle = (delay * 2).max(Duration::from_secs(120));
+            env.push(env_pair(
+                "FLOWGATE_ENGINE_IDLE_TIMEOUT",
+                humantime::format_duration(idle),
+            ));
+        }
+        progress(&format!("starting the gateway on {addr}"));
+        let flows = args.flows_dir.to_string_lossy().into_owned();
+        let gateway = procs::spawn(procs::Spawn {
+            name: "gateway",
+            exe: &exe,
+            args: vec!["serve".into(), "--flows-dir".into(), flows],
+            env,
+            addr,
+            logs,
+            startup_timeout: args.startup_timeout,
+        })
+        .await?;
+        let pid = gateway.pid;
+        children.gateway = Some(gateway);
+        (secret, format!("ws://{addr}"), Some(pid))
+    };
+
+    let (gw_addr, gw_base) = resolve(&gateway_url).await?;
+    let local_ips: Vec<IpAddr> = match gw_addr.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() => (1..=local_addr_count(args))
+            .map(|k| IpAddr::V4(Ipv4Addr::new(127, 0, 0, k as u8)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let request = serde_json::json!({"message": args.message}).to_string();
+    let gw_target = Arc::new(GatewayTarget {
+        addr: gw_addr,
+        url: format!("{gw_base}/api/chat/execute/{}", args.agent),
+        local_ips: local_ips.clone(),
+        request,
+        jwt_secret,
+        token_ttl: args.warmup + args.duration + args.ramp_timeout + Duration::from_secs(3600),
+    });
+    let baseline = gw_pid.and_then(procs::sample);
+
+    let gw_phase = if args.idle {
+        progress(&format!("idle: opening {} sessions", args.sessions));
+        idle_phase(args, gw_target.clone(), gw_pid, engine_pid, &mut notes).await
+    } else {
+        progress(&format!(
+            "gateway: {} sessions, {:?} warm-up + {:?}",
+            args.sessions, args.warmup, args.duration
+        ));
+        streaming_phase(
+            args,
+            PathKind::Gateway(gw_target.clone()),
+            gw_pid,
+            engine_pid,
+        )
+        .await
+    };
+
+    let direct_phase = match (&engine_url, args.idle || args.no_direct) {
+        (Some(url), false) => {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            progress(&format!(
+                "direct: {} sessions, {:?} warm-up + {:?}",
+                args.sessions, args.warmup, args.duration
+            ));
+            let target = Arc::new(DirectTarget {
+                engine: EngineTarget {
+                    base_url: url.clone(),
+                    bearer: None,
+                    connect_timeout: args.connect_timeout,
+                    handshake_timeout: args.frame_timeout,
+                    max_frame_bytes: args.max_frame_bytes,
+                    traceparent: None,
+                },
+                engine_key: engine_key.clone(),
+                flow: payload.flow.clone(),
+                initial_inputs: payload.initial_inputs.clone(),
+                agent_id: args.agent.clone(),
+                version: payload.version,
+            });
+            Some(streaming_phase(args, PathKind::Direct(target), None, engine_pid).await)
+        }
+        (None, false) => {
+            notes.push("no --engine-url: the direct phase was skipped".into());
+            None
+        }
+        _ => None,
+    };
+
+    let gw_cpu = gw_pid.filter(|_| !args.idle).and_then(|pid| {
+        let secs = cpu_seconds(gw_phase.start.gateway, gw_phase.end.gateway, tck)?;
+        let events = gw_phase.tally.frames_in_window;
+        Some(CpuReport {
+            pid,
+            cpu_seconds: secs,
+            cpu_percent: secs / gw_phase.window_s.max(1e-9) * 100.0,
+            events,
+            cpu_seconds_per_million_events: (events > 0).then(|| secs / events as f64 * 1e6),
+        })
+    });
+    let rss = gw_pid.and_then(|pid| {
+        let end = gw_phase.end.gateway?;
+        let open = gw_phase.end.open;
+        let base = baseline.map(|b| b.rss_kib).unwrap_or(0);
+        Some(RssReport {
+            pid,
+            rss_kib: end.rss_kib,
+            peak_rss_kib: end.hwm_kib,
+            baseline_rss_kib: base,
+            open_sessions: open,
+            rss_per_session_kib: (open > 0).then(|| end.rss_kib as f64 / open as f64),
+            added_rss_per_session_kib: (open > 0)
+                .then(|| end.rss_kib.saturating_sub(base) as f64 / open as f64),
+        })
+    });
+    let others = |p: &PhaseResult| {
+        (
+            cpu_seconds(p.start.engine, p.end.engine, tck),
+            cpu_seconds(p.start.me, p.end.me, tck),
+        )
+    };
+    let gw_others = others(&gw_phase);
+    let gateway = PathReport::from_tally(gw_phase.tally, gw_phase.window_s, gw_others);
+    let direct = direct_phase.map(|p| {
+        let cpu = others(&p);
+        PathReport::from_tally(p.tally, p.window_s, cpu)
+    });
+    let added = direct.as_ref().map(|d| Added::between(&gateway, d));
+    let errors = gateway.errors + direct.as_ref().map_or(0, |d| d.errors);
+    let lost_runs = gateway.lost_runs + direct.as_ref().map_or(0, |d| d.lost_runs);
+    if gateway.merged_frames > 0 {
+        notes.push(format!(
+            "the gateway merged {} chunk frames for clients that fell behind (the bench client \
+             could not keep up: its numbers then include its own queueing)",
+            gateway.merged_frames
+        ));
+    }
+    let mut report = Report {
+        mode: if args.idle { "idle" } else { "streaming" },
+        config: ConfigEcho {
+            sessions: args.sessions,
+            events: args.events,
+            interval_ms: if args.idle {
+                args.idle_delay.as_secs_f64() * 1e3
+            } else {
+                args.interval.as_secs_f64() * 1e3
+            },
+            warmup_s: args.warmup.as_secs_f64(),
+            duration_s: args.duration.as_secs_f64(),
+            keep_connection: args.keep_connection,
+            gateway_url,
+            engine_url,
+            local_addrs: local_ips.iter().map(ToString::to_string).collect(),
+            nofile_limit: nofile,
+            clock_ticks_per_second: tck,
+        },
+        gateway,
+        direct,
+        added,
+        gateway_cpu: gw_cpu,
+        rss,
+        errors,
+        lost_runs,
+        targets: Vec::new(),
+        notes,
+    };
+    report.targets = report::targets(&report);
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_plain_numbers_in_their_unit_or_humantime() {
+        assert_eq!(parse_millis("20").unwrap(), Duration::from_millis(20));
+        assert_eq!(parse_millis("0.5").unwrap(), Duration::from_micros(500));
+        assert_eq!(parse_millis("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_secs("5").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_secs("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_secs("soon").is_err());
+    }
+
+    #[test]
+    fn enough_loopback_addresses_for_connection_churn() {
+        let mut args = BenchArgs::parse_from(["--sessions", "100"]).unwrap();
+        assert_eq!(local_addr_count(&args), 1);
+        args.sessions = 1000;
+        // 1000 sessions × 1 s runs, one connection each, 60 s of TIME_WAIT: > 28k ports.
+        assert!(local_addr_count(&args) >= 2);
+        args.local_addrs = 3;
+        assert_eq!(local_addr_count(&args), 3);
+    }
+}

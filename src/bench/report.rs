@@ -1,0 +1,455 @@
+//! The benchmark report: the JSON shape printed by `flowgate bench --json`, the markdown table
+//! printed by default, and the targets each run is judged against (met / MISSED).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::stats::{Summary, Tally, summarize};
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// `streaming` or `idle`.
+    pub mode: &'static str,
+    pub config: ConfigEcho,
+    /// Numbers through the gateway.
+    pub gateway: PathReport,
+    /// Numbers directly against the engine (absent in `--idle` mode, with `--no-direct`, or
+    /// when a `--gateway-url` is given without an `--engine-url`).
+    pub direct: Option<PathReport>,
+    /// gateway − direct.
+    pub added: Option<Added>,
+    /// The gateway process's CPU over the measurement window (when its pid is known).
+    pub gateway_cpu: Option<CpuReport>,
+    /// The gateway process's memory (when its pid is known).
+    pub rss: Option<RssReport>,
+    /// Errors of every kind in both paths (must be 0).
+    pub errors: u64,
+    /// Runs with lost events in both paths (must be 0).
+    pub lost_runs: u64,
+    pub targets: Vec<Target>,
+    /// Anything the reader should know about this run (limits hit, parts skipped).
+    pub notes: Vec<String>,
+}
+
+/// The configuration the numbers belong to.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigEcho {
+    pub sessions: usize,
+    pub events: usize,
+    pub interval_ms: f64,
+    pub warmup_s: f64,
+    pub duration_s: f64,
+    pub keep_connection: bool,
+    pub gateway_url: String,
+    pub engine_url: Option<String>,
+    /// Local addresses the client sockets were bound to.
+    pub local_addrs: Vec<String>,
+    /// The open-files limit in force (children inherit it).
+    pub nofile_limit: Option<u64>,
+    pub clock_ticks_per_second: u64,
+}
+
+/// One path's numbers.
+#[derive(Debug, Clone, Serialize)]
+pub struct PathReport {
+    pub runs: u64,
+    pub runs_ok: u64,
+    pub lost_runs: u64,
+    pub errors: u64,
+    pub error_kinds: BTreeMap<String, u64>,
+    pub error_examples: Vec<String>,
+    /// connect → `flow_started`, microseconds.
+    pub setup_us: Option<Summary>,
+    /// Client receive time − engine envelope `timestamp`, microseconds.
+    pub event_latency_us: Option<Summary>,
+    /// Frames received in the window.
+    pub frames: u64,
+    pub events_per_second: f64,
+    /// `llm_chunk` frames the gateway merged for a lagging client.
+    pub merged_frames: u64,
+    /// The engine process's CPU seconds during this path's window (own engine only).
+    pub engine_cpu_seconds: Option<f64>,
+    /// The bench process's own CPU seconds during this path's window (the clients share the
+    /// machine with the engine and the gateway).
+    pub client_cpu_seconds: Option<f64>,
+}
+
+impl PathReport {
+    /// `cpu`: the engine's and the bench's CPU seconds in the window.
+    pub fn from_tally(mut t: Tally, window_s: f64, cpu: (Option<f64>, Option<f64>)) -> PathReport {
+        PathReport {
+            runs: t.runs,
+            runs_ok: t.runs_ok,
+            lost_runs: t.lost_runs,
+            errors: t.error_count(),
+            setup_us: summarize(&mut t.setup_us),
+            event_latency_us: summarize(&mut t.event_us),
+            frames: t.frames_in_window,
+            events_per_second: if window_s > 0.0 {
+                t.frames_in_window as f64 / window_s
+            } else {
+                0.0
+            },
+            merged_frames: t.merged_frames,
+            engine_cpu_seconds: cpu.0,
+            client_cpu_seconds: cpu.1,
+            error_kinds: t.errors,
+            error_examples: t.error_examples,
+        }
+    }
+}
+
+/// gateway − direct, microseconds (may be negative: noise).
+#[derive(Debug, Clone, Serialize)]
+pub struct Added {
+    pub setup_p50_us: Option<i64>,
+    pub setup_p99_us: Option<i64>,
+    pub event_p50_us: Option<i64>,
+    pub event_p99_us: Option<i64>,
+    pub event_max_us: Option<i64>,
+}
+
+impl Added {
+    pub fn between(gw: &PathReport, direct: &PathReport) -> Added {
+        let diff = |a: Option<Summary>, b: Option<Summary>, f: fn(&Summary) -> u64| {
+            Some(f(&a?) as i64 - f(&b?) as i64)
+        };
+        Added {
+            setup_p50_us: diff(gw.setup_us, direct.setup_us, |s| s.p50),
+            setup_p99_us: diff(gw.setup_us, direct.setup_us, |s| s.p99),
+            event_p50_us: diff(gw.event_latency_us, direct.event_latency_us, |s| s.p50),
+            event_p99_us: diff(gw.event_latency_us, direct.event_latency_us, |s| s.p99),
+            event_max_us: diff(gw.event_latency_us, direct.event_latency_us, |s| s.max),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CpuReport {
+    pub pid: u32,
+    /// utime + stime over the measurement window.
+    pub cpu_seconds: f64,
+    /// `cpu_seconds` over the window (100 = one core busy).
+    pub cpu_percent: f64,
+    /// Frames relayed to the bench's clients in the window.
+    pub events: u64,
+    pub cpu_seconds_per_million_events: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RssReport {
+    pub pid: u32,
+    /// VmRSS at the end of the window, KiB.
+    pub rss_kib: u64,
+    /// VmHWM (peak RSS over the process's life), KiB.
+    pub peak_rss_kib: u64,
+    /// VmRSS before the first session connected, KiB.
+    pub baseline_rss_kib: u64,
+    /// Client sessions open when `rss_kib` was read.
+    pub open_sessions: usize,
+    /// `rss_kib / open_sessions`.
+    pub rss_per_session_kib: Option<f64>,
+    /// `(rss_kib − baseline_rss_kib) / open_sessions`: what one more session costs.
+    pub added_rss_per_session_kib: Option<f64>,
+}
+
+/// One target and whether this run met it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub name: String,
+    pub target: String,
+    pub measured: Option<String>,
+    /// `met`, `MISSED` or `not measured`.
+    pub status: &'static str,
+}
+
+impl Target {
+    fn new(name: &str, target: &str, measured: Option<(String, bool)>) -> Target {
+        let (measured, status) = match measured {
+            Some((m, true)) => (Some(m), "met"),
+            Some((m, false)) => (Some(m), "MISSED"),
+            None => (None, "not measured"),
+        };
+        Target {
+            name: name.into(),
+            target: target.into(),
+            measured,
+            status,
+        }
+    }
+}
+
+/// A microsecond figure for people: `87 µs`, `1.42 ms`, `2.10 s`.
+pub fn us(v: i64) -> String {
+    let a = v.unsigned_abs();
+    let sign = if v < 0 { "-" } else { "" };
+    if a < 1_000 {
+        format!("{sign}{a} µs")
+    } else if a < 1_000_000 {
+        format!("{sign}{:.2} ms", a as f64 / 1e3)
+    } else {
+        format!("{sign}{:.2} s", a as f64 / 1e6)
+    }
+}
+
+/// The targets of the issue (2-core machine): see `docs/benchmarks.md`.
+pub fn targets(r: &Report) -> Vec<Target> {
+    let mut out = Vec::new();
+    let clean = r.errors == 0 && r.lost_runs == 0;
+    out.push(Target::new(
+        "errors and lost events",
+        "0",
+        Some((
+            format!("{} errors, {} lost runs", r.errors, r.lost_runs),
+            clean,
+        )),
+    ));
+    if r.mode == "idle" {
+        out.push(Target::new(
+            "gateway RSS with all sessions open",
+            "≤ 360 MiB at 9,000 sessions",
+            r.rss.as_ref().map(|m| {
+                (
+                    format!(
+                        "{:.1} MiB at {} sessions",
+                        m.rss_kib as f64 / 1024.0,
+                        m.open_sessions
+                    ),
+                    m.rss_kib <= 360 * 1024,
+                )
+            }),
+        ));
+        out.push(Target::new(
+            "gateway RSS per open session",
+            "≤ 40 KiB",
+            r.rss.as_ref().and_then(|m| {
+                let per = m.rss_per_session_kib?;
+                Some((
+                    format!(
+                        "{per:.1} KiB ({:.1} KiB above the idle gateway)",
+                        m.added_rss_per_session_kib.unwrap_or(0.0)
+                    ),
+                    per <= 40.0,
+                ))
+            }),
+        ));
+        return out;
+    }
+    let added = r.added.as_ref();
+    out.push(Target::new(
+        "added latency per event, p50",
+        "≤ 100 µs",
+        added
+            .and_then(|a| a.event_p50_us)
+            .map(|v| (us(v), v <= 100)),
+    ));
+    out.push(Target::new(
+        "added latency per event, p99",
+        "≤ 1 ms",
+        added
+            .and_then(|a| a.event_p99_us)
+            .map(|v| (us(v), v <= 1_000)),
+    ));
+    out.push(Target::new(
+        "gateway CPU per million relayed events",
+        "≤ 2 s",
+        r.gateway_cpu
+            .as_ref()
+            .and_then(|c| c.cpu_seconds_per_million_events)
+            .map(|v| (format!("{v:.2} s"), v <= 2.0)),
+    ));
+    out.push(Target::new(
+        "setup connect → flow_started above direct, p50",
+        "≤ 2 ms",
+        added
+            .and_then(|a| a.setup_p50_us)
+            .map(|v| (us(v), v <= 2_000)),
+    ));
+    out
+}
+
+fn opt_us(s: Option<Summary>, f: fn(&Summary) -> u64) -> String {
+    s.map(|s| us(f(&s) as i64)).unwrap_or_else(|| "—".into())
+}
+
+impl Report {
+    /// The default output: a short markdown table.
+    pub fn markdown(&self) -> String {
+        let c = &self.config;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "## flowgate bench: {} mode, {} sessions × {} events every {} ms (warm-up {} s, measured {} s)\n",
+            self.mode, c.sessions, c.events, c.interval_ms, c.warmup_s, c.duration_s
+        );
+        let target_of = |name: &str| {
+            self.targets
+                .iter()
+                .find(|t| t.name == name)
+                .map(|t| format!("{} | {}", t.target, t.status))
+                .unwrap_or_else(|| " | ".into())
+        };
+        let g = &self.gateway;
+        let d = self.direct.as_ref();
+        let a = self.added.as_ref();
+        let added = |v: Option<i64>| v.map(us).unwrap_or_else(|| "—".into());
+        s.push_str("| metric | gateway | direct | added | target | status |\n");
+        s.push_str("|---|---|---|---|---|---|\n");
+        let mut row = |metric: &str, gw: String, direct: String, add: String, target: String| {
+            let _ = writeln!(s, "| {metric} | {gw} | {direct} | {add} | {target} |");
+        };
+        row(
+            "connect → flow_started p50",
+            opt_us(g.setup_us, |s| s.p50),
+            opt_us(d.and_then(|d| d.setup_us), |s| s.p50),
+            added(a.and_then(|a| a.setup_p50_us)),
+            target_of("setup connect → flow_started above direct, p50"),
+        );
+        row(
+            "connect → flow_started p99",
+            opt_us(g.setup_us, |s| s.p99),
+            opt_us(d.and_then(|d| d.setup_us), |s| s.p99),
+            added(a.and_then(|a| a.setup_p99_us)),
+            " | ".into(),
+        );
+        row(
+            "event latency p50",
+            opt_us(g.event_latency_us, |s| s.p50),
+            opt_us(d.and_then(|d| d.event_latency_us), |s| s.p50),
+            added(a.and_then(|a| a.event_p50_us)),
+            target_of("added latency per event, p50"),
+        );
+        row(
+            "event latency p99",
+            opt_us(g.event_latency_us, |s| s.p99),
+            opt_us(d.and_then(|d| d.event_latency_us), |s| s.p99),
+            added(a.and_then(|a| a.event_p99_us)),
+            target_of("added latency per event, p99"),
+        );
+        row(
+            "event latency max",
+            opt_us(g.event_latency_us, |s| s.max),
+            opt_us(d.and_then(|d| d.event_latency_us), |s| s.max),
+            added(a.and_then(|a| a.event_max_us)),
+            " | ".into(),
+        );
+        let streaming = self.mode == "streaming";
+        if streaming {
+            row(
+                "events / s",
+                format!("{:.0}", g.events_per_second),
+                d.map(|d| format!("{:.0}", d.events_per_second))
+                    .unwrap_or_else(|| "—".into()),
+                String::new(),
+                " | ".into(),
+            );
+            row(
+                "gateway CPU per 1M events",
+                self.gateway_cpu
+                    .as_ref()
+                    .and_then(|c| {
+                        let v = c.cpu_seconds_per_million_events?;
+                        Some(format!("{v:.2} s ({:.0}% of a core)", c.cpu_percent))
+                    })
+                    .unwrap_or_else(|| "—".into()),
+                String::new(),
+                String::new(),
+                target_of("gateway CPU per million relayed events"),
+            );
+        }
+        if streaming {
+            let busy = |p: &PathReport| {
+                let w = c.duration_s.max(1e-9);
+                match (p.engine_cpu_seconds, p.client_cpu_seconds) {
+                    (Some(e), Some(b)) => {
+                        format!("{:.0}% / {:.0}%", e / w * 100.0, b / w * 100.0)
+                    }
+                    (None, Some(b)) => format!("— / {:.0}%", b / w * 100.0),
+                    _ => "—".into(),
+                }
+            };
+            row(
+                "engine / bench CPU (of a core)",
+                busy(g),
+                d.map(busy).unwrap_or_else(|| "—".into()),
+                String::new(),
+                " | ".into(),
+            );
+        }
+        if let Some(m) = &self.rss {
+            row(
+                "gateway RSS (peak)",
+                format!(
+                    "{:.1} MiB ({:.1} MiB)",
+                    m.rss_kib as f64 / 1024.0,
+                    m.peak_rss_kib as f64 / 1024.0
+                ),
+                String::new(),
+                String::new(),
+                target_of("gateway RSS with all sessions open"),
+            );
+            row(
+                "RSS per open session",
+                m.rss_per_session_kib
+                    .map(|v| format!("{v:.1} KiB at {} sessions", m.open_sessions))
+                    .unwrap_or_else(|| "—".into()),
+                String::new(),
+                m.added_rss_per_session_kib
+                    .map(|v| format!("{v:.1} KiB above idle"))
+                    .unwrap_or_default(),
+                target_of("gateway RSS per open session"),
+            );
+        }
+        row(
+            "runs ok / errors / lost runs",
+            format!("{} / {} / {}", g.runs_ok, g.errors, g.lost_runs),
+            d.map(|d| format!("{} / {} / {}", d.runs_ok, d.errors, d.lost_runs))
+                .unwrap_or_else(|| "—".into()),
+            String::new(),
+            target_of("errors and lost events"),
+        );
+        for (path, p) in [("gateway", Some(g)), ("direct", d)] {
+            let Some(p) = p else { continue };
+            if !p.error_kinds.is_empty() {
+                let kinds: Vec<String> = p
+                    .error_kinds
+                    .iter()
+                    .map(|(k, v)| format!("{k} × {v}"))
+                    .collect();
+                let _ = writeln!(s, "\n{path} errors: {}", kinds.join(", "));
+                for e in &p.error_examples {
+                    let _ = writeln!(s, "  - {e}");
+                }
+            }
+        }
+        let missed: Vec<&str> = self
+            .targets
+            .iter()
+            .filter(|t| t.status == "MISSED")
+            .map(|t| t.name.as_str())
+            .collect();
+        if !missed.is_empty() {
+            let _ = writeln!(s, "\nMISSED targets: {}", missed.join("; "));
+        }
+        for n in &self.notes {
+            let _ = writeln!(s, "\nnote: {n}");
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn microseconds_print_in_the_unit_people_read() {
+        assert_eq!(us(87), "87 µs");
+        assert_eq!(us(1_420), "1.42 ms");
+        assert_eq!(us(-250), "-250 µs");
+        assert_eq!(us(2_100_000), "2.10 s");
+    }
+}

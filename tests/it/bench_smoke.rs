@@ -1,0 +1,102 @@
+//! Smoke runs of `flowgate bench` (tiny configurations, real child processes of the built
+//! binary) so the harness cannot rot. The numbers themselves are never asserted; only that the
+//! report is well-formed and that nothing failed.
+
+use flowgate::bench::{self, BenchArgs};
+use serde_json::Value;
+
+fn args(extra: &[&str]) -> BenchArgs {
+    let flows = concat!(env!("CARGO_MANIFEST_DIR"), "/flows");
+    let mut argv = vec![
+        "--flowgate-bin",
+        env!("CARGO_BIN_EXE_flowgate"),
+        "--flows-dir",
+        flows,
+        "--sessions",
+        "3",
+        "--events",
+        "5",
+        "--interval",
+        "10",
+        "--warmup",
+        "0.3",
+    ];
+    argv.extend_from_slice(extra);
+    BenchArgs::parse_from(argv).expect("valid bench arguments")
+}
+
+fn summary_is_ordered(s: &Value) {
+    let (p50, p99, max) = (s["p50"].as_u64(), s["p99"].as_u64(), s["max"].as_u64());
+    assert!(s["count"].as_u64().unwrap_or(0) > 0, "{s}");
+    assert!(p50 <= p99 && p99 <= max && p50.is_some(), "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_bench_reports_both_paths_without_errors() {
+    let report = bench::execute(&args(&["--duration", "1.5"]))
+        .await
+        .expect("the bench runs");
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["errors"], 0, "{:#}", json);
+    assert_eq!(json["lost_runs"], 0, "{:#}", json);
+    for path in ["gateway", "direct"] {
+        let p = &json[path];
+        assert!(p["runs_ok"].as_u64().unwrap() >= 3, "{path}: {p:#}");
+        summary_is_ordered(&p["setup_us"]);
+        summary_is_ordered(&p["event_latency_us"]);
+        assert!(
+            p["events_per_second"].as_f64().unwrap() > 0.0,
+            "{path}: {p:#}"
+        );
+    }
+    assert!(
+        json["added"]["event_p50_us"].is_i64(),
+        "{:#}",
+        json["added"]
+    );
+    assert!(
+        json["rss"]["rss_kib"].as_u64().unwrap() > 0,
+        "{:#}",
+        json["rss"]
+    );
+    assert!(json["gateway_cpu"]["cpu_seconds_per_million_events"].is_f64());
+    let targets = json["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 5, "{targets:#?}");
+    for t in targets {
+        assert!(
+            matches!(t["status"].as_str(), Some("met" | "MISSED")),
+            "every streaming target is measured: {t}"
+        );
+    }
+    let table = report.markdown();
+    eprintln!("{table}");
+    assert!(table.contains("| metric | gateway | direct | added | target | status |"));
+    assert!(table.contains("event latency p99"), "{table}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_bench_holds_every_session_and_reports_rss_per_session() {
+    let report = bench::execute(&args(&["--idle", "--duration", "0.5"]))
+        .await
+        .expect("the bench runs");
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["mode"], "idle");
+    assert_eq!(json["errors"], 0, "{:#}", json);
+    assert_eq!(json["gateway"]["runs_ok"], 3, "{:#}", json["gateway"]);
+    assert_eq!(json["rss"]["open_sessions"], 3, "{:#}", json["rss"]);
+    assert!(json["rss"]["rss_per_session_kib"].as_f64().unwrap() > 0.0);
+    assert!(json["direct"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "TEMP manual runner"]
+async fn temp_manual_bench() {
+    let extra = std::env::var("BENCH_ARGS").unwrap_or_default();
+    let flows = concat!(env!("CARGO_MANIFEST_DIR"), "/flows");
+    let mut argv = vec!["--flowgate-bin".to_string(), std::env::var("BENCH_BIN").unwrap_or(env!("CARGO_BIN_EXE_flowgate").into()), "--flows-dir".into(), flows.into()];
+    argv.extend(extra.split_whitespace().map(String::from));
+    let a = BenchArgs::parse_from(argv).unwrap();
+    let r = bench::execute(&a).await.unwrap();
+    println!("{}", r.markdown());
+    println!("{}", serde_json::to_string_pretty(&r).unwrap());
+}
