@@ -65,6 +65,11 @@ pub struct PathReport {
     pub setup_us: Option<Summary>,
     /// Client receive time − engine envelope `timestamp`, microseconds.
     pub event_latency_us: Option<Summary>,
+    /// `flow_started` → terminal event, microseconds (the engine is scripted for
+    /// `(events − 1) × interval`).
+    pub run_us: Option<Summary>,
+    /// Closing a run's socket (close frame → end of stream), microseconds.
+    pub close_us: Option<Summary>,
     /// Frames received in the window.
     pub frames: u64,
     pub events_per_second: f64,
@@ -87,6 +92,8 @@ impl PathReport {
             errors: t.error_count(),
             setup_us: summarize(&mut t.setup_us),
             event_latency_us: summarize(&mut t.event_us),
+            run_us: summarize(&mut t.run_us),
+            close_us: summarize(&mut t.close_us),
             frames: t.frames_in_window,
             events_per_second: if window_s > 0.0 {
                 t.frames_in_window as f64 / window_s
@@ -338,6 +345,13 @@ impl Report {
         );
         let streaming = self.mode == "streaming";
         if streaming {
+            row(
+                "run length p50 (flow_started → end)",
+                opt_us(g.run_us, |s| s.p50),
+                opt_us(d.and_then(|d| d.run_us), |s| s.p50),
+                String::new(),
+                " | ".into(),
+            );
             row(
                 "events / s",
                 format!("{:.0}", g.events_per_second),

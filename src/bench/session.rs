@@ -127,7 +127,7 @@ async fn read_run<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut started = false;
+    let mut started: Option<(Instant, bool)> = None;
     loop {
         let msg = match tokio::time::timeout(plan.frame_timeout, ws.next()).await {
             Err(_) => {
@@ -181,8 +181,8 @@ where
         if env.merged_seqs.is_some() {
             tally.merged_frames += 1;
         }
-        if kind == "flow_started" && !started {
-            started = true;
+        if kind == "flow_started" && started.is_none() {
+            started = Some((now, in_window));
             if in_window {
                 tally.setup_us.push((now - t0).as_micros() as u64);
             }
@@ -207,6 +207,9 @@ where
             _ => {}
         }
         if is_terminal(kind) {
+            if let Some((at, true)) = started {
+                tally.run_us.push((now - at).as_micros() as u64);
+            }
             return RunEnd::Terminal;
         }
         if first_chunk && kind == "llm_chunk" {
@@ -234,16 +237,19 @@ fn judge(check: &StreamCheck, end: &RunEnd, plan: &Plan, tally: &mut Tally) {
     }
 }
 
-/// Close a socket and wait (bounded) for the peer's close and end of stream.
-async fn close<S>(mut ws: WebSocketStream<S>, wait: Duration)
+/// Close a socket and wait (bounded) for the peer's close and end of stream; returns how long
+/// that took (microseconds).
+async fn close<S>(mut ws: WebSocketStream<S>, wait: Duration) -> u64
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let t = Instant::now();
     let _ = tokio::time::timeout(wait, async {
         let _ = ws.close(None).await;
         while let Some(Ok(_)) = ws.next().await {}
     })
     .await;
+    t.elapsed().as_micros() as u64
 }
 
 async fn connect_gateway(
@@ -374,7 +380,7 @@ pub async fn gateway_streaming(
         if plan.keep_connection && end == RunEnd::Terminal {
             kept = Some(ws);
         } else {
-            close(ws, plan.close_timeout).await;
+            tally.close_us.push(close(ws, plan.close_timeout).await);
             counters.open.fetch_sub(1, Ordering::Relaxed);
         }
         if end != RunEnd::Terminal {
@@ -526,7 +532,7 @@ pub async fn direct_streaming(
         let mut check = StreamCheck::new(false);
         let end = read_run(&mut ws, t0, &plan, &mut check, &mut tally, false).await;
         judge(&check, &end, &plan, &mut tally);
-        close(ws, plan.close_timeout).await;
+        tally.close_us.push(close(ws, plan.close_timeout).await);
         counters.open.fetch_sub(1, Ordering::Relaxed);
         if end != RunEnd::Terminal {
             tokio::time::sleep(plan.retry_pause).await;

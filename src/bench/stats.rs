@@ -56,6 +56,11 @@ pub struct Tally {
     /// Client receive time − the engine's envelope `timestamp`, microseconds (frames received
     /// in the window).
     pub event_us: Vec<u64>,
+    /// `flow_started` → terminal event, microseconds (runs that started in the window): how
+    /// long a run takes, against the `events × interval` the engine is scripted for.
+    pub run_us: Vec<u64>,
+    /// Closing a run's socket (close frame → end of stream), microseconds.
+    pub close_us: Vec<u64>,
     /// Frames received in the window (every frame of a run).
     pub frames_in_window: u64,
     /// Merged `llm_chunk` frames (`merged_seqs`) seen: the gateway fell behind on a client.
@@ -88,6 +93,8 @@ impl Tally {
         }
         self.setup_us.extend(other.setup_us);
         self.event_us.extend(other.event_us);
+        self.run_us.extend(other.run_us);
+        self.close_us.extend(other.close_us);
         self.frames_in_window += other.frames_in_window;
         self.merged_frames += other.merged_frames;
     }

@@ -16,6 +16,9 @@ import { chromium } from "playwright-core";
 const BASE = (process.env.FLOWGATE_URL || "").replace(/\/+$/, "");
 const TOKEN = process.env.FLOWGATE_TOKEN || "";
 const SKIP = !BASE || !TOKEN ? "set FLOWGATE_URL and FLOWGATE_TOKEN to run the browser tests" : false;
+if (SKIP && process.env.FLOWGATE_BROWSER_REQUIRED) {
+  throw new Error("FLOWGATE_BROWSER_REQUIRED is set but FLOWGATE_URL/FLOWGATE_TOKEN are missing");
+}
 const OUTPUT = join(dirname(fileURLToPath(import.meta.url)), "..", "output");
 const WAIT = 20_000;
 
