@@ -195,6 +195,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     pub max_frame_bytes: usize,
 
+    /// Read buffer of each of the bench's client WebSockets (bytes): small, so that thousands
+    /// of idle sessions do not cost the bench gigabytes.
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub client_read_buffer_bytes: usize,
+
     /// Print the report as JSON on stdout (default: a markdown table).
     #[arg(long)]
     pub json: bool,
@@ -439,6 +444,7 @@ fn plan(args: &BenchArgs, warm_end: Instant, end: Instant) -> Plan {
         close_timeout: args.close_timeout,
         retry_pause: args.retry_pause,
         max_frame_bytes: args.max_frame_bytes,
+        read_buffer_bytes: args.client_read_buffer_bytes,
     }
 }
 

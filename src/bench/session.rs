@@ -47,6 +47,8 @@ pub struct Plan {
     /// Pause after a failed run before the next one.
     pub retry_pause: Duration,
     pub max_frame_bytes: usize,
+    /// Read buffer of each client WebSocket (tungstenite zero-fills it on the first read).
+    pub read_buffer_bytes: usize,
 }
 
 /// Live counters of a phase.
@@ -293,6 +295,7 @@ async fn connect_gateway(
     let mut config = WebSocketConfig::default();
     config.max_message_size = Some(plan.max_frame_bytes);
     config.max_frame_size = Some(plan.max_frame_bytes);
+    config.read_buffer_size = plan.read_buffer_bytes;
     let upgrade = tokio_tungstenite::client_async_with_config(request, stream, Some(config));
     match tokio::time::timeout(plan.connect_timeout, upgrade).await {
         Err(_) => Err(fail("upgrade", "WebSocket upgrade timed out".into())),

@@ -241,3 +241,72 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| serde_json::Number::from_f64(f)
+                .map(Value::Number)
+                .unwrap_or(Value::Null)),
+            ".{0,20}".prop_map(Value::String),
+            prop_oneof![
+                Just("run"),
+                Just("cancel"),
+                Just("resume"),
+                Just("auth"),
+                Just("x")
+            ]
+            .prop_map(|s| Value::String(s.into())),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("type".to_string()),
+                        Just("message".to_string()),
+                        Just("run_id".to_string()),
+                        Just("after_seq".to_string()),
+                        Just("token".to_string()),
+                        Just("conversation_history".to_string()),
+                        Just("initial_inputs".to_string()),
+                        Just("version".to_string()),
+                        Just("agent_id".to_string()),
+                        ".{0,8}",
+                    ],
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Arbitrary text never panics, and a refusal always says something.
+        #[test]
+        fn any_text_parses_or_is_refused_with_a_reason(text in ".{0,200}") {
+            if let Err(BadFrame(why)) = ClientFrame::parse(&text) {
+                prop_assert!(!why.is_empty());
+            }
+        }
+
+        /// Arbitrary JSON (shaped like client frames) never panics; refusals are explained.
+        #[test]
+        fn any_json_parses_or_is_refused_with_a_reason(v in json_value()) {
+            if let Err(BadFrame(why)) = ClientFrame::parse(&v.to_string()) {
+                prop_assert!(!why.is_empty());
+                prop_assert!(why.len() < 2000, "an error message must stay short");
+            }
+        }
+    }
+}

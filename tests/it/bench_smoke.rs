@@ -93,7 +93,12 @@ async fn idle_bench_holds_every_session_and_reports_rss_per_session() {
 async fn temp_manual_bench() {
     let extra = std::env::var("BENCH_ARGS").unwrap_or_default();
     let flows = concat!(env!("CARGO_MANIFEST_DIR"), "/flows");
-    let mut argv = vec!["--flowgate-bin".to_string(), std::env::var("BENCH_BIN").unwrap_or(env!("CARGO_BIN_EXE_flowgate").into()), "--flows-dir".into(), flows.into()];
+    let mut argv = vec![
+        "--flowgate-bin".to_string(),
+        std::env::var("BENCH_BIN").unwrap_or(env!("CARGO_BIN_EXE_flowgate").into()),
+        "--flows-dir".into(),
+        flows.into(),
+    ];
     argv.extend(extra.split_whitespace().map(String::from));
     let a = BenchArgs::parse_from(argv).unwrap();
     let r = bench::execute(&a).await.unwrap();

@@ -16,7 +16,10 @@ fn flows_dir() -> std::path::PathBuf {
 }
 
 /// Start `flowgate serve` on port 0 and return the child and the address it logged.
-async fn start_serve(engine_url: &str, extra_env: &[(&str, &str)]) -> (tokio::process::Child, String) {
+async fn start_serve(
+    engine_url: &str,
+    extra_env: &[(&str, &str)],
+) -> (tokio::process::Child, String) {
     let mut cmd = tokio::process::Command::new(BIN);
     cmd.arg("serve")
         .env_clear()
@@ -59,25 +62,35 @@ async fn sigterm_lets_the_running_run_finish_closes_with_1012_and_exits_0() {
 
     let url = format!("ws://{addr}/api/chat/execute/assistant");
     let mut c = Client::connect_bearer(&url, Some(&token("alice"))).await;
-    c.send_json(json!({"message": "finish before you go"})).await;
+    c.send_json(json!({"message": "finish before you go"}))
+        .await;
     let mut frames = Vec::new();
     while frames.len() < 10 {
         frames.push(c.next().await.unwrap());
     }
     let pid = child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
     assert!(status.success());
 
     // New connections are refused while draining.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let refused = tokio_tungstenite::connect_async(url.as_str()).await;
-    assert!(refused.is_err(), "a new socket was accepted during shutdown");
+    assert!(
+        refused.is_err(),
+        "a new socket was accepted during shutdown"
+    );
 
     frames.extend(c.collect_run().await);
     assert_eq!(frames.last().unwrap()["type"], "flow_completed");
     assert_run_stamps(&frames);
     assert_eq!(c.close_code().await, Some(1012));
-    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait()).await.expect("exits").unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("exits")
+        .unwrap();
     assert!(exit.success(), "exit status {exit:?}");
 }
 
@@ -90,7 +103,9 @@ fn token_subcommand_mints_a_token_the_gateway_accepts() {
         .unwrap();
     assert!(out.status.success());
     let t = String::from_utf8(out.stdout).unwrap();
-    let v = flowgate::auth::Verifier::from_config(&flowgate::auth::AuthConfig::hs256_for_tests(SECRET)).unwrap();
+    let v =
+        flowgate::auth::Verifier::from_config(&flowgate::auth::AuthConfig::hs256_for_tests(SECRET))
+            .unwrap();
     assert_eq!(v.verify(t.trim()).unwrap().user_id, "alice");
 }
 
@@ -103,7 +118,10 @@ fn serve_without_a_store_explains_what_to_pass() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--database-url") && err.contains("--flows-dir"), "{err}");
+    assert!(
+        err.contains("--database-url") && err.contains("--flows-dir"),
+        "{err}"
+    );
 }
 
 #[sqlx::test]
@@ -119,7 +137,11 @@ async fn agents_import_loads_the_flows_folder_into_postgres(pool: sqlx::PgPool) 
             .output()
             .await
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let rows: Vec<(String, String, String)> =
         sqlx::query_as("SELECT agent_id, owner, status FROM agent ORDER BY agent_id")

@@ -277,6 +277,40 @@ async fn draft_of_an_unpublished_agent_is_only_for_its_owner() {
         "{frames:#?}"
     );
     assert_eq!(frames[3]["data"]["workflow"]["version"], "draft");
+    // The intent router runs exactly one of its two branches (urgent: llm_text_5 → end_7).
+    let started: Vec<&str> = frames
+        .iter()
+        .filter(|f| f["type"] == "element_started")
+        .map(|f| f["data"]["element_id"].as_str().unwrap())
+        .collect();
+    assert!(
+        started.contains(&"llm_text_5") && started.contains(&"end_7"),
+        "{started:?}"
+    );
+    assert!(
+        !started.contains(&"llm_text_6") && !started.contains(&"end_8"),
+        "the other branch ran: {started:?}"
+    );
+    let finals = frames
+        .iter()
+        .filter(|f| f["type"] == "final_output")
+        .count();
+    assert_eq!(finals, 1);
+
+    // A normal request takes the other branch.
+    let mut c = app.connect("router", "bob").await;
+    c.send_json(json!({"message": "what are your opening hours"}))
+        .await;
+    let frames = c.collect_run().await;
+    let started: Vec<&str> = frames
+        .iter()
+        .filter(|f| f["type"] == "element_started")
+        .map(|f| f["data"]["element_id"].as_str().unwrap())
+        .collect();
+    assert!(
+        started.contains(&"llm_text_6") && !started.contains(&"llm_text_5"),
+        "{started:?}"
+    );
 }
 
 #[tokio::test]

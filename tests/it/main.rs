@@ -1,23 +1,23 @@
 //! The integration test suite: one test binary (faster to link), one module per topic.
 //! Each module starts the real parts in-process on port 0 (see `common`).
 
-mod common;
-mod runlog;
-mod store;
-mod chat_client;
+mod auth;
+mod bench_smoke;
+mod binary;
 mod chain;
 mod chain_pg;
-mod readme;
-mod page;
-mod workflow;
+mod chat_client;
+mod common;
 mod deploy;
-mod faults;
 mod engine;
-mod runs;
-mod security;
-mod outage;
-mod binary;
-mod auth;
+mod faults;
 mod ops;
+mod outage;
+mod page;
+mod readme;
+mod runlog;
+mod runs;
 mod schema_check;
-mod bench_smoke;
+mod security;
+mod store;
+mod workflow;

@@ -31,24 +31,47 @@ async fn metrics_count_runs_events_and_latencies_after_a_run() {
 
     let body = crate::chain::http_get(&app.http_url("/metrics")).await;
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-    assert_eq!(metric_value(&body, "flowgate_runs_started_total{agent=\"assistant\"}"), Some(1.0), "{body}");
     assert_eq!(
-        metric_value(&body, "flowgate_runs_finished_total{agent=\"assistant\",status=\"completed\",code=\"\"}"),
+        metric_value(&body, "flowgate_runs_started_total{agent=\"assistant\"}"),
         Some(1.0),
         "{body}"
     );
     assert_eq!(
-        metric_value(&body, "flowgate_runs_finished_total{agent=\"nobody\",status=\"failed\",code=\"agent_not_found\"}"),
+        metric_value(
+            &body,
+            "flowgate_runs_finished_total{agent=\"assistant\",status=\"completed\",code=\"\"}"
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric_value(
+            &body,
+            "flowgate_runs_finished_total{agent=\"nobody\",status=\"failed\",code=\"agent_not_found\"}"
+        ),
         Some(1.0),
         "{body}"
     );
     let relayed = metric_value(&body, "flowgate_events_relayed_total").unwrap();
-    assert!(relayed >= frames.len() as f64, "{relayed} < {}", frames.len());
-    assert!(metric_value(&body, "flowgate_event_added_latency_seconds_count").unwrap() >= frames.len() as f64);
-    assert_eq!(metric_value(&body, "flowgate_connect_to_flow_started_seconds_count"), Some(1.0));
+    assert!(
+        relayed >= frames.len() as f64,
+        "{relayed} < {}",
+        frames.len()
+    );
+    assert!(
+        metric_value(&body, "flowgate_event_added_latency_seconds_count").unwrap()
+            >= frames.len() as f64
+    );
+    assert_eq!(
+        metric_value(&body, "flowgate_connect_to_flow_started_seconds_count"),
+        Some(1.0)
+    );
     assert!(body.contains("flowgate_sessions_open"));
     assert!(body.contains("flowgate_runlog_events_dropped"));
-    assert_eq!(metric_value(&body, "flowgate_runlog_events_dropped"), Some(0.0));
+    assert_eq!(
+        metric_value(&body, "flowgate_runlog_events_dropped"),
+        Some(0.0)
+    );
 }
 
 #[tokio::test]
@@ -73,7 +96,9 @@ async fn the_clients_traceparent_reaches_the_engine_as_the_same_trace() {
                     if status != "ready" {
                         ws.next().await;
                     }
-                    ws.send(Message::text(json!({"status": status}).to_string())).await.unwrap();
+                    ws.send(Message::text(json!({"status": status}).to_string()))
+                        .await
+                        .unwrap();
                 }
                 let done = json!({"type": "flow_completed", "timestamp": 1.0, "data": {}});
                 ws.send(Message::text(done.to_string())).await.unwrap();
@@ -89,18 +114,31 @@ async fn the_clients_traceparent_reaches_the_engine_as_the_same_trace() {
     .await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let mut req = app.ws_url("echo").into_client_request().unwrap();
-    req.headers_mut().insert("authorization", format!("Bearer {}", token("alice")).parse().unwrap());
-    req.headers_mut()
-        .insert("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01").parse().unwrap());
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token("alice")).parse().unwrap(),
+    );
+    req.headers_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-00f067aa0ba902b7-01")
+            .parse()
+            .unwrap(),
+    );
     let mut c = Client::connect_request(req).await;
     c.send_json(json!({"message": "trace me"})).await;
-    assert_eq!(c.collect_run().await.last().unwrap()["type"], "flow_completed");
+    assert_eq!(
+        c.collect_run().await.last().unwrap()["type"],
+        "flow_completed"
+    );
     let first = seen.lock().unwrap().clone();
     assert_eq!(first.len(), 1);
     let parts: Vec<&str> = first[0].split('-').collect();
     assert_eq!(parts[0], "00");
     assert_eq!(parts[1], trace_id, "same trace");
-    assert_ne!(parts[2], "00f067aa0ba902b7", "a new span for the engine hop");
+    assert_ne!(
+        parts[2], "00f067aa0ba902b7",
+        "a new span for the engine hop"
+    );
 
     // Without a traceparent the gateway creates one.
     let mut c = app.connect("echo", "alice").await;
@@ -110,5 +148,8 @@ async fn the_clients_traceparent_reaches_the_engine_as_the_same_trace() {
     assert_eq!(all.len(), 2, "a traceparent is always sent");
     let created: Vec<&str> = all[1].split('-').collect();
     assert_eq!(created[1].len(), 32);
-    assert_ne!(created[1], trace_id, "a new trace when the client sent none");
+    assert_ne!(
+        created[1], trace_id,
+        "a new trace when the client sent none"
+    );
 }

@@ -275,13 +275,138 @@ async fn a_client_that_stops_reading_is_closed_with_4408_and_can_resume_from_the
     while let Some(f) = c.next().await {
         frames.push(f);
     }
-    assert_eq!(c.closed.clone().flatten().map(|f| u16::from(f.code)), Some(4408));
-    assert!(!frames.iter().any(is_terminal), "closed before the end of the run");
+    assert_eq!(
+        c.closed.clone().flatten().map(|f| u16::from(f.code)),
+        Some(4408)
+    );
+    assert!(
+        !frames.iter().any(is_terminal),
+        "closed before the end of the run"
+    );
     let last = frames.last().unwrap()["seq"].as_u64().unwrap();
     let run_id = frames[0]["run_id"].as_str().unwrap().to_owned();
     let mut c2 = app.connect("assistant", "alice").await;
-    c2.send_json(json!({"type": "resume", "run_id": run_id, "after_seq": last})).await;
+    c2.send_json(json!({"type": "resume", "run_id": run_id, "after_seq": last}))
+        .await;
     frames.extend(c2.collect_run().await);
     assert_run_stamps(&frames);
     assert_eq!(frames.last().unwrap()["type"], "flow_completed");
+}
+
+/// An engine that accepts TCP and the WebSocket upgrade, then never says anything.
+async fn silent_engine() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            if let Ok(ws) = tokio_tungstenite::accept_async(tcp).await {
+                held.push(ws);
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn cancel_before_the_engine_handshake_finishes_is_flow_cancelled_at_once() {
+    let engine = silent_engine().await;
+    let app = spawn_gateway(
+        flowgate::config::GatewayConfig::for_tests(format!("ws://{engine}")),
+        flowgate::store::Store::Files(flowgate::store::files::FilesStore::embedded()),
+        None,
+    )
+    .await;
+    let mut c = app.connect("echo", "alice").await;
+    c.send_json(json!({"message": "never starts"})).await;
+    let first = c.next().await.unwrap();
+    assert_eq!(first["type"], "status");
+    let t0 = std::time::Instant::now();
+    c.send_json(json!({"type": "cancel"})).await;
+    let mut frames = vec![first];
+    frames.extend(c.collect_run().await);
+    assert_eq!(
+        frames.last().unwrap()["type"],
+        "flow_cancelled",
+        "{frames:#?}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "not waiting for the handshake timeout"
+    );
+    assert_run_stamps(&frames);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_answering_pings_is_closed_with_4408() {
+    let app = spawn_app_with(EngineConfig::for_tests(), |c| {
+        c.ping_interval = Duration::from_millis(200)
+    })
+    .await;
+    let mut c = app.connect("echo", "alice").await;
+    // Not reading: tungstenite only answers pings while the socket is read.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(c.close_code().await, Some(4408));
+}
+
+#[tokio::test]
+async fn a_client_that_answers_pings_stays_connected() {
+    let app = spawn_app_with(EngineConfig::for_tests(), |c| {
+        c.ping_interval = Duration::from_millis(100)
+    })
+    .await;
+    let mut c = app.connect("echo", "alice").await;
+    // Reading (so pongs go out) for a while, with no traffic of our own.
+    let quiet = tokio::time::timeout(Duration::from_millis(800), c.next()).await;
+    assert!(
+        quiet.is_err(),
+        "the socket was closed or sent a frame: {quiet:?}"
+    );
+    c.send_json(json!({"message": "still here"})).await;
+    assert_eq!(
+        c.collect_run().await.last().unwrap()["type"],
+        "flow_completed"
+    );
+}
+
+#[tokio::test]
+async fn an_engine_that_stops_answering_pings_is_engine_lost() {
+    // Completes the handshake, then neither reads (so no pongs) nor sends events.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            for status in ["ready", "received_flow", "received_inputs", "starting"] {
+                if status != "ready" {
+                    ws.next().await;
+                }
+                ws.send(Message::text(json!({"status": status}).to_string()))
+                    .await
+                    .unwrap();
+            }
+            held.push(ws);
+        }
+    });
+    let mut config = flowgate::config::GatewayConfig::for_tests(format!("ws://{addr}"));
+    config.ping_interval = Duration::from_millis(150);
+    config.engine_idle_timeout = Duration::from_secs(30);
+    let app = spawn_gateway(
+        config,
+        flowgate::store::Store::Files(flowgate::store::files::FilesStore::embedded()),
+        None,
+    )
+    .await;
+    let mut c = app.connect("echo", "alice").await;
+    c.send_json(json!({"message": "hello?"})).await;
+    let frames = c.collect_run().await;
+    let last = frames.last().unwrap();
+    assert_eq!(last["data"]["code"], "engine_lost", "{last}");
+    assert!(
+        last["data"]["error"].as_str().unwrap().contains("ping"),
+        "{last}"
+    );
 }

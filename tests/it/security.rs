@@ -413,3 +413,31 @@ async fn tokens_never_appear_in_logs() {
     }
     assert!(!logs.contains("token="), "a query string was logged");
 }
+
+#[tokio::test]
+async fn the_engine_hop_is_authenticated_with_the_shared_key() {
+    let key = Secret::new("engine-hop-key");
+    let mut engine = EngineConfig::for_tests();
+    engine.engine_key = Some(key.clone());
+    // Gateway with the same key: runs work.
+    let app = spawn_app_with(engine.clone(), |c| c.engine_key = Some(key.clone())).await;
+    let mut c = app.connect("echo", "alice").await;
+    c.send_json(json!({"message": "signed hop"})).await;
+    assert_eq!(
+        c.collect_run().await.last().unwrap()["type"],
+        "flow_completed"
+    );
+    // Gateway without the key (or with another one): the engine refuses it.
+    for wrong in [None, Some(Secret::new("other-key"))] {
+        let app = spawn_app_with(engine.clone(), |c| c.engine_key = wrong.clone()).await;
+        let mut c = app.connect("echo", "alice").await;
+        c.send_json(json!({"message": "unsigned hop"})).await;
+        let frames = c.collect_run().await;
+        let last = frames.last().unwrap();
+        assert_eq!(last["data"]["code"], "engine_unavailable", "{last}");
+        assert!(
+            last["data"]["error"].as_str().unwrap().contains("401"),
+            "{last}"
+        );
+    }
+}
