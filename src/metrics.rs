@@ -48,9 +48,17 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("flowgate");
         let sessions_open = Gauge::<i64, AtomicI64>::default();
-        registry.register("sessions_open", "Client WebSocket sessions open now", sessions_open.clone());
+        registry.register(
+            "sessions_open",
+            "Client WebSocket sessions open now",
+            sessions_open.clone(),
+        );
         let runs_started = Family::<Labels, Counter>::default();
-        registry.register("runs_started", "Runs started, by agent", runs_started.clone());
+        registry.register(
+            "runs_started",
+            "Runs started, by agent",
+            runs_started.clone(),
+        );
         let runs_finished = Family::<Labels, Counter>::default();
         registry.register(
             "runs_finished",
@@ -58,7 +66,11 @@ impl Metrics {
             runs_finished.clone(),
         );
         let events_relayed = Counter::default();
-        registry.register("events_relayed", "Frames written to clients", events_relayed.clone());
+        registry.register(
+            "events_relayed",
+            "Frames written to clients",
+            events_relayed.clone(),
+        );
         let event_added_latency = Histogram::new(exponential_buckets(0.000_01, 2.0, 20));
         registry.register(
             "event_added_latency_seconds",
@@ -86,7 +98,11 @@ impl Metrics {
             coalesced_chunks.clone(),
         );
         let runlog_events_written = Gauge::<u64, AtomicU64>::default();
-        registry.register("runlog_events_written", "Frames stored in the run log", runlog_events_written.clone());
+        registry.register(
+            "runlog_events_written",
+            "Frames stored in the run log",
+            runlog_events_written.clone(),
+        );
         let runlog_events_dropped = Gauge::<u64, AtomicU64>::default();
         registry.register(
             "runlog_events_dropped",
@@ -100,7 +116,11 @@ impl Metrics {
             runlog_write_lag_ms_max.clone(),
         );
         let workflow_cache_hits = Gauge::<u64, AtomicU64>::default();
-        registry.register("workflow_cache_hits", "Runs served from the workflow cache", workflow_cache_hits.clone());
+        registry.register(
+            "workflow_cache_hits",
+            "Runs served from the workflow cache",
+            workflow_cache_hits.clone(),
+        );
         Metrics {
             registry,
             sessions_open,
@@ -120,7 +140,9 @@ impl Metrics {
     }
 
     pub fn run_started(&self, agent: &str) {
-        self.runs_started.get_or_create(&vec![("agent".into(), agent.into())]).inc();
+        self.runs_started
+            .get_or_create(&vec![("agent".into(), agent.into())])
+            .inc();
     }
 
     pub fn run_finished(&self, agent: &str, status: &str, code: Option<&str>) {

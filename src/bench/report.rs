@@ -459,6 +459,85 @@ impl Report {
 mod tests {
     use super::*;
 
+    fn path(event_us: Vec<u64>, setup_us: Vec<u64>) -> PathReport {
+        let t = Tally {
+            event_us,
+            setup_us,
+            ..Tally::default()
+        };
+        PathReport::from_tally(t, 1.0, (None, None))
+    }
+
+    fn report(gw: PathReport, direct: PathReport, cpu_per_million: f64) -> Report {
+        let mut r = Report {
+            mode: "streaming",
+            config: ConfigEcho {
+                sessions: 1,
+                events: 1,
+                interval_ms: 20.0,
+                warmup_s: 0.0,
+                duration_s: 1.0,
+                keep_connection: false,
+                gateway_url: "ws://127.0.0.1:1".into(),
+                engine_url: None,
+                local_addrs: Vec::new(),
+                nofile_limit: None,
+                clock_ticks_per_second: 100,
+            },
+            added: Some(Added::between(&gw, &direct)),
+            gateway: gw,
+            direct: Some(direct),
+            gateway_cpu: Some(CpuReport {
+                pid: 1,
+                cpu_seconds: 1.0,
+                cpu_percent: 100.0,
+                events: 1,
+                cpu_seconds_per_million_events: Some(cpu_per_million),
+            }),
+            rss: None,
+            errors: 0,
+            lost_runs: 0,
+            targets: Vec::new(),
+            notes: Vec::new(),
+        };
+        r.targets = targets(&r);
+        r
+    }
+
+    fn status<'a>(r: &'a Report, name: &str) -> &'a str {
+        r.targets.iter().find(|t| t.name == name).unwrap().status
+    }
+
+    #[test]
+    fn targets_are_judged_on_gateway_minus_direct() {
+        // 150 µs above direct at p50 (missed), 500 µs at p99 (met), setup 1 ms above (met).
+        let gw = path(vec![1_150; 100], vec![3_000]);
+        let direct = path(vec![1_000; 100], vec![2_000]);
+        let r = report(gw, direct, 2.5);
+        assert_eq!(status(&r, "added latency per event, p50"), "MISSED");
+        assert_eq!(status(&r, "added latency per event, p99"), "met");
+        assert_eq!(
+            status(&r, "setup connect → flow_started above direct, p50"),
+            "met"
+        );
+        assert_eq!(
+            status(&r, "gateway CPU per million relayed events"),
+            "MISSED"
+        );
+        assert_eq!(status(&r, "errors and lost events"), "met");
+        let table = r.markdown();
+        assert!(
+            table.contains("MISSED targets: added latency per event, p50"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn a_target_without_samples_is_not_measured() {
+        let r = report(path(vec![], vec![]), path(vec![], vec![]), 1.0);
+        assert_eq!(status(&r, "added latency per event, p50"), "not measured");
+    }
+
     #[test]
     fn microseconds_print_in_the_unit_people_read() {
         assert_eq!(us(87), "87 µs");

@@ -97,6 +97,7 @@ impl Gateway {
                     heartbeat_interval: config.heartbeat_interval,
                     stale_after: config.heartbeat_interval * 6,
                     write_timeout: config.store_timeout,
+                    max_events_per_run: config.max_run_frames as u64,
                     ..PgRunLogConfig::default()
                 };
                 RunLog::Postgres(

@@ -211,7 +211,7 @@ pub async fn execute(state: AppState, spec: RunSpec, shared: Arc<RunShared>) {
                     Some(Err(e)) => {
                         state.metrics.engine_connect_failures.inc();
                         tracing::warn!(error = %e, "engine connection failed");
-                        em.terminal_error(e.code(), &e.to_string(), json!({}));
+                        em.terminal_error(e.code(), &e.to_string(), json!({"partial_output": ""}));
                     }
                     Some(Ok(socket)) => {
                         relay(&state, &spec, &mut em, socket, &cancel, &handshake).await;
@@ -224,7 +224,9 @@ pub async fn execute(state: AppState, spec: RunSpec, shared: Arc<RunShared>) {
     state
         .runlog
         .finish(spec.run_id, status, code, message.as_deref());
-    state.metrics.run_finished(&spec.agent_id, status.as_str(), code);
+    state
+        .metrics
+        .run_finished(&spec.agent_id, status.as_str(), code);
     tracing::info!(
         status = status.as_str(),
         code = code.unwrap_or(""),

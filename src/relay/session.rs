@@ -380,7 +380,11 @@ fn start_run(
         }
         .instrument(span),
     );
-    ActiveRun { shared, cursor: 0, lag_at_attach: 0 }
+    ActiveRun {
+        shared,
+        cursor: 0,
+        lag_at_attach: 0,
+    }
 }
 
 /// The next frames of the followed run; pending forever when there is none.

@@ -13,7 +13,9 @@ pub struct TraceContext {
 }
 
 fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -49,7 +51,11 @@ impl TraceContext {
 
     /// A new trace (no valid header from the client).
     pub fn new_root() -> TraceContext {
-        TraceContext { trace_id: random_hex(16), parent_id: random_hex(8), flags: "01".into() }
+        TraceContext {
+            trace_id: random_hex(16),
+            parent_id: random_hex(8),
+            flags: "01".into(),
+        }
     }
 
     /// The header for a child span of this trace (the gateway's hop to the engine).
@@ -64,7 +70,8 @@ mod tests {
 
     #[test]
     fn valid_headers_parse_and_bad_ones_do_not() {
-        let t = TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        let t =
+            TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
         assert_eq!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
         for bad in [
             "",

@@ -207,7 +207,10 @@ impl Client {
             match msg {
                 None | Some(Err(_)) => return None,
                 Some(Ok(Message::Text(t))) => {
-                    return Some(serde_json::from_str(&t).expect("server frames are JSON"));
+                    let frame: Value = serde_json::from_str(&t).expect("server frames are JSON");
+                    // Every frame the suite receives must match the published contract.
+                    crate::schema_check::assert_server_frame(&frame);
+                    return Some(frame);
                 }
                 Some(Ok(Message::Close(f))) => {
                     self.closed = Some(f);

@@ -100,7 +100,7 @@ async fn the_clients_traceparent_reaches_the_engine_as_the_same_trace() {
                         .await
                         .unwrap();
                 }
-                let done = json!({"type": "flow_completed", "timestamp": 1.0, "data": {}});
+                let done = json!({"type": "flow_completed", "timestamp": 1.0, "data": {"flow_id": "f", "execution_order": [], "element_outputs": {}, "final_output": {}, "execution_time": 0.0}});
                 ws.send(Message::text(done.to_string())).await.unwrap();
                 let _ = ws.close(None).await;
             });

@@ -188,8 +188,7 @@ async fn recording_engine() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
                     .await
                     .unwrap();
                 }
-                let done =
-                    json!({"type": "flow_completed", "timestamp": 1.0, "data": {"flow_id": "f"}});
+                let done = json!({"type": "flow_completed", "timestamp": 1.0, "data": {"flow_id": "f", "execution_order": [], "element_outputs": {}, "final_output": {}, "execution_time": 0.0}});
                 ws.send(Message::text(done.to_string())).await.unwrap();
                 let _ = ws.close(None).await;
             });
