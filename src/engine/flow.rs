@@ -60,42 +60,11 @@ pub struct Flow {
     pub start_element: String,
 }
 
-/// The canonical element types of PROTOCOL.md section 1 and their aliases (compared after
-/// lower-casing and removing `_`).
-const TYPES: &[(&str, &[&str])] = &[
-    ("start", &[]),
-    ("end", &[]),
-    ("chat_input", &[]),
-    ("context_history", &[]),
-    ("constants", &[]),
-    ("datablock", &[]),
-    ("metadata", &[]),
-    ("rest_api", &[]),
-    ("selector", &[]),
-    ("merger", &[]),
-    ("random_generator", &[]),
-    ("time", &[]),
-    ("llm_text", &[]),
-    ("llm_structured", &[]),
-    ("case", &[]),
-    ("flow_select", &[]),
-    ("custom", &[]),
-    ("read_blockchain_data", &[]),
-    ("build_transaction_json", &["buildtransaction"]),
-    ("chat_api", &[]),
-];
-
-/// The canonical name of an element type, or `None` when the engine does not know it.
+/// The canonical name of an element type, or `None` when the engine does not know it. The
+/// spelling rules (case-insensitive, `_` ignored, aliases) are the workflow module's, so the
+/// gateway and the engine can never disagree on them.
 pub fn canonical_type(name: &str) -> Option<&'static str> {
-    let squashed: String = name
-        .chars()
-        .filter(|c| *c != '_')
-        .flat_map(char::to_lowercase)
-        .collect();
-    TYPES.iter().find_map(|(canon, aliases)| {
-        let canon_squashed = canon.replace('_', "");
-        (canon_squashed == squashed || aliases.contains(&squashed.as_str())).then_some(*canon)
-    })
+    crate::workflow::normalize::ElementType::parse(name).map(|t| t.canonical())
 }
 
 fn split_ref(s: &str) -> Option<(String, String)> {

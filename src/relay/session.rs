@@ -440,71 +440,53 @@ async fn resume(
     after_seq: u64,
     write_timeout: Duration,
 ) -> Resumed {
-    let refuse =
-        |code: ErrorCode, msg: String| Message::Text(protocol::error_frame(code, &msg).into());
+    /// Answer the resume with an error frame (the socket stays usable).
+    async fn refuse(socket: &mut WebSocket, code: ErrorCode, msg: String, t: Duration) -> Resumed {
+        let frame = Message::Text(protocol::error_frame(code, &msg).into());
+        if write(socket, frame, t).await {
+            Resumed::Replayed
+        } else {
+            Resumed::SocketGone
+        }
+    }
+    let not_yours = || format!("run `{run_id}` belongs to another user");
     if let Some(shared) = state.runs.get(&run_id) {
         if shared.user_id != identity.user_id {
-            let m = refuse(
-                ErrorCode::Forbidden,
-                format!("run `{run_id}` belongs to another user"),
-            );
-            return if write(socket, m, write_timeout).await {
-                Resumed::Replayed
-            } else {
-                Resumed::SocketGone
-            };
+            return refuse(socket, ErrorCode::Forbidden, not_yours(), write_timeout).await;
         }
         shared.attach();
         return Resumed::Live(shared);
     }
+    let unavailable = |e: crate::runlog::RunLogError| format!("the run log is unavailable: {e}");
     let info = match state.runlog.run_owner(run_id).await {
-        Ok(i) => i,
+        Ok(Some(info)) => info,
+        Ok(None) => {
+            let msg = format!("run `{run_id}` is unknown");
+            return refuse(socket, ErrorCode::InvalidRequest, msg, write_timeout).await;
+        }
         Err(e) => {
-            let m = refuse(
+            return refuse(
+                socket,
                 ErrorCode::StoreUnavailable,
-                format!("the run log is unavailable: {e}"),
-            );
-            return if write(socket, m, write_timeout).await {
-                Resumed::Replayed
-            } else {
-                Resumed::SocketGone
-            };
+                unavailable(e),
+                write_timeout,
+            )
+            .await;
         }
     };
-    let Some(info) = info else {
-        let m = refuse(
-            ErrorCode::InvalidRequest,
-            format!("run `{run_id}` is unknown"),
-        );
-        return if write(socket, m, write_timeout).await {
-            Resumed::Replayed
-        } else {
-            Resumed::SocketGone
-        };
-    };
     if info.user_id != identity.user_id {
-        let m = refuse(
-            ErrorCode::Forbidden,
-            format!("run `{run_id}` belongs to another user"),
-        );
-        return if write(socket, m, write_timeout).await {
-            Resumed::Replayed
-        } else {
-            Resumed::SocketGone
-        };
+        return refuse(socket, ErrorCode::Forbidden, not_yours(), write_timeout).await;
     }
     let frames = match state.runlog.replay(run_id, after_seq).await {
         Ok(f) => f,
         Err(e) => {
-            let m = refuse(
+            return refuse(
+                socket,
                 ErrorCode::StoreUnavailable,
-                format!("the run log is unavailable: {e}"),
-            );
-            return if write(socket, m, write_timeout).await {
-                Resumed::Replayed
-            } else {
-                Resumed::SocketGone
-            };
+                unavailable(e),
+                write_timeout,
+            )
+            .await;
         }
     };
     tracing::info!(%run_id, after_seq, frames = frames.len(), "replaying a run from the log");
@@ -516,15 +498,10 @@ async fn resume(
         return Resumed::SocketGone;
     }
     if !info.status.is_finished() {
-        let m = refuse(
-            ErrorCode::InvalidRequest,
-            format!(
-                "run `{run_id}` is not live on this gateway: its frames up to now were replayed"
-            ),
+        let msg = format!(
+            "run `{run_id}` is not live on this gateway: its frames up to now were replayed"
         );
-        if !write(socket, m, write_timeout).await {
-            return Resumed::SocketGone;
-        }
+        return refuse(socket, ErrorCode::InvalidRequest, msg, write_timeout).await;
     }
     Resumed::Replayed
 }
