@@ -168,7 +168,7 @@ pub async fn execute(state: AppState, spec: RunSpec, shared: Arc<RunShared>) {
             .version
             .clone()
             .unwrap_or_else(|| "default".into()),
-        workflow_hash: None,
+        workflow_hash: None, // recorded with `prepared`, with the resolved version
     });
     let mut em = Emitter {
         run_id: spec.run_id,
@@ -340,6 +340,9 @@ async fn prepare(state: &AppState, spec: &RunSpec, em: &mut Emitter) -> Option<P
         "user_id": spec.identity.user_id,
         "version": version.as_str(),
     }});
+    state
+        .runlog
+        .prepared(em.run_id, version.as_str(), &converted.hash);
     em.value(protocol::status_value(protocol::STATUS_STARTING));
     Some(Prepared {
         flow: converted.payload.clone(),

@@ -117,6 +117,13 @@ impl MemoryRunLog {
         );
     }
 
+    pub fn prepared(&self, run_id: Uuid, version: &str, workflow_hash: &str) {
+        if let Some(run) = self.lock().runs.get_mut(&run_id) {
+            run.info.version = version.to_owned();
+            run.info.workflow_hash = Some(workflow_hash.to_owned());
+        }
+    }
+
     pub fn event(&self, run_id: Uuid, seq: u64, frame: Bytes) {
         let mut state = self.lock();
         let Some(run) = state.runs.get_mut(&run_id) else {

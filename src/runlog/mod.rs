@@ -169,6 +169,15 @@ impl RunLog {
         }
     }
 
+    /// Record the version and workflow hash a run resolved to (once its workflow is prepared).
+    /// Never blocks.
+    pub fn prepared(&self, run_id: Uuid, version: &str, workflow_hash: &str) {
+        match self {
+            RunLog::Postgres(log) => log.prepared(run_id, version, workflow_hash),
+            RunLog::Memory(log) => log.prepared(run_id, version, workflow_hash),
+        }
+    }
+
     /// Record frame `seq` of a run. Never blocks: a full buffer counts a drop.
     pub fn event(&self, run_id: Uuid, seq: u64, frame: Bytes) {
         match self {

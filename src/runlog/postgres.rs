@@ -104,6 +104,11 @@ enum Msg {
         frame: Bytes,
         queued: Instant,
     },
+    Prepared {
+        run_id: Uuid,
+        version: String,
+        hash: String,
+    },
     Finish {
         run_id: Uuid,
         status: RunStatus,
@@ -155,6 +160,14 @@ impl PgRunLog {
         self.send_reliably(Msg::Start {
             run,
             at: Utc::now(),
+        });
+    }
+
+    pub fn prepared(&self, run_id: Uuid, version: &str, workflow_hash: &str) {
+        self.send_reliably(Msg::Prepared {
+            run_id,
+            version: version.to_owned(),
+            hash: workflow_hash.to_owned(),
         });
     }
 
@@ -352,6 +365,7 @@ struct Batch {
     starts: Vec<(RunStart, DateTime<Utc>)>,
     events: Vec<(Uuid, i64, String)>,
     oldest_event: Option<Instant>,
+    prepared: Vec<(Uuid, String, String)>,
     finishes: Vec<FinishRow>,
 }
 
@@ -366,7 +380,10 @@ struct FinishRow {
 
 impl Batch {
     fn is_empty(&self) -> bool {
-        self.starts.is_empty() && self.events.is_empty() && self.finishes.is_empty()
+        self.starts.is_empty()
+            && self.events.is_empty()
+            && self.prepared.is_empty()
+            && self.finishes.is_empty()
     }
 
     fn add(&mut self, msg: Msg) {
@@ -403,6 +420,11 @@ impl Batch {
                     });
                 }
             }
+            Msg::Prepared {
+                run_id,
+                version,
+                hash,
+            } => self.prepared.push((run_id, version, hash)),
             Msg::Barrier(_) => {}
         }
     }
@@ -483,6 +505,21 @@ async fn write_batch(pool: &PgPool, instance_id: Uuid, batch: &Batch) -> Result<
         .bind(hashes)
         .bind(instance_id)
         .bind(at)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !batch.prepared.is_empty() {
+        let ids: Vec<Uuid> = batch.prepared.iter().map(|p| p.0).collect();
+        let versions: Vec<&str> = batch.prepared.iter().map(|p| p.1.as_str()).collect();
+        let hashes: Vec<&str> = batch.prepared.iter().map(|p| p.2.as_str()).collect();
+        sqlx::query(
+            "UPDATE flowgate_run r SET version = p.version, workflow_hash = p.hash \
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS p(run_id, version, hash) \
+             WHERE r.run_id = p.run_id",
+        )
+        .bind(ids)
+        .bind(versions)
+        .bind(hashes)
         .execute(&mut *tx)
         .await?;
     }

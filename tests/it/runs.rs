@@ -255,6 +255,18 @@ async fn a_finished_run_is_replayed_after_a_gateway_restart(pool: sqlx::PgPool) 
             .unwrap();
     assert_eq!(row.0, "completed");
     assert_eq!(row.1 as usize, original.len());
+    let (version, hash): (String, Option<String>) =
+        sqlx::query_as("SELECT version, workflow_hash FROM flowgate_run WHERE run_id = $1::uuid")
+            .bind(&run_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(version, "published");
+    assert_eq!(
+        hash.as_deref(),
+        original[3]["data"]["workflow"]["hash"].as_str(),
+        "the hash the client saw is recorded"
+    );
 }
 
 #[tokio::test]
