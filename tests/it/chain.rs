@@ -389,3 +389,95 @@ pub async fn http_get(url: &str) -> String {
         .unwrap();
     out
 }
+
+/// The engine event types of a trace in `shared/traces/`, in order.
+fn trace_event_types(name: &str) -> Vec<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/traces")
+        .join(name);
+    std::fs::read_to_string(path)
+        .expect("the shared traces are beside the repository")
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["dir"] == "engine->gateway")
+        .filter_map(|l| l["frame"]["type"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn legacy_canvas_run_has_the_exact_event_order_of_the_original_engine_trace() {
+    let app = spawn_app().await;
+    let mut c = app.connect("legacy", "alice").await;
+    c.send_json(json!({"message": "canvas q"})).await;
+    let frames = c.collect_run().await;
+    let mut want = vec!["status".to_owned(); 3];
+    want.extend(trace_event_types("raw-canvas.jsonl"));
+    assert_eq!(types(&frames), want);
+    let constants = frames
+        .iter()
+        .find(|f| f["type"] == "element_started" && f["data"]["element_type"] == "constants")
+        .unwrap();
+    assert_eq!(constants["data"]["backtracking"], true);
+    let completed = frames.last().unwrap();
+    assert_eq!(completed["data"]["final_output"]["text_output"], "canvas q");
+}
+
+#[tokio::test]
+async fn echo_run_has_the_exact_event_order_of_the_original_engine_trace() {
+    let app = spawn_app().await;
+    let mut c = app.connect("echo", "alice").await;
+    c.send_json(json!({"message": "hello"})).await;
+    let frames = c.collect_run().await;
+    let mut want = vec!["status".to_owned(); 3];
+    want.extend(trace_event_types("echo.jsonl"));
+    assert_eq!(types(&frames), want);
+}
+
+#[tokio::test]
+async fn assistant_run_has_the_exact_event_order() {
+    // llm_tokens = 5 in the test engine; llm_prompt is filtered by the gateway by default.
+    let app = spawn_app().await;
+    let mut c = app.connect("assistant", "alice").await;
+    c.send_json(json!({"message": "order please"})).await;
+    let frames = c.collect_run().await;
+    let mut want = vec!["status", "status", "status", "flow_started"];
+    want.extend(["element_started", "processing", "element_completed"]); // start
+    want.extend([
+        "element_started",
+        "processing",
+        "chat_input",
+        "element_completed",
+    ]);
+    want.extend([
+        "element_started",
+        "processing",
+        "context_history",
+        "element_completed",
+    ]); // backtracking
+    want.extend(["element_started", "processing"]); // llm_text
+    want.extend(["llm_chunk"; 5]);
+    want.push("element_completed");
+    want.extend([
+        "element_started",
+        "processing",
+        "final_output",
+        "element_completed",
+    ]); // end
+    want.push("flow_completed");
+    assert_eq!(types(&frames), want);
+    let ids: Vec<&str> = frames
+        .iter()
+        .filter(|f| f["type"] == "element_started")
+        .map(|f| f["data"]["element_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "start_1748286330001",
+            "chat_input_1748286330002",
+            "contexthistory_1748286330003",
+            "llm_text_1748286339970",
+            "end_1748286330005"
+        ]
+    );
+}
