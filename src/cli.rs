@@ -33,6 +33,8 @@ pub enum Command {
         #[command(subcommand)]
         command: AgentsCommand,
     },
+    /// Benchmark the gateway against a direct engine connection (latency, CPU, memory).
+    Bench(Box<crate::bench::BenchArgs>),
     /// Print the engine payload of a stored workflow file (or `-` for stdin).
     Convert {
         /// Workflow file (JSON in either stored shape, or the YAML export shape), `-` for stdin.
@@ -121,6 +123,7 @@ pub async fn run(command: Command) -> std::process::ExitCode {
         Command::Agents {
             command: AgentsCommand::Import { dir, database_url },
         } => crate::store::import::run(&dir, &database_url).await,
+        Command::Bench(args) => crate::bench::run(*args).await,
         Command::Convert { file, to } => crate::workflow::cli::convert(&file, to),
         Command::Validate { file } => crate::workflow::cli::validate(&file),
     }
