@@ -57,6 +57,10 @@ pub enum StartError {
     },
     #[error("cannot open the agent store: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error(
+        "--engine-url must be a ws:// URL (got `{0}`); TLS to the engine is not supported: keep the engine hop on a private network"
+    )]
+    EngineUrl(String),
     #[error("invalid client authentication settings: {0}")]
     Auth(String),
     #[error("cannot start the run log: {0}")]
@@ -82,6 +86,9 @@ impl Gateway {
 
     /// Bind with an already opened store (tests, demo).
     pub async fn with_store(config: GatewayConfig, store: Store) -> Result<Gateway, StartError> {
+        if !config.engine_url.starts_with("ws://") {
+            return Err(StartError::EngineUrl(config.engine_url.clone()));
+        }
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartError::Bind {

@@ -481,3 +481,19 @@ async fn assistant_run_has_the_exact_event_order() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_non_ws_engine_url_is_refused_at_startup_with_a_clear_error() {
+    for url in ["wss://engine:8001", "http://engine:8001", "engine:8001"] {
+        let config = flowgate::config::GatewayConfig::for_tests(url);
+        let store = flowgate::store::Store::Files(flowgate::store::files::FilesStore::embedded());
+        let err = flowgate::http::Gateway::with_store(config, store)
+            .await
+            .err()
+            .expect("refused");
+        assert!(
+            err.to_string().contains("--engine-url must be a ws:// URL"),
+            "{err}"
+        );
+    }
+}
