@@ -1,5 +1,14 @@
 //! Configuration of the reference engine (`flowgate engine`).
+//!
+//! LLM endpoint: by default `llm_text` uses the offline scripted model (`--llm-tokens`,
+//! `--llm-token-delay`). With `--llm-base-url http://host:port/v1` it streams from an
+//! OpenAI-compatible `POST {base}/chat/completions` instead (see [`super::openai`]); plain
+//! `http://` only, an `https://` URL is refused at startup because this build has no TLS (put a
+//! local proxy in front of a TLS endpoint). The API key is never a flag: `--llm-api-key-env` names
+//! the environment variable that holds it, read once when the flags are parsed, and the key is
+//! kept in a [`Secret`] that never prints.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -10,6 +19,122 @@ use crate::config::Secret;
 
 fn rfc3339(s: &str) -> Result<DateTime<FixedOffset>, chrono::ParseError> {
     DateTime::parse_from_rfc3339(s)
+}
+
+/// The environment variable that holds the LLM API key, and the key read from it at startup.
+/// `Debug` shows the name and whether a key was found, never the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKeyEnv {
+    name: String,
+    key: Option<Secret>,
+}
+
+impl ApiKeyEnv {
+    /// The variable `name`, not read (tests and `for_tests` never touch the environment).
+    pub fn unread(name: impl Into<String>) -> ApiKeyEnv {
+        ApiKeyEnv {
+            name: name.into(),
+            key: None,
+        }
+    }
+
+    /// The variable's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The key read from the variable, when it was set and not empty.
+    pub fn key(&self) -> Option<&Secret> {
+        self.key.as_ref()
+    }
+}
+
+impl fmt::Debug for ApiKeyEnv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKeyEnv")
+            .field("name", &self.name)
+            .field("key_set", &self.key.is_some())
+            .finish()
+    }
+}
+
+/// Parse `--llm-api-key-env`: validate the name and read the variable (this runs at startup).
+fn api_key_env(name: &str) -> Result<ApiKeyEnv, String> {
+    if name.is_empty() || name.contains(['=', '\0']) {
+        return Err(format!("'{name}' is not an environment variable name"));
+    }
+    let key = std::env::var(name)
+        .ok()
+        .filter(|k| !k.trim().is_empty())
+        .map(|k| Secret::new(k.trim()));
+    Ok(ApiKeyEnv {
+        name: name.to_owned(),
+        key,
+    })
+}
+
+/// The OpenAI-compatible endpoint behind `llm_text` (see [`super::openai`]); flattened into
+/// [`EngineConfig`]. The default (no `base_url`) keeps the scripted model.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LlmEndpointConfig {
+    /// OpenAI-compatible endpoint for `llm_text` (e.g. `http://127.0.0.1:8080/v1`; the engine
+    /// posts to `{base}/chat/completions` with `stream: true`). Plain `http://` only: this build
+    /// has no TLS, an `https://` URL is refused at startup. Unset: the scripted model is used.
+    #[arg(long = "llm-base-url", value_name = "URL", env = "FLOWGATE_ENGINE_LLM_BASE_URL", value_parser = super::openai::base_url)]
+    pub base_url: Option<String>,
+
+    /// Name of the environment variable holding the endpoint's API key (sent as
+    /// `Authorization: Bearer`), read at startup; the key itself is never a flag and never
+    /// logged. When the variable is unset or empty no `Authorization` header is sent.
+    #[arg(
+        long = "llm-api-key-env",
+        value_name = "VAR",
+        env = "FLOWGATE_ENGINE_LLM_API_KEY_ENV",
+        default_value = "OPENAI_API_KEY",
+        value_parser = api_key_env
+    )]
+    pub api_key_env: ApiKeyEnv,
+
+    /// The API key itself, for in-process use (tests); not a flag. When set it wins over the
+    /// variable named by `--llm-api-key-env`.
+    #[arg(skip)]
+    pub api_key: Option<Secret>,
+
+    /// Bound of each wait on the LLM endpoint: connecting, the first byte of the response, and
+    /// the gap between two pieces of the stream. Exceeding it is an element error.
+    #[arg(long = "llm-timeout", env = "FLOWGATE_ENGINE_LLM_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+
+    /// Largest `llm_output` (bytes) an endpoint may stream; more is an element error.
+    #[arg(long = "llm-max-output-bytes", env = "FLOWGATE_ENGINE_LLM_MAX_OUTPUT_BYTES", default_value_t = 1024 * 1024)]
+    pub max_output_bytes: usize,
+
+    /// Longest line (bytes) read from the endpoint: the response header, each stream line and
+    /// an error body; longer is an element error.
+    #[arg(long = "llm-max-line-bytes", env = "FLOWGATE_ENGINE_LLM_MAX_LINE_BYTES", default_value_t = 64 * 1024)]
+    pub max_line_bytes: usize,
+}
+
+impl LlmEndpointConfig {
+    /// The API key: `api_key` if set, else the one read from the variable named by
+    /// `--llm-api-key-env`.
+    pub fn key(&self) -> Option<&Secret> {
+        self.api_key.as_ref().or(self.api_key_env.key())
+    }
+}
+
+impl Default for LlmEndpointConfig {
+    /// The flags' defaults, without reading the environment: no endpoint, no key.
+    fn default() -> LlmEndpointConfig {
+        LlmEndpointConfig {
+            base_url: None,
+            api_key_env: ApiKeyEnv::unread("OPENAI_API_KEY"),
+            api_key: None,
+            timeout: Duration::from_secs(60),
+            max_output_bytes: 1024 * 1024,
+            max_line_bytes: 64 * 1024,
+        }
+    }
 }
 
 /// Reference engine settings. Every field is a flag with an environment fallback.
@@ -36,13 +161,19 @@ pub struct EngineConfig {
     #[arg(long, env = "FLOWGATE_ENGINE_LLM_TOKEN_DELAY", default_value = "40ms", value_parser = humantime::parse_duration)]
     pub llm_token_delay: Duration,
 
-    /// Model name reported in `llm_prompt` when an LLM element sets no `model` parameter.
+    /// Model used when an LLM element sets no `model` parameter: reported in `llm_prompt` and,
+    /// with `--llm-base-url`, sent to the endpoint.
     #[arg(
         long,
         env = "FLOWGATE_ENGINE_LLM_MODEL",
         default_value = "flowgate-scripted"
     )]
     pub llm_model: String,
+
+    // The OpenAI-compatible endpoint (`--llm-base-url` and friends), boxed: it is large and
+    // rarely read.
+    #[command(flatten)]
+    pub llm_endpoint: Box<LlmEndpointConfig>,
 
     /// Largest frame the engine accepts from a gateway (bytes).
     #[arg(long, env = "FLOWGATE_ENGINE_MAX_FRAME_BYTES", default_value_t = 4 * 1024 * 1024)]
@@ -114,6 +245,7 @@ impl EngineConfig {
             llm_tokens: 5,
             llm_token_delay: Duration::from_millis(5),
             llm_model: "flowgate-scripted".into(),
+            llm_endpoint: Box::default(),
             max_frame_bytes: 4 * 1024 * 1024,
             handshake_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
@@ -129,5 +261,37 @@ impl EngineConfig {
             rest_timeout: Duration::from_secs(10),
             rest_max_response_bytes: 1024 * 1024,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        llm: LlmEndpointConfig,
+    }
+
+    #[test]
+    fn endpoint_defaults_match_the_flag_defaults_and_https_is_refused() {
+        let parsed = Cli::try_parse_from(["engine"]).unwrap().llm;
+        let default = LlmEndpointConfig::default();
+        assert_eq!(parsed.api_key_env.name(), default.api_key_env.name());
+        assert_eq!(parsed.timeout, default.timeout);
+        assert_eq!(parsed.max_output_bytes, default.max_output_bytes);
+        assert_eq!(parsed.max_line_bytes, default.max_line_bytes);
+        let err = Cli::try_parse_from(["engine", "--llm-base-url", "https://api.example.com/v1"])
+            .err()
+            .expect("https is refused")
+            .to_string();
+        assert!(err.contains("no TLS"), "{err}");
+        let with_key = ApiKeyEnv {
+            name: "K".into(),
+            key: Some(Secret::new("sk-live-123")),
+        };
+        assert!(!format!("{with_key:?}").contains("sk-live-123"));
     }
 }

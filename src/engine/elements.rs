@@ -7,6 +7,11 @@
 //! engine"); `read_blockchain_data`, `build_transaction_json`, `chat_api` and unknown types are
 //! element errors naming the type.
 //!
+//! `llm_text` streams from the scripted model ([`super::llm`]) or, when `--llm-base-url` is set,
+//! from an OpenAI-compatible endpoint ([`super::openai`]); both send the same `llm_prompt` and
+//! `llm_chunk` events and output the concatenated chunks as `llm_output`. `llm_structured`
+//! always uses the scripted model.
+//!
 //! Branch rule of `case` and `flow_select`: the branch keys are the case ids (in `cases` order) or
 //! the names in `flows_to_switch`. If any control child's element id or name equals a key, a
 //! child runs when its id or name equals the chosen key (or `default` when no case matched).
@@ -22,7 +27,7 @@ use serde_json::{Map, Value, json};
 
 use super::executor::{Emitter, Failure, Route, RunEnv};
 use super::flow::{Node, preview, py_repr, py_str};
-use super::{llm, rest};
+use super::{llm, openai, rest};
 
 /// What an element produced.
 #[derive(Debug, Default)]
@@ -543,9 +548,48 @@ async fn llm_text(
         "max_tokens": max_tokens,
     });
     emitter.emit("llm_prompt", data).await?;
+    let request = openai::ChatRequest {
+        model: &model,
+        prompt: &prompt,
+        temperature,
+        max_tokens,
+    };
+    let text = if env.config.llm_endpoint.base_url.is_some() {
+        stream_endpoint(node, &request, env, emitter).await?
+    } else {
+        stream_scripted(node, &prompt, env, emitter).await?
+    };
+    let mut outputs = Map::new();
+    outputs.insert("llm_output".into(), text.into());
+    Ok(Outcome::outputs(outputs))
+}
+
+/// One `llm_chunk` event (the same shape for the scripted model and an endpoint).
+async fn emit_chunk(node: &Node, chunk: &str, emitter: &Emitter) -> Result<(), Failure> {
+    let data = json!({
+        "element_id": node.id,
+        "content": chunk,
+        "metadata": {
+            "element_id": node.id,
+            "element_type": node.type_name,
+            "element_name": node.name,
+            "flow_id": emitter.flow_id(),
+        },
+    });
+    emitter.emit("llm_chunk", data).await?;
+    Ok(())
+}
+
+/// The scripted model: `llm_tokens` chunks, `llm_token_delay` apart.
+async fn stream_scripted(
+    node: &Node,
+    prompt: &str,
+    env: &RunEnv,
+    emitter: &Emitter,
+) -> Result<String, Failure> {
     let delay: Duration = env.config.llm_token_delay;
     let mut text = String::new();
-    for (i, chunk) in llm::chunks(&llm::reply(&prompt), env.config.llm_tokens)
+    for (i, chunk) in llm::chunks(&llm::reply(prompt), env.config.llm_tokens)
         .into_iter()
         .enumerate()
     {
@@ -555,22 +599,38 @@ async fn llm_text(
                 _ = emitter.wait_cancelled() => return Err(Failure::Cancelled),
             }
         }
-        let data = json!({
-            "element_id": node.id,
-            "content": chunk,
-            "metadata": {
-                "element_id": node.id,
-                "element_type": node.type_name,
-                "element_name": node.name,
-                "flow_id": emitter.flow_id(),
-            },
-        });
-        emitter.emit("llm_chunk", data).await?;
+        emit_chunk(node, &chunk, emitter).await?;
         text.push_str(&chunk);
     }
-    let mut outputs = Map::new();
-    outputs.insert("llm_output".into(), text.into());
-    Ok(Outcome::outputs(outputs))
+    Ok(text)
+}
+
+/// The OpenAI-compatible endpoint of `--llm-base-url`: one chunk per streamed delta. A cancelled
+/// run drops the request at once (closing its connection).
+async fn stream_endpoint(
+    node: &Node,
+    request: &openai::ChatRequest<'_>,
+    env: &RunEnv,
+    emitter: &Emitter,
+) -> Result<String, Failure> {
+    let element_error = |e: openai::LlmError| Failure::Element(e.to_string());
+    let mut stream = tokio::select! {
+        opened = openai::open(&env.config.llm_endpoint, request) => {
+            opened.map_err(element_error)?
+        }
+        _ = emitter.wait_cancelled() => return Err(Failure::Cancelled),
+    };
+    let mut text = String::new();
+    loop {
+        let next = tokio::select! {
+            next = stream.next_chunk() => next.map_err(element_error)?,
+            _ = emitter.wait_cancelled() => return Err(Failure::Cancelled),
+        };
+        let Some(chunk) = next else { break };
+        emit_chunk(node, &chunk, emitter).await?;
+        text.push_str(&chunk);
+    }
+    Ok(text)
 }
 
 async fn llm_structured(

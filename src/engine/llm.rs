@@ -1,4 +1,6 @@
 //! The scripted model behind `llm_text` and `llm_structured`: deterministic, offline, streaming.
+//! (With `--llm-base-url`, `llm_text` streams from a real endpoint instead: [`super::openai`];
+//! [`render_prompt`] builds the prompt for both.)
 //!
 //! - [`render_prompt`] fills a `wrapper_prompt` template: `{prompt}`, `{context}` and `{<input>}`
 //!   for every input name; other braces stay as written. Without a template the prompt is the

@@ -16,6 +16,7 @@ pub mod executor;
 pub mod fault;
 pub mod flow;
 pub mod llm;
+pub mod openai;
 pub mod rest;
 pub mod server;
 

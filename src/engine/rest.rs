@@ -19,13 +19,16 @@ use super::executor::{Emitter, Failure, RunEnv};
 use super::flow::Node;
 use super::llm::text_of;
 
-struct Target {
-    host: String,
-    port: u16,
-    path: String,
+/// Where a plain `http://` URL points (also used by [`super::openai`]).
+pub(super) struct Target {
+    pub(super) host: String,
+    pub(super) port: u16,
+    /// Path and query, at least `/`.
+    pub(super) path: String,
 }
 
-fn parse_url(url: &str) -> Result<Target, String> {
+/// Parse a plain `http://` URL; `https://` and URLs with user info are refused.
+pub(super) fn parse_url(url: &str) -> Result<Target, String> {
     let rest = match url.strip_prefix("http://") {
         Some(r) => r,
         None if url.starts_with("https://") => {

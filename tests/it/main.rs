@@ -10,6 +10,7 @@ mod chat_client;
 mod common;
 mod deploy;
 mod engine;
+mod engine_llm;
 mod faults;
 mod ops;
 mod outage;
