@@ -3,7 +3,8 @@
 //! Owns `GET /ws/execute/{flow_id}`: the 4-step handshake of PROTOCOL.md section 3 (flow frame
 //! as YAML or JSON) and the socket loop (`server`), the flow model (`flow`), the depth-first
 //! executor of section 4 (`executor`), the element library (`elements`, `rest`), the scripted
-//! streaming LLM (`llm`) and the fault modes tests use (`fault`).
+//! streaming LLM (`llm`), the OpenAI-compatible streaming client used with `--llm-base-url`
+//! (`openai`) and the fault modes tests use (`fault`).
 //! Used by tests, benchmarks, the demo and the compose stack.
 //!
 //! Invariants: exactly one terminal event per run (`flow_completed` or `flow_error`); a run
