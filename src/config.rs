@@ -129,6 +129,17 @@ pub struct GatewayConfig {
     #[arg(long, env = "FLOWGATE_DB_MAX_CONNECTIONS", default_value_t = 10)]
     pub db_max_connections: u32,
 
+    /// WebSocket read buffer per socket (client and engine), in bytes. tungstenite's default
+    /// (128 KiB) is zero-filled before every read and stays resident per socket; small buffers
+    /// cost nothing for chat-sized frames (larger frames are still read, in several steps).
+    #[arg(long, env = "FLOWGATE_WS_READ_BUFFER_BYTES", default_value_t = 4096)]
+    pub ws_read_buffer_bytes: usize,
+
+    /// WebSocket write buffer per socket, in bytes: frames are collected up to this size before
+    /// a write (a flush always writes everything).
+    #[arg(long, env = "FLOWGATE_WS_WRITE_BUFFER_BYTES", default_value_t = 16 * 1024)]
+    pub ws_write_buffer_bytes: usize,
+
     /// Most frames written to a client in one batch (one flush).
     #[arg(long, env = "FLOWGATE_CLIENT_BATCH", default_value_t = 64)]
     pub client_batch: usize,
@@ -177,6 +188,11 @@ pub struct GatewayConfig {
     /// Time allowed for one write to a client socket before the client is dropped as too slow.
     #[arg(long, env = "FLOWGATE_CLIENT_WRITE_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub client_write_timeout: Duration,
+
+    /// Time a too-slow client is given to take the frames already queued for it and the 4408
+    /// close frame; after it the connection is dropped.
+    #[arg(long, env = "FLOWGATE_CLIENT_CLOSE_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub client_close_timeout: Duration,
 
     /// Interval of WebSocket pings to clients.
     #[arg(long, env = "FLOWGATE_PING_INTERVAL", default_value = "20s", value_parser = duration)]
@@ -246,6 +262,8 @@ impl GatewayConfig {
             max_client_message_bytes: 64 * 1024,
             store_timeout: Duration::from_secs(3),
             db_max_connections: 5,
+            ws_read_buffer_bytes: 4096,
+            ws_write_buffer_bytes: 16 * 1024,
             client_batch: 64,
             merge_lag: 32,
             max_client_lag: 20_000,
@@ -257,6 +275,7 @@ impl GatewayConfig {
             runlog_memory_runs: 1000,
             heartbeat_interval: Duration::from_secs(10),
             client_write_timeout: Duration::from_secs(5),
+            client_close_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(20),
             shutdown_grace: Duration::from_secs(2),
             allowed_origins: Vec::new(),

@@ -762,6 +762,9 @@ async fn drive(
                     handshake_timeout: args.frame_timeout,
                     max_frame_bytes: args.max_frame_bytes,
                     traceparent: None,
+                    // The gateway's defaults, so both paths read alike.
+                    read_buffer_bytes: 4096,
+                    write_buffer_bytes: 16 * 1024,
                 },
                 engine_key: engine_key.clone(),
                 flow: payload.flow.clone(),

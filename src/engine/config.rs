@@ -175,6 +175,11 @@ pub struct EngineConfig {
     #[command(flatten)]
     pub llm_endpoint: Box<LlmEndpointConfig>,
 
+    /// WebSocket read buffer per gateway connection, in bytes (tungstenite's 128 KiB default is
+    /// zero-filled before every read; larger frames are still read, in several steps).
+    #[arg(long, env = "FLOWGATE_ENGINE_WS_READ_BUFFER_BYTES", default_value_t = 8 * 1024)]
+    pub ws_read_buffer_bytes: usize,
+
     /// Largest frame the engine accepts from a gateway (bytes).
     #[arg(long, env = "FLOWGATE_ENGINE_MAX_FRAME_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_frame_bytes: usize,
@@ -246,6 +251,7 @@ impl EngineConfig {
             llm_token_delay: Duration::from_millis(5),
             llm_model: "flowgate-scripted".into(),
             llm_endpoint: Box::default(),
+            ws_read_buffer_bytes: 8 * 1024,
             max_frame_bytes: 4 * 1024 * 1024,
             handshake_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),

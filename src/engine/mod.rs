@@ -82,7 +82,12 @@ impl Engine {
             tracker: tracker.clone(),
         };
         let app = server::router(state);
-        let result = axum::serve(self.listener, app)
+        use axum::serve::ListenerExt;
+        // Events are small and latency-bound: no Nagle delay.
+        let listener = self.listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let result = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await;
         tracker.close();

@@ -76,6 +76,7 @@ async fn execute(
     let tracker = state.tracker.clone();
     ws.max_message_size(max)
         .max_frame_size(max)
+        .read_buffer_size(state.config.ws_read_buffer_bytes)
         .on_upgrade(move |socket| tracker.track_future(session(socket, flow_id, state)))
 }
 

@@ -154,8 +154,13 @@ impl Gateway {
         let state = self.state.clone();
         let app = router(state.clone());
         let stop = shutdown.clone();
+        use axum::serve::ListenerExt;
+        // Chat frames are small and latency-bound: no Nagle delay.
+        let listener = self.listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let server = axum::serve(
-            self.listener,
+            listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(async move { stop.cancelled().await });

@@ -158,7 +158,9 @@ pub async fn upgrade(
     let transport = found.as_ref().map(|(_, t)| *t);
     let mut ws = ws
         .max_message_size(state.config.max_client_message_bytes)
-        .max_frame_size(state.config.max_client_message_bytes);
+        .max_frame_size(state.config.max_client_message_bytes)
+        .read_buffer_size(state.config.ws_read_buffer_bytes)
+        .write_buffer_size(state.config.ws_write_buffer_bytes);
     if transport == Some(Transport::Subprotocol) {
         ws = ws.protocols(["bearer"]);
     }

@@ -51,6 +51,9 @@ pub struct EngineTarget {
     pub max_frame_bytes: usize,
     /// W3C `traceparent` for the upgrade request.
     pub traceparent: Option<String>,
+    /// WebSocket read and write buffer sizes (bytes).
+    pub read_buffer_bytes: usize,
+    pub write_buffer_bytes: usize,
 }
 
 /// The four payloads the gateway sends in the handshake.
@@ -92,6 +95,9 @@ pub async fn open(
     let mut config = WebSocketConfig::default();
     config.max_message_size = Some(target.max_frame_bytes);
     config.max_frame_size = Some(target.max_frame_bytes);
+    config.read_buffer_size = target.read_buffer_bytes;
+    config.write_buffer_size = target.write_buffer_bytes;
+    config.max_write_buffer_size = target.write_buffer_bytes.max(target.max_frame_bytes) * 2;
     let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
     let (mut socket, _) = match tokio::time::timeout(target.connect_timeout, connect).await {
         Err(_) => {

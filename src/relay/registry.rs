@@ -6,10 +6,16 @@
 //! `after_seq`), what keeps a slow client from blocking the engine, and what lets a run continue
 //! detached for the disconnect grace. The buffer of a run lives as long as the run (frames are
 //! also in the run log); it is capped by `max_run_frames`, past which the run is failed rather
-//! than growing without bound. Finished runs leave the registry; their replay comes from the run
-//! log.
+//! than growing without bound. Finished runs leave the registry at once; their replay comes from
+//! the run log (which waits for its pending writes before reading).
+//!
+//! The terminal frame carries the run's ending (and the close code that follows it), so a
+//! socket knows its run is over the moment it writes that frame — a client may send its next run
+//! request right after `flow_completed`. Runs in progress are counted per user as they start and
+//! end (the `too_many_runs` check is O(1)).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
@@ -26,6 +32,8 @@ pub struct Frame {
     pub chunk: Option<Arc<(String, String)>>,
     /// When the gateway got (or made) the frame: the start of its added latency.
     pub received: std::time::Instant,
+    /// `Some` on the run's terminal frame: the close code (if any) that follows it.
+    pub end: Option<Option<(u16, &'static str)>>,
 }
 
 #[derive(Debug, Default)]
@@ -36,6 +44,8 @@ struct Buf {
     attached: usize,
 }
 
+type Counts = Arc<Mutex<HashMap<String, usize>>>;
+
 /// The shared state of one live run.
 #[derive(Debug)]
 pub struct RunShared {
@@ -45,6 +55,9 @@ pub struct RunShared {
     pub cancel: CancellationToken,
     buf: Mutex<Buf>,
     notify: Notify,
+    /// The per-user count of runs in progress this run is part of (until it ends).
+    counts: Counts,
+    counted: AtomicBool,
 }
 
 /// What a follower gets from [`RunShared::next_after`].
@@ -57,28 +70,37 @@ pub enum Follow {
 }
 
 impl RunShared {
-    pub fn new(run_id: Uuid, user_id: String, agent_id: String) -> Arc<RunShared> {
-        Arc::new(RunShared {
-            run_id,
-            user_id,
-            agent_id,
-            cancel: CancellationToken::new(),
-            buf: Mutex::new(Buf {
-                attached: 1,
-                ..Buf::default()
-            }),
-            notify: Notify::new(),
-        })
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Buf> {
         self.buf.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Append a frame (called by the run only, in `seq` order).
     pub fn push(&self, frame: Frame) {
-        self.lock().frames.push(frame);
+        let end = frame.end;
+        {
+            let mut b = self.lock();
+            b.frames.push(frame);
+            if let Some(close_after) = end {
+                b.close_after = close_after;
+            }
+        }
+        if end.is_some() {
+            self.uncount();
+        }
         self.notify.notify_waiters();
+    }
+
+    /// Leave the per-user count of runs in progress (once).
+    fn uncount(&self) {
+        if self.counted.swap(false, Ordering::AcqRel) {
+            let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = counts.get_mut(&self.user_id) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts.remove(&self.user_id);
+                }
+            }
+        }
     }
 
     /// Number of frames so far.
@@ -91,12 +113,9 @@ impl RunShared {
     }
 
     /// Mark the run finished (after its terminal frame).
-    pub fn finish(&self, close_after: Option<(u16, &'static str)>) {
-        {
-            let mut b = self.lock();
-            b.finished = true;
-            b.close_after = close_after;
-        }
+    pub fn finish(&self) {
+        self.lock().finished = true;
+        self.uncount();
         self.notify.notify_waiters();
     }
 
@@ -153,10 +172,11 @@ impl RunShared {
     }
 }
 
-/// Live runs by id. Cheap to clone.
+/// Live runs by id, and the number of runs in progress per user. Cheap to clone.
 #[derive(Clone, Default, Debug)]
 pub struct Registry {
     runs: Arc<Mutex<HashMap<Uuid, Arc<RunShared>>>>,
+    counts: Counts,
 }
 
 impl Registry {
@@ -164,8 +184,29 @@ impl Registry {
         self.runs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn insert(&self, run: Arc<RunShared>) {
-        self.lock().insert(run.run_id, run);
+    /// Register a new run (attached to the socket that started it, counted for its user).
+    pub fn create(&self, run_id: Uuid, user_id: String, agent_id: String) -> Arc<RunShared> {
+        *self
+            .counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(user_id.clone())
+            .or_insert(0) += 1;
+        let run = Arc::new(RunShared {
+            run_id,
+            user_id,
+            agent_id,
+            cancel: CancellationToken::new(),
+            buf: Mutex::new(Buf {
+                attached: 1,
+                ..Buf::default()
+            }),
+            notify: Notify::new(),
+            counts: self.counts.clone(),
+            counted: AtomicBool::new(true),
+        });
+        self.lock().insert(run_id, run.clone());
+        run
     }
 
     pub fn get(&self, run_id: &Uuid) -> Option<Arc<RunShared>> {
@@ -176,12 +217,14 @@ impl Registry {
         self.lock().remove(run_id);
     }
 
-    /// Runs of `user_id` that have not finished.
+    /// Runs of `user_id` in progress (started, terminal frame not yet produced).
     pub fn running_for(&self, user_id: &str) -> usize {
-        self.lock()
-            .values()
-            .filter(|r| r.user_id == user_id && !r.is_finished())
-            .count()
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user_id)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn len(&self) -> usize {

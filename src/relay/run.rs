@@ -68,12 +68,16 @@ impl Emitter {
             map.insert("run_id".into(), Value::String(self.run_id_text.clone()));
             map.insert("seq".into(), Value::from(self.seq));
         }
+        let terminal = matches!(
+            frame.get("type").and_then(Value::as_str),
+            Some("flow_completed" | "flow_error" | "flow_cancelled")
+        );
         let text = frame.to_string();
-        self.push(text, None);
+        self.push(text, None, terminal);
     }
 
     /// Send an engine frame (a JSON object text) with `run_id`/`seq` spliced in.
-    fn engine(&mut self, raw: &str, chunk: Option<(String, String)>) {
+    fn engine(&mut self, raw: &str, chunk: Option<(String, String)>, terminal: bool) {
         if self.finished {
             return;
         }
@@ -84,22 +88,26 @@ impl Emitter {
             "{body},\"run_id\":\"{}\",\"seq\":{}}}",
             self.run_id_text, self.seq
         );
-        self.push(text, chunk.map(Arc::new));
+        self.push(text, chunk.map(Arc::new), terminal);
     }
 
-    fn push(&mut self, text: String, chunk: Option<Arc<(String, String)>>) {
+    /// Hand a stamped frame to the run log and the run's buffer. The terminal frame carries the
+    /// close code that follows it and ends the run's output.
+    fn push(&mut self, text: String, chunk: Option<Arc<(String, String)>>, terminal: bool) {
         let text = Utf8Bytes::from(text);
-        self.log.event(
-            self.run_id,
-            self.seq,
-            bytes::Bytes::copy_from_slice(text.as_str().as_bytes()),
-        );
+        // Same bytes, no copy: the log and the buffer share one allocation.
+        self.log
+            .event(self.run_id, self.seq, bytes::Bytes::from(text.clone()));
         self.shared.push(Frame {
             seq: self.seq,
             text,
             chunk,
             received: std::time::Instant::now(),
+            end: terminal.then_some(self.close_after),
         });
+        if terminal {
+            self.finished = true;
+        }
     }
 
     fn terminal_error(&mut self, code: ErrorCode, message: &str, extra: Value) {
@@ -107,9 +115,11 @@ impl Emitter {
         if let (Value::Object(d), Value::Object(e)) = (&mut data, extra) {
             d.extend(e);
         }
-        self.value(json!({"type": "flow_error", "timestamp": protocol::now_ts(), "data": data}));
-        self.finished = true;
+        if self.finished {
+            return;
+        }
         self.close_after = code.close_code().map(|c| (c, code.as_str()));
+        self.value(json!({"type": "flow_error", "timestamp": protocol::now_ts(), "data": data}));
         self.outcome = (
             RunStatus::Failed,
             Some(code.as_str()),
@@ -195,6 +205,8 @@ pub async fn execute(state: AppState, spec: RunSpec, shared: Arc<RunShared>) {
                     handshake_timeout: config.engine_handshake_timeout,
                     max_frame_bytes: config.max_engine_frame_bytes,
                     traceparent: Some(spec.traceparent.clone()),
+                    read_buffer_bytes: config.ws_read_buffer_bytes,
+                    write_buffer_bytes: config.ws_write_buffer_bytes,
                 };
                 let flow_id = em.run_id.to_string();
                 let opened = tokio::select! {
@@ -233,7 +245,7 @@ pub async fn execute(state: AppState, spec: RunSpec, shared: Arc<RunShared>) {
         frames = em.seq,
         "run ended"
     );
-    shared.finish(em.close_after);
+    shared.finish();
 }
 
 struct Prepared {
@@ -558,7 +570,7 @@ async fn relay(
             }
             em.value(v);
         } else {
-            em.engine(raw, chunk);
+            em.engine(raw, chunk, terminal);
         }
         if terminal {
             if kind == "flow_error" {

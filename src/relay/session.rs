@@ -115,17 +115,20 @@ pub async fn serve(
                 return;
             }
             follow = next_frames(&run, state.config.client_batch) => {
-                match follow {
+                // `Some(close_after)` once the run is over for this socket: its terminal frame
+                // was just written (or the run finished with everything delivered).
+                let ended = match follow {
                     Follow::Frames(batch) => {
                         let r = run.as_mut().expect("next_frames only yields for a run");
                         let lag = r.shared.lag(r.cursor);
                         if lag > r.lag_at_attach.saturating_add(state.config.max_client_lag) {
                             tracing::info!(lag, "client too far behind: closing with 4408 (it can resume)");
                             leave(&state, &mut run);
-                            close_with(&mut socket, close::TOO_SLOW, "too slow: resume from the log", write_timeout).await;
+                            close_with(&mut socket, close::TOO_SLOW, "too slow: resume from the log", state.config.client_close_timeout).await;
                             return;
                         }
                         let last = batch.last().map(|f| f.seq).unwrap_or(r.cursor);
+                        let end = batch.last().and_then(|f| f.end);
                         let received: Vec<std::time::Instant> = batch.iter().map(|f| f.received).collect();
                         let count = batch.len();
                         let texts = if lag > state.config.merge_lag { merge_chunks(batch) } else { batch.into_iter().map(|f| f.text).collect() };
@@ -133,7 +136,7 @@ pub async fn serve(
                         if !write_batch(&mut socket, texts, write_timeout).await {
                             tracing::info!("client too slow or gone");
                             leave(&state, &mut run);
-                            close_with(&mut socket, close::TOO_SLOW, "too slow", write_timeout).await;
+                            close_with(&mut socket, close::TOO_SLOW, "too slow", state.config.client_close_timeout).await;
                             return;
                         }
                         r.cursor = last;
@@ -142,21 +145,23 @@ pub async fn serve(
                         for t in received {
                             state.metrics.event_added_latency.observe(t.elapsed().as_secs_f64());
                         }
+                        end
                     }
-                    Follow::End(close_after) => {
-                        if let Some(ended) = run.take() { ended.shared.detach(); }
-                        if expired {
-                            expire(&mut socket, write_timeout).await;
-                            return;
-                        }
-                        if let Some((code, reason)) = close_after {
-                            close_with(&mut socket, code, reason, write_timeout).await;
-                            return;
-                        }
-                        if draining {
-                            close_with(&mut socket, close::RESTART, "server restart", write_timeout).await;
-                            return;
-                        }
+                    Follow::End(close_after) => Some(close_after),
+                };
+                if let Some(close_after) = ended {
+                    if let Some(done) = run.take() { done.shared.detach(); }
+                    if expired {
+                        expire(&mut socket, write_timeout).await;
+                        return;
+                    }
+                    if let Some((code, reason)) = close_after {
+                        close_with(&mut socket, code, reason, write_timeout).await;
+                        return;
+                    }
+                    if draining {
+                        close_with(&mut socket, close::RESTART, "server restart", write_timeout).await;
+                        return;
                     }
                 }
             }
@@ -354,8 +359,9 @@ fn start_run(
     trace: &super::trace::TraceContext,
 ) -> ActiveRun {
     let run_id = Uuid::new_v4();
-    let shared = RunShared::new(run_id, identity.user_id.clone(), agent_id.to_owned());
-    state.runs.insert(shared.clone());
+    let shared = state
+        .runs
+        .create(run_id, identity.user_id.clone(), agent_id.to_owned());
     let span = tracing::info_span!("run", %run_id);
     tracing::info!(%run_id, "run started");
     let spec = RunSpec {
@@ -371,11 +377,8 @@ fn start_run(
     state.sessions.spawn(
         async move {
             run::execute(task_state.clone(), spec, task_shared).await;
-            // Keep the finished run resumable from memory for a while (the run log has it too).
-            tokio::select! {
-                _ = tokio::time::sleep(task_state.config.detach_grace) => {}
-                _ = task_state.shutdown.cancelled() => {}
-            }
+            // A finished run is resumed from the run log (which has every frame), so its buffer
+            // goes now: finished runs cost no gateway memory.
             task_state.runs.remove(&run_id);
         }
         .instrument(span),
@@ -412,12 +415,18 @@ fn leave(state: &AppState, run: &mut Option<ActiveRun>) {
     tracing::info!(run_id = %shared.run_id, grace = ?state.config.detach_grace, "client disconnected: run continues detached");
     let grace = state.config.detach_grace;
     let shutdown = state.shutdown.clone();
+    // A weak handle: a run that ends meanwhile frees its buffer without waiting for the grace.
+    let weak = Arc::downgrade(&shared);
+    drop(shared);
     state.sessions.spawn(async move {
         tokio::select! {
             _ = tokio::time::sleep(grace) => {}
             _ = shutdown.cancelled() => {}
         }
-        if shared.attached() == 0 && !shared.is_finished() {
+        if let Some(shared) = weak.upgrade()
+            && shared.attached() == 0
+            && !shared.is_finished()
+        {
             tracing::info!(run_id = %shared.run_id, "nobody resumed the detached run: cancelling it");
             shared.cancel.cancel();
         }

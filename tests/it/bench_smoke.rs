@@ -87,21 +87,3 @@ async fn idle_bench_holds_every_session_and_reports_rss_per_session() {
     assert!(json["rss"]["rss_per_session_kib"].as_f64().unwrap() > 0.0);
     assert!(json["direct"].is_null());
 }
-
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "TEMP manual runner"]
-async fn temp_manual_bench() {
-    let extra = std::env::var("BENCH_ARGS").unwrap_or_default();
-    let flows = concat!(env!("CARGO_MANIFEST_DIR"), "/flows");
-    let mut argv = vec![
-        "--flowgate-bin".to_string(),
-        std::env::var("BENCH_BIN").unwrap_or(env!("CARGO_BIN_EXE_flowgate").into()),
-        "--flows-dir".into(),
-        flows.into(),
-    ];
-    argv.extend(extra.split_whitespace().map(String::from));
-    let a = BenchArgs::parse_from(argv).unwrap();
-    let r = bench::execute(&a).await.unwrap();
-    println!("{}", r.markdown());
-    println!("{}", serde_json::to_string_pretty(&r).unwrap());
-}

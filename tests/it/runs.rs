@@ -422,3 +422,17 @@ async fn an_engine_that_stops_answering_pings_is_engine_lost() {
         "{last}"
     );
 }
+
+#[tokio::test]
+async fn a_run_request_right_after_the_terminal_event_is_accepted_every_time() {
+    // The next request is sent the moment the terminal frame arrives, 40 times, with one run
+    // allowed per user: neither "a run is already in progress" nor too_many_runs may appear.
+    let app = spawn_app_with(EngineConfig::for_tests(), |c| c.max_runs_per_user = 1).await;
+    let mut c = app.connect("echo", "alice").await;
+    for i in 0..40 {
+        c.send_json(json!({"message": format!("run {i}")})).await;
+        let frames = c.collect_run().await;
+        assert_eq!(frames[0]["type"], "status", "run {i}: {:?}", frames[0]);
+        assert_eq!(frames.last().unwrap()["type"], "flow_completed", "run {i}");
+    }
+}
