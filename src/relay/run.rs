@@ -213,7 +213,7 @@ pub async fn execute(state: AppState, spec: RunSpec, shared: Arc<RunShared>) {
                     biased;
                     _ = cancel.cancelled() => None,
                     r = engine_client::open(&target, &flow_id, Handshake {
-                        flow: &handshake.flow,
+                        flow: &handshake.flow.payload,
                         initial_inputs: &handshake.initial_inputs,
                         config: &handshake.config,
                     }) => Some(r),
@@ -249,7 +249,8 @@ pub async fn execute(state: AppState, spec: RunSpec, shared: Arc<RunShared>) {
 }
 
 struct Prepared {
-    flow: String,
+    /// The cached conversion (shared by every run of this workflow: no per-run copy).
+    flow: Arc<super::cache::CachedFlow>,
     initial_inputs: String,
     config: String,
     hash: String,
@@ -357,7 +358,7 @@ async fn prepare(state: &AppState, spec: &RunSpec, em: &mut Emitter) -> Option<P
         .prepared(em.run_id, version.as_str(), &converted.hash);
     em.value(protocol::status_value(protocol::STATUS_STARTING));
     Some(Prepared {
-        flow: converted.payload.clone(),
+        flow: converted.clone(),
         initial_inputs: inputs.to_string(),
         config: config.to_string(),
         hash: converted.hash.clone(),
