@@ -109,6 +109,11 @@ pub struct GatewayConfig {
     #[arg(long, env = "FLOWGATE_ENGINE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub engine_handshake_timeout: Duration,
 
+    /// Time given to the engine to take the close frame when a run ends or is cancelled; then
+    /// its connection is dropped.
+    #[arg(long, env = "FLOWGATE_ENGINE_CLOSE_TIMEOUT", default_value = "200ms", value_parser = duration)]
+    pub engine_close_timeout: Duration,
+
     /// A run fails with `engine_timeout` when the engine sends nothing for this long.
     #[arg(long, env = "FLOWGATE_ENGINE_IDLE_TIMEOUT", default_value = "120s", value_parser = duration)]
     pub engine_idle_timeout: Duration,
@@ -257,6 +262,7 @@ impl GatewayConfig {
             engine_key: None,
             engine_connect_timeout: Duration::from_secs(2),
             engine_handshake_timeout: Duration::from_secs(5),
+            engine_close_timeout: Duration::from_millis(200),
             engine_idle_timeout: Duration::from_secs(10),
             max_engine_frame_bytes: 4 * 1024 * 1024,
             max_client_message_bytes: 64 * 1024,

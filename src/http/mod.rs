@@ -168,7 +168,9 @@ impl Gateway {
         // Stop accepting happened; now let sessions finish, then force them closed.
         state.shutdown.cancel();
         state.sessions.close();
-        let grace = state.config.shutdown_grace + std::time::Duration::from_secs(2);
+        // Sessions close their clients when the grace ends; each close write is bounded by the
+        // client write timeout.
+        let grace = state.config.shutdown_grace + state.config.client_write_timeout;
         if tokio::time::timeout(grace, state.sessions.wait())
             .await
             .is_err()

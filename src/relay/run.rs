@@ -422,7 +422,7 @@ async fn relay(
         let next = tokio::select! {
             biased;
             _ = cancel.cancelled() => {
-                close_engine(socket, Duration::from_millis(200)).await;
+                close_engine(socket, state.config.engine_close_timeout).await;
                 cancelled(em, &progress);
                 return;
             }
@@ -455,7 +455,7 @@ async fn relay(
                     &msg,
                     json!({"partial_output": progress.partial_output}),
                 );
-                close_engine(socket, Duration::from_millis(200)).await;
+                close_engine(socket, state.config.engine_close_timeout).await;
                 return;
             }
             Ok(None) => {
@@ -505,7 +505,7 @@ async fn relay(
                     "the execution engine broke the protocol: a binary frame",
                     json!({"partial_output": progress.partial_output}),
                 );
-                close_engine(socket, Duration::from_millis(200)).await;
+                close_engine(socket, state.config.engine_close_timeout).await;
                 return;
             }
             Ok(Some(Ok(_))) => continue, // ping/pong: tungstenite answers pings itself
@@ -523,7 +523,7 @@ async fn relay(
                     &msg,
                     json!({"partial_output": progress.partial_output}),
                 );
-                close_engine(socket, Duration::from_millis(200)).await;
+                close_engine(socket, state.config.engine_close_timeout).await;
                 return;
             }
         };
@@ -582,7 +582,7 @@ async fn relay(
                 em.outcome = (RunStatus::Failed, Some("flow_error"), why);
             }
             em.finished = true;
-            close_engine(socket, Duration::from_millis(200)).await;
+            close_engine(socket, state.config.engine_close_timeout).await;
             return;
         }
         if em.shared.len() >= state.config.max_run_frames {
@@ -590,7 +590,7 @@ async fn relay(
                 "the run exceeded {} frames (--max-run-frames) and was stopped",
                 state.config.max_run_frames
             );
-            close_engine(socket, Duration::from_millis(200)).await;
+            close_engine(socket, state.config.engine_close_timeout).await;
             em.terminal_error(
                 ErrorCode::Internal,
                 &msg,
