@@ -318,12 +318,7 @@ async fn engine_unreachable_is_engine_unavailable() {
     let dead = dead_addr().await;
     let mut config = flowgate::config::GatewayConfig::for_tests(format!("ws://{dead}"));
     config.engine_connect_timeout = Duration::from_secs(2);
-    let app = spawn_gateway(
-        config,
-        flowgate::store::Store::Files(flowgate::store::files::FilesStore::embedded()),
-        None,
-    )
-    .await;
+    let app = spawn_gateway_files(config).await;
     let mut c = app.connect("echo", "alice").await;
     c.send_json(json!({"message": "hi"})).await;
     let frames = c.collect_run().await;
@@ -358,11 +353,9 @@ async fn health_and_readiness_endpoints_answer() {
 #[tokio::test]
 async fn readiness_fails_when_the_engine_is_down() {
     let dead = dead_addr().await;
-    let app = spawn_gateway(
-        flowgate::config::GatewayConfig::for_tests(format!("ws://{dead}")),
-        flowgate::store::Store::Files(flowgate::store::files::FilesStore::embedded()),
-        None,
-    )
+    let app = spawn_gateway_files(flowgate::config::GatewayConfig::for_tests(format!(
+        "ws://{dead}"
+    )))
     .await;
     let body = http_get(&app.http_url("/readyz")).await;
     assert!(body.starts_with("HTTP/1.1 503"), "{body}");

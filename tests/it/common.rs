@@ -114,6 +114,12 @@ pub async fn spawn_gateway(
     }
 }
 
+/// A gateway on the embedded sample agents, with no engine of ours (the test brings its own,
+/// or none).
+pub async fn spawn_gateway_files(config: GatewayConfig) -> TestApp {
+    spawn_gateway(config, Store::Files(FilesStore::embedded()), None).await
+}
+
 /// Engine (test config) + gateway on the embedded sample agents.
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(EngineConfig::for_tests(), |_| {}).await

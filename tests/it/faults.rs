@@ -130,12 +130,7 @@ async fn an_engine_handshake_that_never_comes_is_engine_timeout() {
     });
     let mut config = flowgate::config::GatewayConfig::for_tests(format!("ws://{addr}"));
     config.engine_connect_timeout = Duration::from_millis(500);
-    let app = spawn_gateway(
-        config,
-        flowgate::store::Store::Files(flowgate::store::files::FilesStore::embedded()),
-        None,
-    )
-    .await;
+    let app = spawn_gateway_files(config).await;
     let mut c = app.connect("echo", "alice").await;
     c.send_json(json!({"message": "hi"})).await;
     let frames = c.collect_run().await;

@@ -106,11 +106,9 @@ async fn the_clients_traceparent_reaches_the_engine_as_the_same_trace() {
             });
         }
     });
-    let app = spawn_gateway(
-        flowgate::config::GatewayConfig::for_tests(format!("ws://{addr}")),
-        flowgate::store::Store::Files(flowgate::store::files::FilesStore::embedded()),
-        None,
-    )
+    let app = spawn_gateway_files(flowgate::config::GatewayConfig::for_tests(format!(
+        "ws://{addr}"
+    )))
     .await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let mut req = app.ws_url("echo").into_client_request().unwrap();

@@ -323,11 +323,9 @@ async fn silent_engine() -> std::net::SocketAddr {
 #[tokio::test]
 async fn cancel_before_the_engine_handshake_finishes_is_flow_cancelled_at_once() {
     let engine = silent_engine().await;
-    let app = spawn_gateway(
-        flowgate::config::GatewayConfig::for_tests(format!("ws://{engine}")),
-        flowgate::store::Store::Files(flowgate::store::files::FilesStore::embedded()),
-        None,
-    )
+    let app = spawn_gateway_files(flowgate::config::GatewayConfig::for_tests(format!(
+        "ws://{engine}"
+    )))
     .await;
     let mut c = app.connect("echo", "alice").await;
     c.send_json(json!({"message": "never starts"})).await;
@@ -406,12 +404,7 @@ async fn an_engine_that_stops_answering_pings_is_engine_lost() {
     let mut config = flowgate::config::GatewayConfig::for_tests(format!("ws://{addr}"));
     config.ping_interval = Duration::from_millis(150);
     config.engine_idle_timeout = Duration::from_secs(30);
-    let app = spawn_gateway(
-        config,
-        flowgate::store::Store::Files(flowgate::store::files::FilesStore::embedded()),
-        None,
-    )
-    .await;
+    let app = spawn_gateway_files(config).await;
     let mut c = app.connect("echo", "alice").await;
     c.send_json(json!({"message": "hello?"})).await;
     let frames = c.collect_run().await;

@@ -200,11 +200,9 @@ async fn recording_engine() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
 #[tokio::test]
 async fn client_input_never_reaches_the_engine_config_frame() {
     let (engine, seen) = recording_engine().await;
-    let app = spawn_gateway(
-        flowgate::config::GatewayConfig::for_tests(format!("ws://{engine}")),
-        flowgate::store::Store::Files(flowgate::store::files::FilesStore::embedded()),
-        None,
-    )
+    let app = spawn_gateway_files(flowgate::config::GatewayConfig::for_tests(format!(
+        "ws://{engine}"
+    )))
     .await;
     let mut c = app.connect("echo", "alice").await;
     c.send_json(json!({
