@@ -12,6 +12,15 @@ use crate::workflow::FlowFormat;
 #[derive(Debug, Parser)]
 #[command(name = "flowgate", version, about, long_about = None)]
 pub struct Cli {
+    /// Async runtime threads: `0` = one per CPU core, `1` = a single-threaded runtime (no
+    /// cross-thread wake-ups: the cheapest per event when one core is enough).
+    #[arg(
+        long,
+        global = true,
+        env = "FLOWGATE_WORKER_THREADS",
+        default_value_t = 0
+    )]
+    pub worker_threads: usize,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -153,6 +153,15 @@ pub struct BenchArgs {
     #[arg(long)]
     pub child_logs: Option<PathBuf>,
 
+    /// Extra setting for the started gateway, `KEY=VALUE` (repeatable), e.g.
+    /// `--gateway-env FLOWGATE_WORKER_THREADS=1`; applied after the bench's own settings.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_env_pair)]
+    pub gateway_env: Vec<(String, String)>,
+
+    /// Extra setting for the started engine, `KEY=VALUE` (repeatable).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_env_pair)]
+    pub engine_env: Vec<(String, String)>,
+
     /// Open-files limit to raise this process to (at most the hard limit); the children
     /// inherit it.
     #[arg(long, default_value_t = 65_536)]
@@ -348,6 +357,18 @@ fn random_secret() -> Secret {
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     ))
+}
+
+/// `KEY=VALUE` of `--gateway-env` / `--engine-env`.
+fn parse_env_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !k.contains(char::is_whitespace) => {
+            Ok((k.to_owned(), v.to_owned()))
+        }
+        _ => Err(format!(
+            "{text:?} is not KEY=VALUE (e.g. FLOWGATE_WORKER_THREADS=1)"
+        )),
+    }
 }
 
 fn env_pair(k: &str, v: impl ToString) -> (String, String) {
@@ -651,7 +672,10 @@ async fn drive(
                     "FLOWGATE_ENGINE_LLM_TOKEN_DELAY",
                     humantime::format_duration(delay),
                 ),
-            ],
+            ]
+            .into_iter()
+            .chain(args.engine_env.iter().cloned())
+            .collect(),
             addr,
             logs,
             startup_timeout: args.startup_timeout,
@@ -695,6 +719,7 @@ async fn drive(
                 humantime::format_duration(idle),
             ));
         }
+        env.extend(args.gateway_env.iter().cloned());
         progress(&format!("starting the gateway on {addr}"));
         let flows = args.flows_dir.to_string_lossy().into_owned();
         let gateway = procs::spawn(procs::Spawn {

@@ -4,13 +4,15 @@
 //! unpublished?}` where `published`/`unpublished` are workflow file names in the same folder.
 //! Everything is read and validated at open time (a bad entry is an error naming the file and
 //! the entry). When the folder changes on disk (modification times of `agents.json` or of a
-//! workflow file), the next lookup reloads it; a reload that fails keeps the previous agents and
-//! logs why. Ids are checked before any lookup so nothing outside the folder is ever read.
+//! workflow file), a lookup reloads it; the times are checked at most once per
+//! [`RECHECK_INTERVAL`] (one blocking-pool job for all files), so a change is seen within that
+//! interval and a busy gateway does not stat the folder on every run. A reload that fails keeps
+//! the previous agents and logs why. Ids are checked before any lookup so nothing outside the folder is ever read.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -19,6 +21,9 @@ use super::{AgentRecord, StoreError, StoredWorkflow, Version};
 
 /// The index file of a flows folder.
 pub const INDEX_FILE: &str = "agents.json";
+
+/// How often a lookup checks the folder's modification times (at most).
+pub const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The repository's `flows/` folder, compiled in.
 const EMBEDDED_INDEX: &str = include_str!("../../flows/agents.json");
@@ -46,6 +51,9 @@ const EMBEDDED_FILES: &[(&str, &str)] = &[
 pub struct FilesStore {
     source: Source,
     catalog: Arc<RwLock<Arc<Catalog>>>,
+    /// When the modification times were last checked (`None`: never), and the interval.
+    checked: Arc<Mutex<Option<Instant>>>,
+    recheck: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -100,7 +108,18 @@ impl FilesStore {
         Ok(FilesStore {
             source: Source::Dir(dir.to_path_buf()),
             catalog: Arc::new(RwLock::new(Arc::new(catalog))),
+            checked: Arc::new(Mutex::new(Some(Instant::now()))),
+            recheck: RECHECK_INTERVAL,
         })
+    }
+
+    /// Check the folder for changes at most once per `interval` (`ZERO`: on every lookup).
+    pub fn with_recheck_interval(mut self, interval: Duration) -> FilesStore {
+        self.recheck = interval;
+        if interval.is_zero() {
+            *self.checked.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        self
     }
 
     /// The sample agents embedded in the binary (the repository's `flows/` folder).
@@ -117,6 +136,8 @@ impl FilesStore {
         FilesStore {
             source: Source::Embedded,
             catalog: Arc::new(RwLock::new(Arc::new(catalog))),
+            checked: Arc::new(Mutex::new(None)),
+            recheck: RECHECK_INTERVAL,
         }
     }
 
@@ -175,17 +196,21 @@ impl FilesStore {
         let Source::Dir(dir) = &self.source else {
             return catalog;
         };
-        let mut changed = false;
-        for (path, seen) in &catalog.stamp {
-            let now = tokio::fs::metadata(path)
-                .await
-                .ok()
-                .and_then(|m| m.modified().ok());
-            if now != *seen {
-                changed = true;
-                break;
+        {
+            let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            if !self.recheck.is_zero()
+                && checked.is_some_and(|at| now.duration_since(at) < self.recheck)
+            {
+                return catalog;
             }
+            *checked = Some(now);
         }
+        let paths: Vec<PathBuf> = catalog.stamp.iter().map(|(p, _)| p.clone()).collect();
+        let Ok(now) = tokio::task::spawn_blocking(move || stamp_of(paths)).await else {
+            return catalog;
+        };
+        let changed = now != catalog.stamp;
         if !changed {
             return catalog;
         }

@@ -494,7 +494,9 @@ async fn files_store_picks_up_a_changed_folder() {
         "agents.json",
         r#"[{"agent_id": "a", "owner": "o", "status": "Active", "name": "A", "published": "w.json"}]"#,
     );
-    let store = FilesStore::open(&dir.0).expect("open");
+    let store = FilesStore::open(&dir.0)
+        .expect("open")
+        .with_recheck_interval(Duration::ZERO);
     let first = store
         .workflow("a", Version::Published)
         .await
