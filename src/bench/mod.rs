@@ -9,7 +9,9 @@
 //!
 //! Phases (streaming): warm-up + measured window through the gateway, then the same again
 //! directly against the engine (the bench performs the engine handshake itself with the flow
-//! payload the gateway would send), so "added" = gateway − direct from one invocation. In
+//! payload the gateway would send), so "added" = gateway − direct from one invocation; with
+//! `--nginx`, the direct phase's clients once more through an nginx child process proxying the
+//! engine (the reference relay: the same frames as opaque bytes, one worker process). In
 //! `--idle` mode the engine's scripted model waits `--idle-delay` between chunks, every session
 //! holds one run open, and the gateway's RSS is read with all sessions open.
 //!
@@ -101,6 +103,13 @@ pub struct BenchArgs {
     /// Skip the direct-to-engine phase.
     #[arg(long)]
     pub no_direct: bool,
+
+    /// Add a reference phase after the direct one: the direct phase's clients through an nginx
+    /// child process proxying the engine (one worker, unbuffered), which relays the same frames
+    /// as opaque bytes. `--nginx` alone looks up `nginx` on PATH, then /usr/sbin/nginx.
+    /// Streaming mode only.
+    #[arg(long, value_name = "PATH", conflicts_with = "idle")]
+    pub nginx: Option<Option<PathBuf>>,
 
     /// Benchmark this running gateway (`ws://host:port`) instead of starting one.
     #[arg(long)]
@@ -391,21 +400,22 @@ fn local_addr_count(args: &BenchArgs) -> usize {
     ((connections / ports).ceil() as usize).clamp(1, 64)
 }
 
-/// Both processes' readings at one instant.
+/// The processes' readings at one instant.
 #[derive(Clone, Copy)]
 struct Reading {
     at: Instant,
-    gateway: Option<procs::ProcSample>,
+    /// The process between the clients and the engine: the gateway, or nginx.
+    relay: Option<procs::ProcSample>,
     engine: Option<procs::ProcSample>,
     /// This process (the clients).
     me: Option<procs::ProcSample>,
     open: usize,
 }
 
-fn read(gw_pid: Option<u32>, engine_pid: Option<u32>, counters: &Counters) -> Reading {
+fn read(relay_pid: Option<u32>, engine_pid: Option<u32>, counters: &Counters) -> Reading {
     Reading {
         at: Instant::now(),
-        gateway: gw_pid.and_then(procs::sample),
+        relay: relay_pid.and_then(procs::sample),
         engine: engine_pid.and_then(procs::sample),
         me: procs::sample(std::process::id()),
         open: counters.open.load(Ordering::Relaxed),
@@ -470,11 +480,12 @@ fn plan(args: &BenchArgs, warm_end: Instant, end: Instant) -> Plan {
 }
 
 /// One streaming phase: sessions start staggered over one interval, run back to back; the
-/// window is [start + warm-up, start + warm-up + duration].
+/// window is [start + warm-up, start + warm-up + duration]. `relay_pid`: the process sampled
+/// between client and engine (the gateway, nginx, or none for the direct path).
 async fn streaming_phase(
     args: &BenchArgs,
     path: PathKind,
-    gw_pid: Option<u32>,
+    relay_pid: Option<u32>,
     engine_pid: Option<u32>,
 ) -> PhaseResult {
     let start = Instant::now() + Duration::from_millis(100);
@@ -508,9 +519,9 @@ async fn streaming_phase(
         };
     }
     tokio::time::sleep_until(warm_end).await;
-    let first = read(gw_pid, engine_pid, &counters);
+    let first = read(relay_pid, engine_pid, &counters);
     tokio::time::sleep_until(end).await;
-    let last = read(gw_pid, engine_pid, &counters);
+    let last = read(relay_pid, engine_pid, &counters);
     // A run in flight at the end finishes (it is checked for errors and lost events).
     let run_len = args.interval * args.events as u32;
     let deadline = Instant::now()
@@ -594,14 +605,151 @@ async fn idle_phase(
 struct Children {
     engine: Option<ChildProc>,
     gateway: Option<ChildProc>,
+    nginx: Option<ChildProc>,
+    /// nginx's prefix folder (configuration, pid file, logs, temp paths); removed after nginx
+    /// stopped.
+    nginx_dir: Option<procs::TempDir>,
 }
 
 impl Children {
     async fn stop(self, wait: Duration) {
-        for c in [self.gateway, self.engine].into_iter().flatten() {
+        for c in [self.nginx, self.gateway, self.engine]
+            .into_iter()
+            .flatten()
+        {
             c.stop(wait).await;
         }
+        drop(self.nginx_dir);
     }
+}
+
+/// The nginx of `--nginx`, found before anything starts.
+struct Nginx {
+    bin: PathBuf,
+    build: procs::NginxBuild,
+}
+
+async fn find_nginx(args: &BenchArgs) -> Result<Option<Nginx>, BenchError> {
+    let Some(explicit) = &args.nginx else {
+        return Ok(None);
+    };
+    let bin = procs::find_nginx(explicit.as_deref())?;
+    let build = procs::nginx_build(&bin, args.startup_timeout).await?;
+    Ok(Some(Nginx { bin, build }))
+}
+
+/// Start nginx proxying `engine_url` on a free loopback port; returns its address and the
+/// `ws://` base URL the direct clients use through it.
+async fn start_nginx(
+    args: &BenchArgs,
+    nginx: &Nginx,
+    engine_url: &str,
+    nofile: Option<u64>,
+    logs: Option<&Path>,
+    children: &mut Children,
+) -> Result<(u32, String), BenchError> {
+    let (upstream, path) = procs::upstream_of(engine_url)?;
+    let dir = procs::TempDir::new("flowgate-bench-nginx")?;
+    let listen = procs::free_port()?;
+    let conf = procs::nginx_conf(&procs::NginxConf {
+        dir: dir.path(),
+        listen,
+        upstream: &upstream,
+        nofile,
+        worker_connections: args.sessions * 2 + 64,
+        temp_modules: &nginx.build.temp_modules,
+    });
+    let conf_path = dir.path().join("nginx.conf");
+    std::fs::write(&conf_path, conf)
+        .map_err(|e| BenchError::Setup(format!("cannot write {}: {e}", conf_path.display())))?;
+    let mut argv = vec![
+        "-p".to_owned(),
+        format!("{}/", dir.path().display()),
+        "-c".to_owned(),
+        conf_path.display().to_string(),
+    ];
+    let error_log = dir.path().join("error.log");
+    if nginx.build.has_error_log_flag() {
+        argv.extend(["-e".to_owned(), error_log.display().to_string()]);
+    }
+    progress(&format!(
+        "starting nginx {} on {listen} (proxying {upstream})",
+        nginx.build.version
+    ));
+    let started = procs::spawn(procs::Spawn {
+        name: "nginx",
+        exe: &nginx.bin,
+        args: argv,
+        env: Vec::new(),
+        addr: listen,
+        logs,
+        startup_timeout: args.startup_timeout,
+    })
+    .await;
+    let child = match started {
+        Ok(c) => c,
+        Err(e) => {
+            let log = std::fs::read_to_string(&error_log).unwrap_or_default();
+            let log = log.trim();
+            return Err(match e {
+                BenchError::Setup(why) if !log.is_empty() => {
+                    BenchError::Setup(format!("{why}; nginx's error log: {log}"))
+                }
+                e => e,
+            });
+        }
+    };
+    let pid = child.pid;
+    children.nginx = Some(child);
+    children.nginx_dir = Some(dir);
+    Ok((pid, format!("ws://{listen}{path}")))
+}
+
+/// What nginx wrote to its error log (a note when not empty); copied to `--child-logs`.
+fn nginx_log_notes(children: &Children, logs: Option<&Path>, notes: &mut Vec<String>) {
+    let Some(dir) = &children.nginx_dir else {
+        return;
+    };
+    let path = dir.path().join("error.log");
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    if let Some(logs) = logs {
+        let _ = std::fs::write(logs.join("nginx-error.log"), &text);
+    }
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if let Some(first) = lines.first() {
+        notes.push(format!(
+            "nginx logged {} line(s) at level warn or above, the first: {first}",
+            lines.len()
+        ));
+    }
+}
+
+fn cpu_report(pid: u32, p: &PhaseResult, tck: u64) -> Option<CpuReport> {
+    let secs = cpu_seconds(p.start.relay, p.end.relay, tck)?;
+    let events = p.tally.frames_in_window;
+    Some(CpuReport {
+        pid,
+        cpu_seconds: secs,
+        cpu_percent: secs / p.window_s.max(1e-9) * 100.0,
+        events,
+        cpu_seconds_per_million_events: (events > 0).then(|| secs / events as f64 * 1e6),
+    })
+}
+
+fn rss_report(pid: u32, p: &PhaseResult, baseline: Option<procs::ProcSample>) -> Option<RssReport> {
+    let end = p.end.relay?;
+    let open = p.end.open;
+    let base = baseline.map(|b| b.rss_kib).unwrap_or(0);
+    Some(RssReport {
+        pid,
+        rss_kib: end.rss_kib,
+        peak_rss_kib: end.hwm_kib,
+        baseline_rss_kib: base,
+        open_sessions: open,
+        rss_per_session_kib: (open > 0).then(|| end.rss_kib as f64 / open as f64),
+        added_rss_per_session_kib: (open > 0)
+            .then(|| end.rss_kib.saturating_sub(base) as f64 / open as f64),
+    })
 }
 
 /// Run the benchmark and build its report.
@@ -625,8 +773,18 @@ pub async fn execute(args: &BenchArgs) -> Result<Report, BenchError> {
     }
     let tck = procs::clock_ticks();
     let payload = load_payload(args).await?;
+    let nginx = find_nginx(args).await?;
     let mut children = Children::default();
-    let result = drive(args, &payload, &mut children, nofile, tck, notes).await;
+    let result = drive(
+        args,
+        &payload,
+        nginx.as_ref(),
+        &mut children,
+        nofile,
+        tck,
+        notes,
+    )
+    .await;
     children.stop(args.close_timeout).await;
     result
 }
@@ -634,6 +792,7 @@ pub async fn execute(args: &BenchArgs) -> Result<Report, BenchError> {
 async fn drive(
     args: &BenchArgs,
     payload: &Payload,
+    nginx: Option<&Nginx>,
     children: &mut Children,
     nofile: Option<u64>,
     tck: u64,
@@ -653,7 +812,8 @@ async fn drive(
     };
 
     // The engine.
-    let own_engine = args.engine_url.is_none() && (args.gateway_url.is_none() || !args.no_direct);
+    let own_engine = args.engine_url.is_none()
+        && (args.gateway_url.is_none() || !args.no_direct || nginx.is_some());
     let (engine_url, engine_key) = if let Some(url) = &args.engine_url {
         (Some(url.clone()), args.engine_key.clone())
     } else if own_engine && !(args.gateway_url.is_some() && args.idle) {
@@ -772,6 +932,27 @@ async fn drive(
         .await
     };
 
+    // The direct clients, against the engine or (nginx phase) through nginx.
+    let direct_target = |base_url: String| {
+        Arc::new(DirectTarget {
+            engine: EngineTarget {
+                base_url,
+                bearer: None,
+                connect_timeout: args.connect_timeout,
+                handshake_timeout: args.frame_timeout,
+                max_frame_bytes: args.max_frame_bytes,
+                traceparent: None,
+                // The gateway's defaults, so both paths read alike.
+                read_buffer_bytes: 4096,
+                write_buffer_bytes: 16 * 1024,
+            },
+            engine_key: engine_key.clone(),
+            flow: payload.flow.clone(),
+            initial_inputs: payload.initial_inputs.clone(),
+            agent_id: args.agent.clone(),
+            version: payload.version,
+        })
+    };
     let direct_phase = match (&engine_url, args.idle || args.no_direct) {
         (Some(url), false) => {
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -779,24 +960,7 @@ async fn drive(
                 "direct: {} sessions, {:?} warm-up + {:?}",
                 args.sessions, args.warmup, args.duration
             ));
-            let target = Arc::new(DirectTarget {
-                engine: EngineTarget {
-                    base_url: url.clone(),
-                    bearer: None,
-                    connect_timeout: args.connect_timeout,
-                    handshake_timeout: args.frame_timeout,
-                    max_frame_bytes: args.max_frame_bytes,
-                    traceparent: None,
-                    // The gateway's defaults, so both paths read alike.
-                    read_buffer_bytes: 4096,
-                    write_buffer_bytes: 16 * 1024,
-                },
-                engine_key: engine_key.clone(),
-                flow: payload.flow.clone(),
-                initial_inputs: payload.initial_inputs.clone(),
-                agent_id: args.agent.clone(),
-                version: payload.version,
-            });
+            let target = direct_target(url.clone());
             Some(streaming_phase(args, PathKind::Direct(target), None, engine_pid).await)
         }
         (None, false) => {
@@ -806,32 +970,45 @@ async fn drive(
         _ => None,
     };
 
-    let gw_cpu = gw_pid.filter(|_| !args.idle).and_then(|pid| {
-        let secs = cpu_seconds(gw_phase.start.gateway, gw_phase.end.gateway, tck)?;
-        let events = gw_phase.tally.frames_in_window;
-        Some(CpuReport {
-            pid,
-            cpu_seconds: secs,
-            cpu_percent: secs / gw_phase.window_s.max(1e-9) * 100.0,
-            events,
-            cpu_seconds_per_million_events: (events > 0).then(|| secs / events as f64 * 1e6),
-        })
-    });
-    let rss = gw_pid.and_then(|pid| {
-        let end = gw_phase.end.gateway?;
-        let open = gw_phase.end.open;
-        let base = baseline.map(|b| b.rss_kib).unwrap_or(0);
-        Some(RssReport {
-            pid,
-            rss_kib: end.rss_kib,
-            peak_rss_kib: end.hwm_kib,
-            baseline_rss_kib: base,
-            open_sessions: open,
-            rss_per_session_kib: (open > 0).then(|| end.rss_kib as f64 / open as f64),
-            added_rss_per_session_kib: (open > 0)
-                .then(|| end.rss_kib.saturating_sub(base) as f64 / open as f64),
-        })
-    });
+    // The nginx reference phase: the direct clients once more, through nginx.
+    let nginx_phase = match (nginx, &engine_url) {
+        (Some(n), Some(url)) if !args.idle => {
+            let (pid, base_url) = start_nginx(args, n, url, nofile, logs, children).await?;
+            let baseline = procs::sample(pid);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            progress(&format!(
+                "nginx: {} sessions, {:?} warm-up + {:?}",
+                args.sessions, args.warmup, args.duration
+            ));
+            let target = direct_target(base_url);
+            let phase =
+                streaming_phase(args, PathKind::Direct(target), Some(pid), engine_pid).await;
+            nginx_log_notes(children, logs, &mut notes);
+            notes.push(format!(
+                "nginx path: nginx {} relaying the same frames as opaque bytes, one worker \
+                 process (proxy_pass to the engine, proxy_buffering off, tcp_nodelay on), \
+                 driven by the direct phase's clients",
+                n.build.version
+            ));
+            Some((pid, baseline, phase))
+        }
+        (Some(_), None) => {
+            notes.push("no engine to proxy: the nginx phase was skipped".into());
+            None
+        }
+        _ => None,
+    };
+
+    let gw_cpu = gw_pid
+        .filter(|_| !args.idle)
+        .and_then(|pid| cpu_report(pid, &gw_phase, tck));
+    let rss = gw_pid.and_then(|pid| rss_report(pid, &gw_phase, baseline));
+    let nginx_cpu = nginx_phase
+        .as_ref()
+        .and_then(|(pid, _, p)| cpu_report(*pid, p, tck));
+    let nginx_rss = nginx_phase
+        .as_ref()
+        .and_then(|(pid, base, p)| rss_report(*pid, p, *base));
     let others = |p: &PhaseResult| {
         (
             cpu_seconds(p.start.engine, p.end.engine, tck),
@@ -844,9 +1021,18 @@ async fn drive(
         let cpu = others(&p);
         PathReport::from_tally(p.tally, p.window_s, cpu)
     });
+    let nginx_path = nginx_phase.map(|(_, _, p)| {
+        let cpu = others(&p);
+        PathReport::from_tally(p.tally, p.window_s, cpu)
+    });
     let added = direct.as_ref().map(|d| Added::between(&gateway, d));
-    let errors = gateway.errors + direct.as_ref().map_or(0, |d| d.errors);
-    let lost_runs = gateway.lost_runs + direct.as_ref().map_or(0, |d| d.lost_runs);
+    let nginx_added = nginx_path
+        .as_ref()
+        .zip(direct.as_ref())
+        .map(|(n, d)| Added::between(n, d));
+    let paths = || [Some(&gateway), direct.as_ref(), nginx_path.as_ref()];
+    let errors = paths().into_iter().flatten().map(|p| p.errors).sum();
+    let lost_runs = paths().into_iter().flatten().map(|p| p.lost_runs).sum();
     if gateway.merged_frames > 0 {
         notes.push(format!(
             "the gateway merged {} chunk frames for clients that fell behind (the bench client \
@@ -878,6 +1064,10 @@ async fn drive(
         added,
         gateway_cpu: gw_cpu,
         rss,
+        nginx: nginx_path,
+        nginx_added,
+        nginx_cpu,
+        nginx_rss,
         errors,
         lost_runs,
         targets: Vec::new(),
@@ -910,5 +1100,26 @@ mod tests {
         assert!(local_addr_count(&args) >= 2);
         args.local_addrs = 3;
         assert_eq!(local_addr_count(&args), 3);
+    }
+
+    #[test]
+    fn nginx_flag_takes_an_optional_path_and_streaming_mode_only() {
+        assert_eq!(
+            BenchArgs::parse_from(["--sessions", "5"]).unwrap().nginx,
+            None
+        );
+        let a = BenchArgs::parse_from(["--nginx", "--sessions", "5"]).unwrap();
+        assert_eq!(a.nginx, Some(None));
+        assert_eq!(a.sessions, 5);
+        let a = BenchArgs::parse_from(["--nginx", "/opt/nginx/sbin/nginx"]).unwrap();
+        assert_eq!(a.nginx, Some(Some(PathBuf::from("/opt/nginx/sbin/nginx"))));
+        let a = BenchArgs::parse_from(["--nginx=/usr/sbin/nginx"]).unwrap();
+        assert_eq!(a.nginx, Some(Some(PathBuf::from("/usr/sbin/nginx"))));
+        let err = BenchArgs::parse_from(["--nginx", "--idle"]).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            clap::error::ErrorKind::ArgumentConflict,
+            "{err}"
+        );
     }
 }

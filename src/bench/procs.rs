@@ -211,6 +211,251 @@ pub fn log_dir(dir: &Path) -> Result<PathBuf, BenchError> {
     Ok(dir.to_path_buf())
 }
 
+/// Where `--nginx` without a path looks after `PATH`.
+pub const NGINX_FALLBACK: &str = "/usr/sbin/nginx";
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The nginx executable of `--nginx [PATH]`: `explicit` when given, else `nginx` on `PATH`,
+/// else [`NGINX_FALLBACK`].
+pub fn find_nginx(explicit: Option<&Path>) -> Result<PathBuf, BenchError> {
+    find_nginx_in(
+        explicit,
+        std::env::var_os("PATH"),
+        Path::new(NGINX_FALLBACK),
+    )
+}
+
+fn find_nginx_in(
+    explicit: Option<&Path>,
+    path_var: Option<std::ffi::OsString>,
+    fallback: &Path,
+) -> Result<PathBuf, BenchError> {
+    if let Some(p) = explicit {
+        return if is_executable(p) {
+            Ok(p.to_path_buf())
+        } else {
+            Err(BenchError::Args(format!(
+                "--nginx {}: not an executable file; pass the path of an nginx binary, or \
+                 --nginx alone to look it up on PATH",
+                p.display()
+            )))
+        };
+    }
+    let on_path = path_var
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("nginx"))
+                .find(|p| is_executable(p))
+        })
+        .unwrap_or_default();
+    on_path
+        .or_else(|| Some(fallback.to_path_buf()).filter(|p| is_executable(p)))
+        .ok_or_else(|| {
+            BenchError::Args(format!(
+                "--nginx: no nginx executable found on PATH or at {}; install it \
+                 (Debian: apt-get install nginx-light) or pass --nginx /path/to/nginx",
+                fallback.display()
+            ))
+        })
+}
+
+/// What `nginx -V` says about a build.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NginxBuild {
+    /// e.g. `1.22.1`.
+    pub version: String,
+    /// Modules with a temp-path directive that this build has (`fastcgi`, `uwsgi`, `scgi`):
+    /// their temp paths must be moved into the bench's folder too, and a directive of a
+    /// missing module would be a configuration error.
+    pub temp_modules: Vec<&'static str>,
+}
+
+impl NginxBuild {
+    /// Parse the output of `nginx -V` (it writes to stderr).
+    pub fn parse(v_output: &str) -> Option<NginxBuild> {
+        let version = v_output
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("nginx version: "))?
+            .split_once('/')
+            .map(|(_, v)| v.split_whitespace().next().unwrap_or(v).to_owned())?;
+        let temp_modules = ["fastcgi", "uwsgi", "scgi"]
+            .into_iter()
+            .filter(|m| !v_output.contains(&format!("--without-http_{m}_module")))
+            .collect();
+        Some(NginxBuild {
+            version,
+            temp_modules,
+        })
+    }
+
+    /// `-e <file>` (the error log used before the configuration is read) exists since 1.19.5.
+    pub fn has_error_log_flag(&self) -> bool {
+        let mut parts = self
+            .version
+            .split('.')
+            .map(|p| p.parse::<u32>().unwrap_or(0));
+        let v = (
+            parts.next().unwrap_or(0),
+            parts.next().unwrap_or(0),
+            parts.next().unwrap_or(0),
+        );
+        v >= (1, 19, 5)
+    }
+}
+
+/// Run `nginx -V` (bounded by `timeout`).
+pub async fn nginx_build(bin: &Path, timeout: Duration) -> Result<NginxBuild, BenchError> {
+    let mut cmd = Command::new(bin);
+    cmd.arg("-V")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let out = match tokio::time::timeout(timeout, cmd.output()).await {
+        Err(_) => {
+            return Err(BenchError::Setup(format!(
+                "--nginx: `{} -V` did not finish within {timeout:?}",
+                bin.display()
+            )));
+        }
+        Ok(Err(e)) => {
+            return Err(BenchError::Setup(format!(
+                "--nginx: cannot run `{} -V`: {e}",
+                bin.display()
+            )));
+        }
+        Ok(Ok(out)) => out,
+    };
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    NginxBuild::parse(&text).ok_or_else(|| {
+        BenchError::Setup(format!(
+            "--nginx: `{} -V` did not print an nginx version (is it nginx?): {}",
+            bin.display(),
+            text.trim()
+        ))
+    })
+}
+
+/// Everything the nginx configuration depends on.
+#[derive(Debug, Clone)]
+pub struct NginxConf<'a> {
+    /// The bench's temporary folder (the `-p` prefix): pid file, logs, temp paths.
+    pub dir: &'a Path,
+    pub listen: SocketAddr,
+    /// `host:port` of the engine.
+    pub upstream: &'a str,
+    /// `worker_rlimit_nofile` (the bench's open-files limit), when known.
+    pub nofile: Option<u64>,
+    pub worker_connections: usize,
+    pub temp_modules: &'a [&'static str],
+}
+
+/// A path as an nginx configuration string.
+fn quoted(p: &Path) -> String {
+    let s = p.to_string_lossy();
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// The configuration of the nginx reference relay: one process (no daemon, no master, one
+/// worker), every file inside `dir`, one server on `listen` proxying every WebSocket upgrade
+/// to the engine unbuffered.
+pub fn nginx_conf(c: &NginxConf<'_>) -> String {
+    let path = |name: &str| quoted(&c.dir.join(name));
+    let mut s = String::new();
+    s.push_str("# Written by `flowgate bench --nginx`: the reference relay (opaque bytes).\n");
+    s.push_str("daemon off;\nmaster_process off;\nworker_processes 1;\n");
+    if let Some(n) = c.nofile {
+        s.push_str(&format!("worker_rlimit_nofile {n};\n"));
+    }
+    s.push_str(&format!("pid {};\n", path("nginx.pid")));
+    s.push_str(&format!("lock_file {};\n", path("nginx.lock")));
+    s.push_str(&format!("error_log {} warn;\n", path("error.log")));
+    s.push_str(&format!(
+        "events {{\n    worker_connections {};\n}}\n",
+        c.worker_connections
+    ));
+    s.push_str("http {\n    access_log off;\n");
+    s.push_str(&format!(
+        "    client_body_temp_path {};\n",
+        path("client_body_temp")
+    ));
+    s.push_str(&format!("    proxy_temp_path {};\n", path("proxy_temp")));
+    for m in c.temp_modules {
+        s.push_str(&format!(
+            "    {m}_temp_path {};\n",
+            path(&format!("{m}_temp"))
+        ));
+    }
+    s.push_str(&format!(
+        "    server {{\n        listen {};\n        location / {{\n            proxy_pass http://{};\n",
+        c.listen, c.upstream
+    ));
+    for line in [
+        "proxy_http_version 1.1;",
+        "proxy_set_header Upgrade $http_upgrade;",
+        "proxy_set_header Connection \"upgrade\";",
+        "proxy_buffering off;",
+        "tcp_nodelay on;",
+        "proxy_read_timeout 3600s;",
+        "proxy_send_timeout 3600s;",
+    ] {
+        s.push_str(&format!("            {line}\n"));
+    }
+    s.push_str("        }\n    }\n}\n");
+    s
+}
+
+/// `ws://host:port[/path]` of an engine → (`host:port` for `proxy_pass`, the path to keep).
+pub fn upstream_of(engine_url: &str) -> Result<(String, String), BenchError> {
+    let bad = |why: &str| BenchError::Args(format!("--nginx: engine URL `{engine_url}` {why}"));
+    let uri: http::Uri = engine_url.parse().map_err(|_| bad("is not a URL"))?;
+    if !matches!(uri.scheme_str(), Some("ws" | "http")) {
+        return Err(bad(
+            "is not ws:// or http:// (nginx proxies plain HTTP here)",
+        ));
+    }
+    let host = uri.host().ok_or_else(|| bad("has no host"))?;
+    let port = uri.port_u16().unwrap_or(80);
+    let path = uri.path().trim_end_matches('/').to_owned();
+    Ok((format!("{host}:{port}"), path))
+}
+
+/// The nginx relay's temporary folder under [`std::env::temp_dir`]; removed (best effort) when
+/// dropped.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Result<TempDir, BenchError> {
+        let dir = std::env::temp_dir().join(format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| BenchError::Setup(format!("cannot create {}: {e}", dir.display())))?;
+        Ok(TempDir(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,5 +474,132 @@ mod tests {
     fn this_process_can_be_sampled() {
         let s = sample(std::process::id()).expect("/proc is readable");
         assert!(s.rss_kib > 0 && s.hwm_kib >= s.rss_kib);
+    }
+
+    const NGINX_V: &str = "nginx version: nginx/1.22.1\nbuilt with OpenSSL 3.0.22\n\
+        configure arguments: --with-cc-opt='-g -O2' --prefix=/usr/share/nginx \
+        --with-http_ssl_module --with-stream=dynamic\n";
+
+    #[test]
+    fn nginx_build_reads_the_version_and_the_modules_with_temp_paths() {
+        let b = NginxBuild::parse(NGINX_V).unwrap();
+        assert_eq!(b.version, "1.22.1");
+        assert_eq!(b.temp_modules, ["fastcgi", "uwsgi", "scgi"]);
+        assert!(b.has_error_log_flag());
+        let lean = format!("{NGINX_V} --without-http_uwsgi_module --without-http_scgi_module");
+        assert_eq!(NginxBuild::parse(&lean).unwrap().temp_modules, ["fastcgi"]);
+        let old = NginxBuild::parse("nginx version: nginx/1.18.0 (Ubuntu)\n").unwrap();
+        assert_eq!(old.version, "1.18.0");
+        assert!(!old.has_error_log_flag());
+        assert_eq!(NginxBuild::parse("Usage: something else"), None);
+    }
+
+    #[test]
+    fn nginx_conf_is_one_process_with_every_file_in_its_folder() {
+        let conf = nginx_conf(&NginxConf {
+            dir: Path::new("/tmp/fb nginx"),
+            listen: "127.0.0.1:4242".parse().unwrap(),
+            upstream: "127.0.0.1:8001",
+            nofile: Some(20_000),
+            worker_connections: 2 * 50 + 64,
+            temp_modules: &["fastcgi", "uwsgi", "scgi"],
+        });
+        for want in [
+            "daemon off;\n",
+            "master_process off;\n",
+            "worker_processes 1;\n",
+            "worker_rlimit_nofile 20000;\n",
+            "pid \"/tmp/fb nginx/nginx.pid\";\n",
+            "error_log \"/tmp/fb nginx/error.log\" warn;\n",
+            "worker_connections 164;\n",
+            "access_log off;\n",
+            "client_body_temp_path \"/tmp/fb nginx/client_body_temp\";\n",
+            "proxy_temp_path \"/tmp/fb nginx/proxy_temp\";\n",
+            "fastcgi_temp_path \"/tmp/fb nginx/fastcgi_temp\";\n",
+            "uwsgi_temp_path \"/tmp/fb nginx/uwsgi_temp\";\n",
+            "scgi_temp_path \"/tmp/fb nginx/scgi_temp\";\n",
+            "listen 127.0.0.1:4242;\n",
+            "location / {\n",
+            "proxy_pass http://127.0.0.1:8001;\n",
+            "proxy_http_version 1.1;\n",
+            "proxy_set_header Upgrade $http_upgrade;\n",
+            "proxy_set_header Connection \"upgrade\";\n",
+            "proxy_buffering off;\n",
+            "tcp_nodelay on;\n",
+            "proxy_read_timeout 3600s;\n",
+            "proxy_send_timeout 3600s;\n",
+        ] {
+            assert!(conf.contains(want), "missing {want:?} in\n{conf}");
+        }
+        // Balanced braces: events, http, server, location.
+        assert_eq!(conf.matches('{').count(), 4, "{conf}");
+        assert_eq!(conf.matches('}').count(), 4, "{conf}");
+        // Every absolute path is inside the folder.
+        for line in conf.lines().filter(|l| l.contains("\"/")) {
+            assert!(line.contains("\"/tmp/fb nginx/"), "{line}");
+        }
+    }
+
+    #[test]
+    fn nginx_conf_leaves_out_what_is_unknown_or_not_built() {
+        let conf = nginx_conf(&NginxConf {
+            dir: Path::new("/tmp/a\"b"),
+            listen: "127.0.0.1:1".parse().unwrap(),
+            upstream: "[::1]:8001",
+            nofile: None,
+            worker_connections: 66,
+            temp_modules: &[],
+        });
+        assert!(!conf.contains("worker_rlimit_nofile"), "{conf}");
+        assert!(!conf.contains("fastcgi"), "{conf}");
+        assert!(conf.contains("pid \"/tmp/a\\\"b/nginx.pid\";"), "{conf}");
+        assert!(conf.contains("proxy_pass http://[::1]:8001;"), "{conf}");
+    }
+
+    #[test]
+    fn the_engine_url_becomes_an_upstream_and_a_path() {
+        let up = |u: &str| upstream_of(u).map_err(|e| e.to_string());
+        assert_eq!(
+            up("ws://127.0.0.1:8001").unwrap(),
+            ("127.0.0.1:8001".into(), String::new())
+        );
+        assert_eq!(
+            up("http://engine/base/").unwrap(),
+            ("engine:80".into(), "/base".into())
+        );
+        assert!(up("wss://engine:443").unwrap_err().contains("--nginx"));
+    }
+
+    #[test]
+    fn nginx_is_found_on_path_then_at_the_fallback_else_the_error_says_what_to_do() {
+        let dir = TempDir::new("flowgate-bench-test").unwrap();
+        let bin = dir.path().join("nginx");
+        std::fs::write(&bin, "#!/bin/sh\n").unwrap();
+        let missing = dir.path().join("no-such-nginx");
+        let path_var = Some(dir.path().as_os_str().to_owned());
+        let find = |explicit: Option<&Path>, path_var, fallback: &Path| {
+            find_nginx_in(explicit, path_var, fallback).map_err(|e| e.to_string())
+        };
+        // Not executable yet: not found.
+        let err = find(None, path_var.clone(), &missing).unwrap_err();
+        assert!(
+            err.contains("--nginx: no nginx executable found on PATH or at")
+                && err.contains("apt-get install nginx-light")
+                && err.contains("--nginx /path/to/nginx"),
+            "{err}"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(find(None, path_var, &missing).unwrap(), bin);
+        assert_eq!(find(None, None, &bin).unwrap(), bin);
+        assert_eq!(find(Some(&bin), None, &missing).unwrap(), bin);
+        let err = find(Some(&missing), None, &bin).unwrap_err();
+        assert!(
+            err.contains("--nginx ") && err.contains("no-such-nginx"),
+            "{err}"
+        );
+        let path = dir.path().to_path_buf();
+        drop(dir);
+        assert!(!path.exists(), "the temp folder is removed when dropped");
     }
 }

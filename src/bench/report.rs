@@ -25,9 +25,22 @@ pub struct Report {
     pub gateway_cpu: Option<CpuReport>,
     /// The gateway process's memory (when its pid is known).
     pub rss: Option<RssReport>,
-    /// Errors of every kind in both paths (must be 0).
+    /// With `--nginx`: the direct phase's clients through nginx proxying the engine (the
+    /// reference relay: the same frames as opaque bytes). Never judged against the targets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nginx: Option<PathReport>,
+    /// nginx − direct.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nginx_added: Option<Added>,
+    /// The nginx process's CPU over its measurement window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nginx_cpu: Option<CpuReport>,
+    /// The nginx process's memory at the end of its window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nginx_rss: Option<RssReport>,
+    /// Errors of every kind in all paths (must be 0).
     pub errors: u64,
-    /// Runs with lost events in both paths (must be 0).
+    /// Runs with lost events in all paths (must be 0).
     pub lost_runs: u64,
     pub targets: Vec<Target>,
     /// Anything the reader should know about this run (limits hit, parts skipped).
@@ -109,7 +122,7 @@ impl PathReport {
     }
 }
 
-/// gateway − direct, microseconds (may be negative: noise).
+/// gateway − direct (or nginx − direct), microseconds (may be negative: noise).
 #[derive(Debug, Clone, Serialize)]
 pub struct Added {
     pub setup_p50_us: Option<i64>,
@@ -362,33 +375,18 @@ impl Report {
             );
             row(
                 "gateway CPU per 1M events",
-                self.gateway_cpu
-                    .as_ref()
-                    .and_then(|c| {
-                        let v = c.cpu_seconds_per_million_events?;
-                        Some(format!("{v:.2} s ({:.0}% of a core)", c.cpu_percent))
-                    })
-                    .unwrap_or_else(|| "—".into()),
+                cpu_per_million(self.gateway_cpu.as_ref()),
                 String::new(),
                 String::new(),
                 target_of("gateway CPU per million relayed events"),
             );
         }
         if streaming {
-            let busy = |p: &PathReport| {
-                let w = c.duration_s.max(1e-9);
-                match (p.engine_cpu_seconds, p.client_cpu_seconds) {
-                    (Some(e), Some(b)) => {
-                        format!("{:.0}% / {:.0}%", e / w * 100.0, b / w * 100.0)
-                    }
-                    (None, Some(b)) => format!("— / {:.0}%", b / w * 100.0),
-                    _ => "—".into(),
-                }
-            };
             row(
                 "engine / bench CPU (of a core)",
-                busy(g),
-                d.map(busy).unwrap_or_else(|| "—".into()),
+                busy(g, c.duration_s),
+                d.map(|d| busy(d, c.duration_s))
+                    .unwrap_or_else(|| "—".into()),
                 String::new(),
                 " | ".into(),
             );
@@ -425,7 +423,14 @@ impl Report {
             String::new(),
             target_of("errors and lost events"),
         );
-        for (path, p) in [("gateway", Some(g)), ("direct", d)] {
+        if let Some(n) = &self.nginx {
+            self.nginx_table(&mut s, n);
+        }
+        for (path, p) in [
+            ("gateway", Some(g)),
+            ("direct", d),
+            ("nginx", self.nginx.as_ref()),
+        ] {
             let Some(p) = p else { continue };
             if !p.error_kinds.is_empty() {
                 let kinds: Vec<String> = p
@@ -452,6 +457,120 @@ impl Report {
             let _ = writeln!(s, "\nnote: {n}");
         }
         s
+    }
+}
+
+/// The engine's and the bench's CPU in a path's window, `e% / b%` of a core.
+fn busy(p: &PathReport, window_s: f64) -> String {
+    let w = window_s.max(1e-9);
+    match (p.engine_cpu_seconds, p.client_cpu_seconds) {
+        (Some(e), Some(b)) => format!("{:.0}% / {:.0}%", e / w * 100.0, b / w * 100.0),
+        (None, Some(b)) => format!("— / {:.0}%", b / w * 100.0),
+        _ => "—".into(),
+    }
+}
+
+/// `x.xx s (y% of a core)` of a CPU report.
+fn cpu_per_million(c: Option<&CpuReport>) -> String {
+    c.and_then(|c| {
+        let v = c.cpu_seconds_per_million_events?;
+        Some(format!("{v:.2} s ({:.0}% of a core)", c.cpu_percent))
+    })
+    .unwrap_or_else(|| "—".into())
+}
+
+impl Report {
+    /// The second table of a `--nginx` run: the reference relay next to the direct path.
+    fn nginx_table(&self, s: &mut String, n: &PathReport) {
+        let d = self.direct.as_ref();
+        let a = self.nginx_added.as_ref();
+        let added = |v: Option<i64>| v.map(us).unwrap_or_else(|| "—".into());
+        s.push_str("\n| reference: nginx relaying opaque bytes | nginx | direct | added |\n");
+        s.push_str("|---|---|---|---|\n");
+        let mut row = |metric: &str, nginx: String, direct: String, add: String| {
+            let _ = writeln!(s, "| {metric} | {nginx} | {direct} | {add} |");
+        };
+        type Pick = fn(&Summary) -> u64;
+        type Of = fn(&PathReport) -> Option<Summary>;
+        let summaries: [(&str, Of, Pick, Option<i64>); 5] = [
+            (
+                "connect → flow_started p50",
+                |p| p.setup_us,
+                |s| s.p50,
+                a.and_then(|a| a.setup_p50_us),
+            ),
+            (
+                "connect → flow_started p99",
+                |p| p.setup_us,
+                |s| s.p99,
+                a.and_then(|a| a.setup_p99_us),
+            ),
+            (
+                "event latency p50",
+                |p| p.event_latency_us,
+                |s| s.p50,
+                a.and_then(|a| a.event_p50_us),
+            ),
+            (
+                "event latency p99",
+                |p| p.event_latency_us,
+                |s| s.p99,
+                a.and_then(|a| a.event_p99_us),
+            ),
+            (
+                "event latency max",
+                |p| p.event_latency_us,
+                |s| s.max,
+                a.and_then(|a| a.event_max_us),
+            ),
+        ];
+        for (metric, of, pick, add) in summaries {
+            row(
+                metric,
+                opt_us(of(n), pick),
+                opt_us(d.and_then(of), pick),
+                added(add),
+            );
+        }
+        row(
+            "events / s",
+            format!("{:.0}", n.events_per_second),
+            d.map(|d| format!("{:.0}", d.events_per_second))
+                .unwrap_or_else(|| "—".into()),
+            String::new(),
+        );
+        row(
+            "nginx CPU per 1M events",
+            cpu_per_million(self.nginx_cpu.as_ref()),
+            String::new(),
+            String::new(),
+        );
+        row(
+            "engine / bench CPU (of a core)",
+            busy(n, self.config.duration_s),
+            d.map(|d| busy(d, self.config.duration_s))
+                .unwrap_or_else(|| "—".into()),
+            String::new(),
+        );
+        if let Some(m) = &self.nginx_rss {
+            row(
+                "nginx RSS (peak)",
+                format!(
+                    "{:.1} MiB ({:.1} MiB)",
+                    m.rss_kib as f64 / 1024.0,
+                    m.peak_rss_kib as f64 / 1024.0
+                ),
+                String::new(),
+                String::new(),
+            );
+        }
+        row(
+            "runs ok / errors / lost runs",
+            format!("{} / {} / {}", n.runs_ok, n.errors, n.lost_runs),
+            d.map(|d| format!("{} / {} / {}", d.runs_ok, d.errors, d.lost_runs))
+                .unwrap_or_else(|| "—".into()),
+            String::new(),
+        );
     }
 }
 
@@ -495,6 +614,10 @@ mod tests {
                 cpu_seconds_per_million_events: Some(cpu_per_million),
             }),
             rss: None,
+            nginx: None,
+            nginx_added: None,
+            nginx_cpu: None,
+            nginx_rss: None,
             errors: 0,
             lost_runs: 0,
             targets: Vec::new(),
@@ -536,6 +659,52 @@ mod tests {
     fn a_target_without_samples_is_not_measured() {
         let r = report(path(vec![], vec![]), path(vec![], vec![]), 1.0);
         assert_eq!(status(&r, "added latency per event, p50"), "not measured");
+    }
+
+    #[test]
+    fn the_nginx_table_and_fields_appear_only_with_nginx() {
+        let direct = path(vec![1_000; 100], vec![2_000]);
+        let r = report(path(vec![1_150; 100], vec![3_000]), direct, 2.5);
+        let plain = r.markdown();
+        assert!(!plain.contains("nginx"), "{plain}");
+        let json = serde_json::to_value(&r).unwrap();
+        for key in ["nginx", "nginx_added", "nginx_cpu", "nginx_rss"] {
+            assert!(json.get(key).is_none(), "{key} without --nginx: {json:#}");
+        }
+
+        let mut r = r;
+        let nginx = path(vec![1_020; 100], vec![2_500]);
+        r.nginx_added = Some(Added::between(&nginx, r.direct.as_ref().unwrap()));
+        r.nginx = Some(nginx);
+        r.nginx_cpu = Some(CpuReport {
+            pid: 2,
+            cpu_seconds: 0.5,
+            cpu_percent: 50.0,
+            events: 1,
+            cpu_seconds_per_million_events: Some(2.3),
+        });
+        let table = r.markdown();
+        let main_table = &plain[..plain.find("\nMISSED").unwrap()];
+        assert!(table.starts_with(main_table), "{table}");
+        for row in [
+            "| reference: nginx relaying opaque bytes | nginx | direct | added |",
+            "| connect → flow_started p50 | 2.50 ms | 2.00 ms | 500 µs |",
+            "| event latency p50 | 1.02 ms | 1.00 ms | 20 µs |",
+            "| event latency max | 1.02 ms | 1.00 ms | 20 µs |",
+            "| nginx CPU per 1M events | 2.30 s (50% of a core) |  |  |",
+            "| runs ok / errors / lost runs | 0 / 0 / 0 | 0 / 0 / 0 |  |",
+        ] {
+            assert!(table.contains(row), "missing {row:?} in\n{table}");
+        }
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["nginx_added"]["event_p50_us"], 20, "{json:#}");
+        assert_eq!(json["nginx_cpu"]["cpu_seconds_per_million_events"], 2.3);
+        assert!(
+            json["nginx"]["event_latency_us"]["p99"].is_u64(),
+            "{json:#}"
+        );
+        // Targets stay judged on the gateway.
+        assert_eq!(status(&r, "added latency per event, p50"), "MISSED");
     }
 
     #[test]

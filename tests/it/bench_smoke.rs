@@ -87,3 +87,44 @@ async fn idle_bench_holds_every_session_and_reports_rss_per_session() {
     assert!(json["rss"]["rss_per_session_kib"].as_f64().unwrap() > 0.0);
     assert!(json["direct"].is_null());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_reference_path_relays_the_direct_clients_frames() {
+    if let Err(e) = bench::procs::find_nginx(None) {
+        eprintln!("SKIPPED: no nginx to run the --nginx smoke test against: {e}");
+        return;
+    }
+    let report = bench::execute(&args(&["--duration", "1", "--nginx"]))
+        .await
+        .expect("the bench runs with --nginx");
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["errors"], 0, "{:#}", json);
+    assert_eq!(json["lost_runs"], 0, "{:#}", json);
+    let n = &json["nginx"];
+    assert!(n["frames"].as_u64().unwrap() > 0, "{n:#}");
+    assert_eq!(n["errors"], 0, "{n:#}");
+    assert_eq!(n["lost_runs"], 0, "{n:#}");
+    summary_is_ordered(&n["event_latency_us"]);
+    assert!(json["nginx_added"]["event_p50_us"].is_i64(), "{json:#}");
+    let cpu = &json["nginx_cpu"];
+    assert!(cpu["cpu_seconds_per_million_events"].is_f64(), "{cpu:#}");
+    assert!(cpu["pid"].as_u64().unwrap() > 0, "{cpu:#}");
+    assert!(
+        json["nginx_rss"]["rss_kib"].as_u64().unwrap() > 0,
+        "{json:#}"
+    );
+    let table = report.markdown();
+    eprintln!("{table}");
+    assert!(
+        table.contains("| reference: nginx relaying opaque bytes | nginx | direct | added |"),
+        "{table}"
+    );
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("relaying the same frames as opaque bytes, one worker process")),
+        "{:?}",
+        report.notes
+    );
+}
