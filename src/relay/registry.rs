@@ -28,8 +28,9 @@ use uuid::Uuid;
 pub struct Frame {
     pub seq: u64,
     pub text: Utf8Bytes,
-    /// For `llm_chunk` frames: `(element_id, content)` so a lagging client can get them merged.
-    pub chunk: Option<Arc<(String, String)>>,
+    /// An engine `llm_chunk` frame (a lagging client may get consecutive ones merged; their
+    /// `element_id`/`content` are read from `text` then, not stored twice).
+    pub chunk: bool,
     /// When the gateway got (or made) the frame: the start of its added latency.
     pub received: std::time::Instant,
     /// `Some` on the run's terminal frame: the close code (if any) that follows it.

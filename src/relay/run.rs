@@ -73,27 +73,33 @@ impl Emitter {
             Some("flow_completed" | "flow_error" | "flow_cancelled")
         );
         let text = frame.to_string();
-        self.push(text, None, terminal);
+        self.push(text, false, terminal);
     }
 
     /// Send an engine frame (a JSON object text) with `run_id`/`seq` spliced in.
-    fn engine(&mut self, raw: &str, chunk: Option<(String, String)>, terminal: bool) {
+    fn engine(&mut self, raw: &str, chunk: bool, terminal: bool) {
         if self.finished {
             return;
         }
         self.seq += 1;
         let body = raw.trim_end();
         let body = &body[..body.len() - 1]; // checked by the caller: ends with '}'
-        let text = format!(
-            "{body},\"run_id\":\"{}\",\"seq\":{}}}",
-            self.run_id_text, self.seq
-        );
-        self.push(text, chunk.map(Arc::new), terminal);
+        // One allocation of the final size; no formatting machinery on the hot path.
+        let mut seq = itoa::Buffer::new();
+        let seq = seq.format(self.seq);
+        let mut text = String::with_capacity(body.len() + self.run_id_text.len() + seq.len() + 20);
+        text.push_str(body);
+        text.push_str(",\"run_id\":\"");
+        text.push_str(&self.run_id_text);
+        text.push_str("\",\"seq\":");
+        text.push_str(seq);
+        text.push('}');
+        self.push(text, chunk, terminal);
     }
 
     /// Hand a stamped frame to the run log and the run's buffer. The terminal frame carries the
     /// close code that follows it and ends the run's output.
-    fn push(&mut self, text: String, chunk: Option<Arc<(String, String)>>, terminal: bool) {
+    fn push(&mut self, text: String, chunk: bool, terminal: bool) {
         let text = Utf8Bytes::from(text);
         // Same bytes, no copy: the log and the buffer share one allocation.
         self.log
@@ -191,44 +197,46 @@ pub async fn execute(state: AppState, spec: RunSpec, shared: Arc<RunShared>) {
         outcome: (RunStatus::Completed, None, None),
     };
     let config = state.config.clone();
-    tokio::select! {
-        biased;
-        _ = cancel.cancelled() => {
+    // The phases are boxed: they are transient and large, and the task's future would otherwise
+    // be the size of the largest of them for the whole run (memory per open session).
+    let prepared = match cancel
+        .run_until_cancelled(prepare_boxed(&state, &spec, &mut em))
+        .await
+    {
+        None => {
             cancelled(&mut em, &Progress::default());
+            None
         }
-        prepared = prepare(&state, &spec, &mut em) => {
-            if let Some(handshake) = prepared {
-                let target = EngineTarget {
-                    base_url: config.engine_url.clone(),
-                    bearer: config.engine_key.as_ref().map(crate::auth::mint_engine_token),
-                    connect_timeout: config.engine_connect_timeout,
-                    handshake_timeout: config.engine_handshake_timeout,
-                    max_frame_bytes: config.max_engine_frame_bytes,
-                    traceparent: Some(spec.traceparent.clone()),
-                    read_buffer_bytes: config.ws_read_buffer_bytes,
-                    write_buffer_bytes: config.ws_write_buffer_bytes,
-                };
-                let flow_id = em.run_id.to_string();
-                let opened = tokio::select! {
-                    biased;
-                    _ = cancel.cancelled() => None,
-                    r = engine_client::open(&target, &flow_id, Handshake {
-                        flow: &handshake.flow.payload,
-                        initial_inputs: &handshake.initial_inputs,
-                        config: &handshake.config,
-                    }) => Some(r),
-                };
-                match opened {
-                    None => cancelled(&mut em, &Progress::default()),
-                    Some(Err(e)) => {
-                        state.metrics.engine_connect_failures.inc();
-                        tracing::warn!(error = %e, "engine connection failed");
-                        em.terminal_error(e.code(), &e.to_string(), json!({"partial_output": ""}));
-                    }
-                    Some(Ok(socket)) => {
-                        relay(&state, &spec, &mut em, socket, &cancel, &handshake).await;
-                    }
-                }
+        Some(p) => p,
+    };
+    if let Some(handshake) = prepared {
+        let target = EngineTarget {
+            base_url: config.engine_url.clone(),
+            bearer: config
+                .engine_key
+                .as_ref()
+                .map(crate::auth::mint_engine_token),
+            connect_timeout: config.engine_connect_timeout,
+            handshake_timeout: config.engine_handshake_timeout,
+            max_frame_bytes: config.max_engine_frame_bytes,
+            traceparent: Some(spec.traceparent.clone()),
+            read_buffer_bytes: config.ws_read_buffer_bytes,
+            write_buffer_bytes: config.ws_write_buffer_bytes,
+        };
+        let flow_id = em.run_id.to_string();
+        let opened = cancel
+            .run_until_cancelled(open_boxed(&target, &flow_id, &handshake))
+            .await;
+        drop(target);
+        match opened {
+            None => cancelled(&mut em, &Progress::default()),
+            Some(Err(e)) => {
+                state.metrics.engine_connect_failures.inc();
+                tracing::warn!(error = %e, "engine connection failed");
+                em.terminal_error(e.code(), &e.to_string(), json!({"partial_output": ""}));
+            }
+            Some(Ok(socket)) => {
+                relay(&state, &spec, &mut em, socket, &cancel, &handshake).await;
             }
         }
     }
@@ -246,6 +254,36 @@ pub async fn execute(state: AppState, spec: RunSpec, shared: Arc<RunShared>) {
         "run ended"
     );
     shared.finish();
+}
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// `prepare`, boxed in a plain function: the unboxed future is never a temporary of `execute`
+/// (rustc keeps such temporaries in the caller's state, which would then cost their size for
+/// the whole run: memory per open session).
+fn prepare_boxed<'a>(
+    state: &'a AppState,
+    spec: &'a RunSpec,
+    em: &'a mut Emitter,
+) -> BoxFuture<'a, Option<Prepared>> {
+    Box::pin(prepare(state, spec, em))
+}
+
+/// The engine connect + handshake, boxed for the same reason.
+fn open_boxed<'a>(
+    target: &'a EngineTarget,
+    flow_id: &'a str,
+    handshake: &'a Prepared,
+) -> BoxFuture<'a, Result<EngineSocket, EngineError>> {
+    Box::pin(engine_client::open(
+        target,
+        flow_id,
+        Handshake {
+            flow: &handshake.flow.payload,
+            initial_inputs: &handshake.initial_inputs,
+            config: &handshake.config,
+        },
+    ))
 }
 
 struct Prepared {
@@ -418,10 +456,17 @@ async fn relay(
     let ping_every = state.config.ping_interval;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let mut last_heard = tokio::time::Instant::now();
+    // Created once, not per event: a fresh `cancelled()` future registers with the token's
+    // lock on every poll, and a fresh timeout would add and remove a timer per event. The idle
+    // timer is moved lazily: when it fires, it re-arms at the current deadline if events came.
+    let cancel_wait = cancel.cancelled();
+    tokio::pin!(cancel_wait);
+    let idle_timer = tokio::time::sleep_until(deadline);
+    tokio::pin!(idle_timer);
     loop {
         let next = tokio::select! {
             biased;
-            _ = cancel.cancelled() => {
+            _ = &mut cancel_wait => {
                 close_engine(socket, state.config.engine_close_timeout).await;
                 cancelled(em, &progress);
                 return;
@@ -441,9 +486,17 @@ async fn relay(
                 }
                 continue;
             }
-            n = tokio::time::timeout_at(deadline, socket.next()) => n,
+            _ = &mut idle_timer => {
+                if tokio::time::Instant::now() < deadline {
+                    idle_timer.as_mut().reset(deadline);
+                    continue;
+                }
+                Err(())
+            }
+            n = socket.next() => Ok(n),
         };
-        last_heard = tokio::time::Instant::now();
+        let now = tokio::time::Instant::now();
+        last_heard = now;
         let text = match next {
             Err(_) => {
                 let msg = format!(
@@ -488,7 +541,7 @@ async fn relay(
                 return;
             }
             Ok(Some(Ok(Message::Text(t)))) => {
-                deadline = tokio::time::Instant::now() + idle;
+                deadline = now + idle;
                 t
             }
             Ok(Some(Ok(Message::Close(_)))) => {
@@ -528,7 +581,7 @@ async fn relay(
             }
         };
         let kind = peek.kind.as_ref();
-        let mut chunk = None;
+        let mut chunk = false;
         if matches!(kind, "element_started" | "llm_chunk") {
             let data: PeekData = peek
                 .data
@@ -538,8 +591,7 @@ async fn relay(
                 progress.current_element = data.element_id.map(Cow::into_owned);
             } else if let Some(c) = &data.content {
                 progress.push_text(c);
-                let element = data.element_id.map(Cow::into_owned).unwrap_or_default();
-                chunk = Some((element, c.to_string()));
+                chunk = true;
             }
         }
         let terminal = kind == "flow_completed" || kind == "flow_error";

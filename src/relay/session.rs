@@ -74,6 +74,9 @@ pub async fn serve(
         state.config.ping_interval,
     );
     let shutdown = state.shutdown.clone();
+    // Created once: a fresh `cancelled()` per loop turn would lock the token on every frame.
+    let shutdown_wait = shutdown.cancelled();
+    tokio::pin!(shutdown_wait);
     let mut draining = false;
     let grace = tokio::time::sleep(Duration::MAX / 4);
     tokio::pin!(grace);
@@ -98,7 +101,7 @@ pub async fn serve(
                 }
                 // The current run finishes; the socket closes with 4401 after it.
             }
-            _ = shutdown.cancelled(), if !draining => {
+            _ = &mut shutdown_wait, if !draining => {
                 draining = true;
                 if run.is_none() {
                     close_with(&mut socket, close::RESTART, "server restart", write_timeout).await;
@@ -515,21 +518,44 @@ async fn resume(
     Resumed::Replayed
 }
 
+/// `(element_id, content)` of a stamped `llm_chunk` frame (read back from its text: merging is
+/// rare, so the hot path stores nothing extra).
+fn chunk_parts(frame: &Frame) -> Option<(String, String)> {
+    #[derive(serde::Deserialize)]
+    struct Chunk {
+        data: ChunkData,
+    }
+    #[derive(serde::Deserialize)]
+    struct ChunkData {
+        #[serde(default)]
+        element_id: Option<String>,
+        content: String,
+    }
+    if !frame.chunk {
+        return None;
+    }
+    let c: Chunk = serde_json::from_str(frame.text.as_str()).ok()?;
+    Some((c.data.element_id.unwrap_or_default(), c.data.content))
+}
+
 /// Merge consecutive `llm_chunk` frames of the same element into one (for a lagging client).
 /// The merged frame has the `seq` of the last one and `merged_seqs: [first, last]`.
 fn merge_chunks(batch: Vec<Frame>) -> Vec<Utf8Bytes> {
+    let parts: Vec<Option<(String, String)>> = batch.iter().map(chunk_parts).collect();
     let mut out = Vec::with_capacity(batch.len());
     let mut i = 0;
     while i < batch.len() {
-        let Some(first) = batch[i].chunk.clone() else {
+        let Some((element, first)) = &parts[i] else {
             out.push(batch[i].text.clone());
             i += 1;
             continue;
         };
         let mut j = i + 1;
-        let mut content = first.1.clone();
-        while j < batch.len() && batch[j].chunk.as_ref().is_some_and(|c| c.0 == first.0) {
-            content.push_str(&batch[j].chunk.as_ref().expect("checked").1);
+        let mut content = first.clone();
+        while let Some(Some((e, c))) = parts.get(j)
+            && e == element
+        {
+            content.push_str(c);
             j += 1;
         }
         if j == i + 1 {
@@ -542,7 +568,7 @@ fn merge_chunks(batch: Vec<Frame>) -> Vec<Utf8Bytes> {
             let merged = json!({
                 "type": "llm_chunk",
                 "timestamp": protocol::now_ts(),
-                "data": {"element_id": first.0, "content": content},
+                "data": {"element_id": element, "content": content},
                 "run_id": run_id,
                 "seq": batch[j - 1].seq,
                 "merged_seqs": [batch[i].seq, batch[j - 1].seq],
