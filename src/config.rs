@@ -140,9 +140,11 @@ pub struct GatewayConfig {
     #[arg(long, env = "FLOWGATE_WS_READ_BUFFER_BYTES", default_value_t = 4096)]
     pub ws_read_buffer_bytes: usize,
 
-    /// WebSocket write buffer per socket, in bytes: frames are collected up to this size before
-    /// a write (a flush always writes everything).
-    #[arg(long, env = "FLOWGATE_WS_WRITE_BUFFER_BYTES", default_value_t = 16 * 1024)]
+    /// WebSocket write buffer per socket, in bytes: small frames are collected up to this size
+    /// before a write (a flush always writes everything). The buffer keeps the largest size it
+    /// ever grew to for the socket's life, so a small value is what keeps idle sessions small
+    /// (16 KiB cost 3.7 KiB more per idle session than 512 B).
+    #[arg(long, env = "FLOWGATE_WS_WRITE_BUFFER_BYTES", default_value_t = 512)]
     pub ws_write_buffer_bytes: usize,
 
     /// Most frames written to a client in one batch (one flush).
@@ -269,7 +271,7 @@ impl GatewayConfig {
             store_timeout: Duration::from_secs(3),
             db_max_connections: 5,
             ws_read_buffer_bytes: 4096,
-            ws_write_buffer_bytes: 16 * 1024,
+            ws_write_buffer_bytes: 512,
             client_batch: 64,
             merge_lag: 32,
             max_client_lag: 20_000,

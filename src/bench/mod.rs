@@ -944,7 +944,7 @@ async fn drive(
                 traceparent: None,
                 // The gateway's defaults, so both paths read alike.
                 read_buffer_bytes: 4096,
-                write_buffer_bytes: 16 * 1024,
+                write_buffer_bytes: 512,
             },
             engine_key: engine_key.clone(),
             flow: payload.flow.clone(),

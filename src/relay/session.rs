@@ -250,7 +250,8 @@ pub async fn serve(
                             if !write(&mut socket, Message::Text(text.into()), write_timeout).await { leave(&state, &mut run); return; }
                             continue;
                         }
-                        match resume(&state, &mut socket, &id, run_id, after_seq, write_timeout).await {
+                        // Boxed: rare and large (run log queries); inline it would size every session.
+                        match Box::pin(resume(&state, &mut socket, &id, run_id, after_seq, write_timeout)).await {
                             Resumed::Live(shared) => {
                                 state.metrics.resumes.inc();
                                 tracing::info!(%run_id, after_seq, "client resumed a live run");
