@@ -80,6 +80,7 @@ impl Engine {
             stats: self.stats,
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
+            flows: Default::default(),
         };
         let app = server::router(state);
         use axum::serve::ListenerExt;

@@ -36,6 +36,37 @@ pub struct AppState {
     pub stats: Arc<EngineStats>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
+    /// Parsed flow definitions by their exact text: a gateway sends the same text for every
+    /// run of a workflow, and parsing it is the engine's largest per-run cost.
+    pub flows: FlowCache,
+}
+
+/// A bounded map from flow definition text to the parsed flow (cleared when full).
+#[derive(Clone, Default)]
+pub struct FlowCache(Arc<std::sync::Mutex<std::collections::HashMap<String, Flow>>>);
+
+impl FlowCache {
+    const MAX_ENTRIES: usize = 64;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Flow>> {
+        // A poisoned cache is only a cache: keep using it.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get_or_parse(&self, text: &str, max_elements: usize) -> Result<Flow, String> {
+        if let Some(flow) = self.lock().get(text) {
+            return Ok(flow.clone());
+        }
+        let flow = crate::workflow::yaml::from_yaml(text)
+            .map_err(|e| format!("the flow definition is not valid YAML or JSON: {e}"))
+            .and_then(|v| Flow::parse(&v, max_elements))?;
+        let mut cache = self.lock();
+        if cache.len() >= Self::MAX_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(text.to_owned(), flow.clone());
+        Ok(flow)
+    }
 }
 
 /// The engine's router.
@@ -239,9 +270,9 @@ async fn handshake(conn: &mut Conn, state: &AppState) -> Result<Accepted, Early>
     }
     send_step(conn, "ready", "Send flow_definition as JSON").await?;
     let text = conn.recv_text().await.map_err(Early::Recv)?;
-    let flow = crate::workflow::yaml::from_yaml(&text)
-        .map_err(|e| format!("the flow definition is not valid YAML or JSON: {e}"))
-        .and_then(|v| Flow::parse(&v, state.config.max_elements))
+    let flow = state
+        .flows
+        .get_or_parse(&text, state.config.max_elements)
         .map_err(Early::Refused)?;
     let flow_fault = flow_fault(&flow).map_err(Early::Refused)?;
     if let Some(f @ (Fault::RefuseHandshake | Fault::BadHandshake)) = flow_fault {
@@ -416,6 +447,38 @@ fn oversize_frame(size: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_flow_cache_returns_the_parse_of_the_exact_text_and_stays_bounded() {
+        let cache = FlowCache::default();
+        let text = |start: &str| {
+            format!(
+                r#"{{"nodes": {{"{start}": {{"type": "start"}}}}, "connections": [], "start_element": "{start}"}}"#
+            )
+        };
+        let first = cache.get_or_parse(&text("s"), 10).expect("valid");
+        let again = cache.get_or_parse(&text("s"), 10).expect("cached");
+        assert_eq!(first.start_element, "s");
+        assert_eq!(again.start_element, "s");
+        // A different text is parsed on its own, never served from another entry.
+        assert_eq!(
+            cache
+                .get_or_parse(&text("t"), 10)
+                .expect("valid")
+                .start_element,
+            "t"
+        );
+        // Errors are not cached as flows, and stay errors.
+        for _ in 0..2 {
+            assert!(cache.get_or_parse("nodes: [", 10).is_err());
+        }
+        for i in 0..(FlowCache::MAX_ENTRIES * 2) {
+            cache
+                .get_or_parse(&text(&format!("s{i}")), 10)
+                .expect("valid");
+            assert!(cache.lock().len() <= FlowCache::MAX_ENTRIES);
+        }
+    }
 
     #[test]
     fn oversize_frames_are_valid_json_of_the_requested_size() {
