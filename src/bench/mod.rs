@@ -136,9 +136,17 @@ pub struct BenchArgs {
     pub engine_key: Option<Secret>,
 
     /// Folder of agents the started gateway serves (`serve --flows-dir`), and where the direct
-    /// phase reads the agent's workflow.
+    /// phase reads the agent's workflow. With `--database-url` it is imported into that
+    /// database instead, and the gateway serves it from there.
     #[arg(long, default_value = "flows")]
     pub flows_dir: PathBuf,
+
+    /// Run the started gateway on this Postgres database (store and batched run log, as in
+    /// production) instead of `--flows-dir` files and the in-memory run log. The database must
+    /// exist; the bench runs the migrations and imports `--flows-dir` into it first. Never read
+    /// from `DATABASE_URL`: the bench uses a database only when told to.
+    #[arg(long, value_name = "URL", conflicts_with = "gateway_url")]
+    pub database_url: Option<Secret>,
 
     /// The agent every run uses (its scripted LLM streams the chunks).
     #[arg(long, default_value = "assistant")]
@@ -251,6 +259,9 @@ pub enum BenchError {
     Setup(String),
     #[error("the benchmark workflow cannot be used: {0}")]
     Workflow(String),
+    /// `--database-url` problems (the message names the flag and the password-free URL).
+    #[error("{0}")]
+    Database(String),
 }
 
 /// `flowgate bench`: run, print the report, exit 0 when there were no errors and no lost events
@@ -382,6 +393,129 @@ fn parse_env_pair(text: &str) -> Result<(String, String), String> {
 
 fn env_pair(k: &str, v: impl ToString) -> (String, String) {
     (k.to_owned(), v.to_string())
+}
+
+/// The `--database-url` database.
+struct Database {
+    url: Secret,
+    /// The URL without password and parameters: `postgres://user@host:port/dbname`.
+    shown: String,
+    /// `host:port/dbname`.
+    place: String,
+    /// The command that creates the database.
+    createdb: String,
+}
+
+impl Database {
+    /// Parse `url` and describe it without its password (nor any parameter: a `password=` may
+    /// hide there too).
+    fn describe(url: &Secret) -> Result<Database, BenchError> {
+        let options: sqlx::postgres::PgConnectOptions = url.expose().parse().map_err(|_| {
+            // The parse error may quote the URL and its password: not shown.
+            BenchError::Args(
+                "--database-url: not a valid Postgres URL (expected \
+                 postgres://user@host:port/dbname)"
+                    .into(),
+            )
+        })?;
+        let host = match options.get_socket() {
+            Some(socket) => socket.display().to_string(),
+            None if options.get_host().contains(':') && !options.get_host().starts_with('[') => {
+                format!("[{}]", options.get_host())
+            }
+            None => options.get_host().to_owned(),
+        };
+        // Postgres's default database is the user's name.
+        let db = options.get_database().unwrap_or(options.get_username());
+        let place = format!("{host}:{}/{db}", options.get_port());
+        let user = options.get_username();
+        let createdb_host = options
+            .get_socket()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| options.get_host().to_owned());
+        Ok(Database {
+            url: url.clone(),
+            shown: format!("postgres://{user}@{place}"),
+            createdb: format!(
+                "createdb -h {createdb_host} -p {} -U {user} {db}",
+                options.get_port()
+            ),
+            place,
+        })
+    }
+
+    /// Run the migrations and import `--flows-dir` (the library's `flowgate agents import`),
+    /// then release the connections.
+    async fn import(&self, args: &BenchArgs) -> Result<(), BenchError> {
+        use crate::store::StoreError;
+        use crate::store::import::{ImportError, RowChange, import_dir};
+        let why = |e: &StoreError| match e {
+            StoreError::Unavailable(m) => m.clone(),
+            other => other.to_string(),
+        };
+        progress(&format!("database: connecting to {}", self.shown));
+        let pool = crate::store::postgres::connect_pool(&self.url, 2, args.connect_timeout)
+            .await
+            .map_err(|e| {
+                let cause = why(&e);
+                let fix = if cause.contains("does not exist") {
+                    format!(
+                        "create it first (`{}`) or pass an existing database",
+                        self.createdb
+                    )
+                } else {
+                    "start Postgres or pass a reachable URL".to_owned()
+                };
+                BenchError::Database(format!(
+                    "--database-url: cannot connect to {}: {cause}; {fix}",
+                    self.shown
+                ))
+            })?;
+        let result = async {
+            crate::store::postgres::migrate(&pool, crate::store::import::IMPORT_TIMEOUT)
+                .await
+                .map_err(|e| {
+                    BenchError::Database(format!(
+                        "--database-url {}: the migrations failed: {}; check that the user may \
+                         create tables in that database",
+                        self.shown,
+                        why(&e)
+                    ))
+                })?;
+            import_dir(&pool, &args.flows_dir)
+                .await
+                .map_err(|e| match e {
+                    ImportError::Folder(e) => {
+                        BenchError::Workflow(format!("{}: {e}", args.flows_dir.display()))
+                    }
+                    ImportError::Database(e) => BenchError::Database(format!(
+                        "--database-url {}: importing {} failed (nothing was written): {}",
+                        self.shown,
+                        args.flows_dir.display(),
+                        why(&e)
+                    )),
+                })
+        }
+        .await;
+        let _ = tokio::time::timeout(args.close_timeout, pool.close()).await;
+        let report = result?;
+        let rows = report
+            .agents
+            .iter()
+            .flat_map(|a| [a.agent, a.published, a.unpublished]);
+        let count = |want: RowChange| rows.clone().filter(|&c| c == want).count();
+        progress(&format!(
+            "database: imported {} agents from {} into {} ({} rows created, {} updated, {} \
+             unchanged)",
+            report.agents.len(),
+            args.flows_dir.display(),
+            self.place,
+            count(RowChange::Created),
+            count(RowChange::Updated),
+            count(RowChange::Unchanged),
+        ));
+        Ok(())
+    }
 }
 
 /// How many loopback addresses the client sockets need.
@@ -805,6 +939,15 @@ async fn drive(
     };
     let logs = args.child_logs.as_deref().map(procs::log_dir).transpose()?;
     let logs: Option<&Path> = logs.as_deref();
+    // The gateway's database, filled before the gateway starts.
+    let database = match &args.database_url {
+        Some(url) => {
+            let db = Database::describe(url)?;
+            db.import(args).await?;
+            Some(db)
+        }
+        None => None,
+    };
     let delay = if args.idle {
         args.idle_delay
     } else {
@@ -879,13 +1022,30 @@ async fn drive(
                 humantime::format_duration(idle),
             ));
         }
+        let serve_args = match &database {
+            // The gateway's `--database-url` / `DATABASE_URL` (in the environment: not on the
+            // command line, where `ps` would show the password).
+            Some(db) => {
+                env.push(env_pair("DATABASE_URL", db.url.expose()));
+                vec!["serve".into()]
+            }
+            None => {
+                let flows = args.flows_dir.to_string_lossy().into_owned();
+                vec!["serve".into(), "--flows-dir".into(), flows]
+            }
+        };
         env.extend(args.gateway_env.iter().cloned());
-        progress(&format!("starting the gateway on {addr}"));
-        let flows = args.flows_dir.to_string_lossy().into_owned();
+        match &database {
+            Some(db) => progress(&format!(
+                "starting the gateway on {addr} (store and run log: {})",
+                db.place
+            )),
+            None => progress(&format!("starting the gateway on {addr}")),
+        }
         let gateway = procs::spawn(procs::Spawn {
             name: "gateway",
             exe: &exe,
-            args: vec!["serve".into(), "--flows-dir".into(), flows],
+            args: serve_args,
             env,
             addr,
             logs,
@@ -1040,6 +1200,12 @@ async fn drive(
             gateway.merged_frames
         ));
     }
+    if let Some(db) = &database {
+        notes.push(format!(
+            "gateway on Postgres ({}): store and run log in the database",
+            db.place
+        ));
+    }
     let mut report = Report {
         mode: if args.idle { "idle" } else { "streaming" },
         config: ConfigEcho {
@@ -1058,6 +1224,12 @@ async fn drive(
             local_addrs: local_ips.iter().map(ToString::to_string).collect(),
             nofile_limit: nofile,
             clock_ticks_per_second: tck,
+            store: match (&database, &args.gateway_url) {
+                (Some(_), _) => "postgres",
+                (None, Some(_)) => "unknown",
+                (None, None) => "files",
+            },
+            database: database.as_ref().map(|db| db.shown.clone()),
         },
         gateway,
         direct,
@@ -1100,6 +1272,58 @@ mod tests {
         assert!(local_addr_count(&args) >= 2);
         args.local_addrs = 3;
         assert_eq!(local_addr_count(&args), 3);
+    }
+
+    #[test]
+    fn the_database_is_described_without_its_password_or_parameters() {
+        let url =
+            Secret::new("postgres://bob:hunter2@db.example:6543/bench?password=x2&sslmode=disable");
+        let db = Database::describe(&url).unwrap();
+        assert_eq!(db.place, "db.example:6543/bench");
+        assert_eq!(db.shown, "postgres://bob@db.example:6543/bench");
+        assert_eq!(db.createdb, "createdb -h db.example -p 6543 -U bob bench");
+        assert_eq!(db.url.expose(), url.expose());
+        let db = Database::describe(&Secret::new("postgres://postgres@[::1]/")).unwrap();
+        assert_eq!(db.place, "[::1]:5432/postgres");
+        let err = Database::describe(&Secret::new("postgres://u:hunter2@h:notaport/d"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("--database-url") && !err.contains("hunter2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn database_url_is_a_flag_only_and_not_for_a_running_gateway() {
+        // `.cargo/config.toml` sets DATABASE_URL for tests: the bench must not pick it up.
+        let a = BenchArgs::parse_from(["--sessions", "5"]).unwrap();
+        assert!(a.database_url.is_none());
+        let a = BenchArgs::parse_from(["--database-url", "postgres://u:pw@h/d"]).unwrap();
+        assert_eq!(a.database_url.unwrap().expose(), "postgres://u:pw@h/d");
+        let err = BenchArgs::parse_from([
+            "--database-url",
+            "postgres://h/d",
+            "--gateway-url",
+            "ws://127.0.0.1:1",
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err.kind(),
+            clap::error::ErrorKind::ArgumentConflict,
+            "{err}"
+        );
+        let help = {
+            use clap::CommandFactory;
+            #[derive(clap::Parser)]
+            struct W {
+                #[command(flatten)]
+                args: BenchArgs,
+            }
+            W::command().render_long_help().to_string()
+        };
+        assert!(help.contains("--database-url <URL>"), "{help}");
     }
 
     #[test]

@@ -63,6 +63,12 @@ pub struct ConfigEcho {
     /// The open-files limit in force (children inherit it).
     pub nofile_limit: Option<u64>,
     pub clock_ticks_per_second: u64,
+    /// The started gateway's store and run log: `files` (`--flows-dir`, in-memory run log),
+    /// `postgres` (`--database-url`: store and batched run log in the database), `unknown`
+    /// (`--gateway-url`).
+    pub store: &'static str,
+    /// With `--database-url`: `postgres://user@host:port/dbname` (never the password).
+    pub database: Option<String>,
 }
 
 /// One path's numbers.
@@ -602,6 +608,8 @@ mod tests {
                 local_addrs: Vec::new(),
                 nofile_limit: None,
                 clock_ticks_per_second: 100,
+                store: "files",
+                database: None,
             },
             added: Some(Added::between(&gw, &direct)),
             gateway: gw,

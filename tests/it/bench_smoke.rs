@@ -128,3 +128,97 @@ async fn nginx_reference_path_relays_the_direct_clients_frames() {
         report.notes
     );
 }
+
+/// The test database's URL for a child process: `DATABASE_URL` (the suite's server, see
+/// `.cargo/config.toml`) with the fresh database's name.
+fn child_database_url(pool: &sqlx::PgPool) -> String {
+    let db = pool
+        .connect_options()
+        .get_database()
+        .expect("#[sqlx::test] names its database")
+        .to_owned();
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for the tests");
+    let base = base.split('?').next().unwrap_or_default();
+    let authority_end = base
+        .find("://")
+        .map(|i| i + 3)
+        .and_then(|start| base[start..].find('/').map(|j| start + j))
+        .unwrap_or(base.len());
+    format!("{}/{db}", &base[..authority_end])
+}
+
+#[sqlx::test]
+async fn streaming_bench_on_postgres_writes_the_run_log_there(pool: sqlx::PgPool) {
+    let url = child_database_url(&pool);
+    let report = bench::execute(&args(&["--duration", "1.5", "--database-url", &url]))
+        .await
+        .expect("the bench runs on Postgres");
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["errors"], 0, "{:#}", json);
+    assert_eq!(json["lost_runs"], 0, "{:#}", json);
+    let gw = &json["gateway"];
+    assert!(gw["frames"].as_u64().unwrap() > 0, "{gw:#}");
+    assert!(json["direct"]["frames"].as_u64().unwrap() > 0, "{json:#}");
+    assert_eq!(json["config"]["store"], "postgres", "{:#}", json["config"]);
+    let db = pool.connect_options().get_database().unwrap().to_owned();
+    let shown = json["config"]["database"].as_str().unwrap();
+    assert!(shown.ends_with(&format!("/{db}")), "{shown}");
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.starts_with("gateway on Postgres (")
+                && n.ends_with(&format!("/{db}): store and run log in the database"))),
+        "{:?}",
+        report.notes
+    );
+
+    // The agents were imported, and the gateway's Postgres run log recorded its runs (the
+    // warm-up's too, so at least those completed in the window) with their frames.
+    let agents: i64 = sqlx::query_scalar("SELECT count(*) FROM agent")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(agents >= 1, "{agents}");
+    let completed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM flowgate_run WHERE status = 'completed' AND agent_id = 'assistant'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let runs_ok = gw["runs_ok"].as_i64().unwrap();
+    assert!(
+        runs_ok >= 3 && completed >= runs_ok,
+        "{completed} completed runs logged, {runs_ok} ok"
+    );
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM flowgate_run_event")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(
+        events >= completed * 5,
+        "{events} frames for {completed} runs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_is_a_clear_setup_error() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://postgres:hunter2@127.0.0.1:{port}/flowgate_bench");
+    let err = bench::execute(&args(&["--duration", "1", "--database-url", &url]))
+        .await
+        .expect_err("no database, no bench")
+        .to_string();
+    assert!(
+        err.starts_with(&format!(
+            "--database-url: cannot connect to postgres://postgres@127.0.0.1:{port}/flowgate_bench: "
+        )) && err.ends_with("; start Postgres or pass a reachable URL"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+}
