@@ -183,6 +183,12 @@ pub struct GatewayConfig {
     #[arg(long, env = "FLOWGATE_RUNLOG_BUFFER", default_value_t = 8192)]
     pub runlog_buffer: usize,
 
+    /// How long the Postgres run-log writer collects records before it writes them in one
+    /// transaction (sooner when a batch is full or a resume waits for the log); `0` writes at
+    /// once. One transaction per few frames costs far more gateway CPU than one per batch.
+    #[arg(long, env = "FLOWGATE_RUNLOG_LINGER", default_value = "10ms", value_parser = duration)]
+    pub runlog_linger: Duration,
+
     /// Runs kept by the in-memory run log (files store); oldest finished runs are evicted.
     #[arg(long, env = "FLOWGATE_RUNLOG_MEMORY_RUNS", default_value_t = 1000)]
     pub runlog_memory_runs: usize,
@@ -280,6 +286,7 @@ impl GatewayConfig {
             cancel_on_disconnect: false,
             max_runs_per_user: 8,
             runlog_buffer: 8192,
+            runlog_linger: Duration::from_millis(10),
             runlog_memory_runs: 1000,
             heartbeat_interval: Duration::from_secs(10),
             client_write_timeout: Duration::from_secs(5),

@@ -101,6 +101,7 @@ impl Gateway {
             Store::Postgres(pg) => {
                 let log_config = PgRunLogConfig {
                     buffer: config.runlog_buffer,
+                    linger: config.runlog_linger,
                     heartbeat_interval: config.heartbeat_interval,
                     stale_after: config.heartbeat_interval * 6,
                     write_timeout: config.store_timeout,

@@ -29,6 +29,10 @@ pub struct PgRunLogConfig {
     pub buffer: usize,
     /// Most records written in one transaction.
     pub batch_max: usize,
+    /// How long the writer collects records after the first one before it writes (unless
+    /// `batch_max` is reached or a flush waits): one transaction per few events costs far more
+    /// CPU than one per batch. `ZERO` writes whatever is there at once.
+    pub linger: Duration,
     /// Frames stored per run; later frames are dropped (and counted on the run row).
     pub max_events_per_run: u64,
     /// Time allowed for one write transaction or one read query.
@@ -52,6 +56,7 @@ impl Default for PgRunLogConfig {
         PgRunLogConfig {
             buffer: 4096,
             batch_max: 512,
+            linger: Duration::from_millis(10),
             max_events_per_run: 100_000,
             write_timeout: Duration::from_secs(5),
             write_attempts: 3,
@@ -332,13 +337,26 @@ async fn writer(
     instance_id: Uuid,
     counters: Arc<Counters>,
 ) {
-    let mut batch = Vec::with_capacity(config.batch_max.max(1));
+    let max = config.batch_max.max(1);
+    let mut batch = Vec::with_capacity(max);
     while let Some(first) = rx.recv().await {
         batch.push(first);
-        while batch.len() < config.batch_max.max(1) {
-            match rx.try_recv() {
-                Ok(msg) => batch.push(msg),
-                Err(_) => break,
+        let deadline = tokio::time::Instant::now() + config.linger;
+        loop {
+            while batch.len() < max {
+                match rx.try_recv() {
+                    Ok(msg) => batch.push(msg),
+                    Err(_) => break,
+                }
+            }
+            let flush_waits = batch.iter().any(|m| matches!(m, Msg::Barrier(_)));
+            if batch.len() >= max || flush_waits || config.linger.is_zero() {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(msg)) => batch.push(msg),
+                // Closed (written below, then the loop ends) or the linger is over.
+                Ok(None) | Err(_) => break,
             }
         }
         let mut written = Batch::default();
@@ -363,7 +381,8 @@ async fn writer(
 #[derive(Default)]
 struct Batch {
     starts: Vec<(RunStart, DateTime<Utc>)>,
-    events: Vec<(Uuid, i64, String)>,
+    /// Frames as the relay made them (shared bytes, no copy until they are bound).
+    events: Vec<(Uuid, i64, Bytes)>,
     oldest_event: Option<Instant>,
     prepared: Vec<(Uuid, String, String)>,
     finishes: Vec<FinishRow>,
@@ -395,10 +414,8 @@ impl Batch {
                 frame,
                 queued,
             } => {
-                // Frames are JSON text; Postgres text holds no NUL (JSON escapes it anyway).
-                let text = String::from_utf8_lossy(&frame).replace('\0', "\u{FFFD}");
                 self.events
-                    .push((run_id, i64::try_from(seq).unwrap_or(i64::MAX), text));
+                    .push((run_id, i64::try_from(seq).unwrap_or(i64::MAX), frame));
                 self.oldest_event = Some(self.oldest_event.map_or(queued, |o| o.min(queued)));
             }
             Msg::Finish {
@@ -465,6 +482,15 @@ async fn write_with_retries(
     false
 }
 
+/// A frame as Postgres text: frames are JSON text (borrowed as is); anything else is made valid,
+/// and NUL (which Postgres text cannot hold; JSON escapes it anyway) is replaced.
+fn frame_text(frame: &Bytes) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(frame) {
+        Ok(s) if !s.contains('\0') => std::borrow::Cow::Borrowed(s),
+        _ => std::borrow::Cow::Owned(String::from_utf8_lossy(frame).replace('\0', "\u{FFFD}")),
+    }
+}
+
 async fn write_batch(pool: &PgPool, instance_id: Uuid, batch: &Batch) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     if !batch.starts.is_empty() {
@@ -526,7 +552,8 @@ async fn write_batch(pool: &PgPool, instance_id: Uuid, batch: &Batch) -> Result<
     if !batch.events.is_empty() {
         let ids: Vec<Uuid> = batch.events.iter().map(|e| e.0).collect();
         let seqs: Vec<i64> = batch.events.iter().map(|e| e.1).collect();
-        let frames: Vec<&str> = batch.events.iter().map(|e| e.2.as_str()).collect();
+        let frames: Vec<std::borrow::Cow<'_, str>> =
+            batch.events.iter().map(|e| frame_text(&e.2)).collect();
         sqlx::query(
             "INSERT INTO flowgate_run_event (run_id, seq, frame) \
              SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::text[]) \
