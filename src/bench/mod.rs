@@ -379,6 +379,16 @@ fn random_secret() -> Secret {
     ))
 }
 
+/// nginx's `worker_connections` for `sessions` clients: 8 per session + 1,024, at most the
+/// open-files limit less a margin for nginx's own files.
+fn nginx_worker_connections(sessions: usize, nofile: Option<u64>) -> usize {
+    let want = sessions.saturating_mul(8).saturating_add(1024);
+    match nofile.and_then(|n| usize::try_from(n).ok()) {
+        Some(limit) => want.min(limit.saturating_sub(64).max(sessions * 2 + 64)),
+        None => want,
+    }
+}
+
 /// `KEY=VALUE` of `--gateway-env` / `--engine-env`.
 fn parse_env_pair(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
@@ -790,7 +800,11 @@ async fn start_nginx(
         listen,
         upstream: &upstream,
         nofile,
-        worker_connections: args.sessions * 2 + 64,
+        // Two connections per run, plus the ones still closing when the next run of a session
+        // connects (one socket per run): 2 × sessions is not enough under churn ("worker_connections
+        // are not enough, reusing connections" and reset runs at 1,000 sessions). Bounded by the
+        // open-files limit (each connection is a descriptor).
+        worker_connections: nginx_worker_connections(args.sessions, nofile),
         temp_modules: &nginx.build.temp_modules,
     });
     let conf_path = dir.path().join("nginx.conf");
@@ -1252,6 +1266,15 @@ async fn drive(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nginx_gets_room_for_connections_that_are_still_closing() {
+        assert_eq!(nginx_worker_connections(1000, Some(20_000)), 9024);
+        // Bounded by the descriptor limit, never below two per session.
+        assert_eq!(nginx_worker_connections(1000, Some(4096)), 4032);
+        assert_eq!(nginx_worker_connections(1000, Some(100)), 2064);
+        assert_eq!(nginx_worker_connections(3, None), 1048);
+    }
 
     #[test]
     fn durations_take_plain_numbers_in_their_unit_or_humantime() {
