@@ -258,9 +258,9 @@ pub async fn execute(state: AppState, spec: RunSpec, shared: Arc<RunShared>) {
 
 type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
-/// `prepare`, boxed in a plain function: the unboxed future is never a temporary of `execute`
-/// (rustc keeps such temporaries in the caller's state, which would then cost their size for
-/// the whole run: memory per open session).
+/// `prepare`, boxed: its state (store queries, conversion) is large and only lives until the
+/// engine handshake starts; inline, it would size the run's task for its whole life (memory
+/// per open session).
 fn prepare_boxed<'a>(
     state: &'a AppState,
     spec: &'a RunSpec,
