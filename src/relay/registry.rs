@@ -37,6 +37,28 @@ pub struct Frame {
     pub end: Option<Option<(u16, &'static str)>>,
 }
 
+impl Frame {
+    /// `(element_id, content)` of an engine `llm_chunk` frame, read back from its text (merging
+    /// and partial outputs are rare, so the hot path stores nothing extra).
+    pub fn chunk_parts(&self) -> Option<(String, String)> {
+        #[derive(serde::Deserialize)]
+        struct Chunk {
+            data: ChunkData,
+        }
+        #[derive(serde::Deserialize)]
+        struct ChunkData {
+            #[serde(default)]
+            element_id: Option<String>,
+            content: String,
+        }
+        if !self.chunk {
+            return None;
+        }
+        let c: Chunk = serde_json::from_str(self.text.as_str()).ok()?;
+        Some((c.data.element_id.unwrap_or_default(), c.data.content))
+    }
+}
+
 #[derive(Debug, Default)]
 struct Buf {
     frames: Vec<Frame>,
@@ -162,6 +184,26 @@ impl RunShared {
             }
             notified.await;
         }
+    }
+
+    /// The text streamed so far: the `content` of the run's `llm_chunk` frames in order, at
+    /// most `cap` bytes (a chunk that would pass the cap is left out). For the terminal frames
+    /// that report a partial output (cancel, engine lost, timeouts).
+    pub fn partial_output(&self, cap: usize) -> String {
+        let chunks: Vec<Frame> = self
+            .lock()
+            .frames
+            .iter()
+            .filter(|f| f.chunk)
+            .cloned()
+            .collect();
+        let mut out = String::new();
+        for (_, content) in chunks.iter().filter_map(Frame::chunk_parts) {
+            if out.len() + content.len() <= cap {
+                out.push_str(&content);
+            }
+        }
+        out
     }
 
     /// How many frames a follower at `cursor` is behind.

@@ -138,15 +138,14 @@ impl Emitter {
 #[derive(Default)]
 struct Progress {
     current_element: Option<String>,
-    partial_output: String,
+    /// Most bytes of `partial_output` in a terminal frame.
     partial_cap: usize,
 }
 
 impl Progress {
-    fn push_text(&mut self, s: &str) {
-        if self.partial_output.len() + s.len() <= self.partial_cap {
-            self.partial_output.push_str(s);
-        }
+    /// What the client has been sent of the answer so far (read back from the run's frames).
+    fn partial_output(&self, shared: &RunShared) -> String {
+        shared.partial_output(self.partial_cap)
     }
 }
 
@@ -166,8 +165,6 @@ struct Peek<'a> {
 struct PeekData<'a> {
     #[serde(default, borrow)]
     element_id: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    content: Option<Cow<'a, str>>,
 }
 
 /// Run to completion: the terminal frame is in the shared buffer (and the run log) when this
@@ -420,7 +417,7 @@ fn cancelled(em: &mut Emitter, progress: &Progress) {
         "timestamp": protocol::now_ts(),
         "data": {
             "element_id": progress.current_element,
-            "partial_output": progress.partial_output,
+            "partial_output": progress.partial_output(&em.shared),
             "reason": "cancelled by the client",
         }
     }));
@@ -506,7 +503,7 @@ async fn relay(
                 em.terminal_error(
                     ErrorCode::EngineTimeout,
                     &msg,
-                    json!({"partial_output": progress.partial_output}),
+                    json!({"partial_output": progress.partial_output(&em.shared)}),
                 );
                 close_engine(socket, state.config.engine_close_timeout).await;
                 return;
@@ -535,7 +532,7 @@ async fn relay(
                     em.terminal_error(
                         err.code(),
                         &err.to_string(),
-                        json!({"partial_output": progress.partial_output}),
+                        json!({"partial_output": progress.partial_output(&em.shared)}),
                     );
                 }
                 return;
@@ -556,7 +553,7 @@ async fn relay(
                 em.terminal_error(
                     ErrorCode::EngineProtocolError,
                     "the execution engine broke the protocol: a binary frame",
-                    json!({"partial_output": progress.partial_output}),
+                    json!({"partial_output": progress.partial_output(&em.shared)}),
                 );
                 close_engine(socket, state.config.engine_close_timeout).await;
                 return;
@@ -574,25 +571,22 @@ async fn relay(
                 em.terminal_error(
                     ErrorCode::EngineProtocolError,
                     &msg,
-                    json!({"partial_output": progress.partial_output}),
+                    json!({"partial_output": progress.partial_output(&em.shared)}),
                 );
                 close_engine(socket, state.config.engine_close_timeout).await;
                 return;
             }
         };
         let kind = peek.kind.as_ref();
-        let mut chunk = false;
-        if matches!(kind, "element_started" | "llm_chunk") {
+        // A chunk's `data` is not parsed here (it is most of the frame): merging and partial
+        // outputs read it back from the frame when they need it.
+        let chunk = kind == "llm_chunk";
+        if kind == "element_started" {
             let data: PeekData = peek
                 .data
                 .and_then(|d| serde_json::from_str(d.get()).ok())
                 .unwrap_or_default();
-            if kind == "element_started" {
-                progress.current_element = data.element_id.map(Cow::into_owned);
-            } else if let Some(c) = &data.content {
-                progress.push_text(c);
-                chunk = true;
-            }
+            progress.current_element = data.element_id.map(Cow::into_owned);
         }
         let terminal = kind == "flow_completed" || kind == "flow_error";
         if !terminal && state.config.drop_events.iter().any(|d| d == kind) {
@@ -646,7 +640,7 @@ async fn relay(
             em.terminal_error(
                 ErrorCode::Internal,
                 &msg,
-                json!({"partial_output": progress.partial_output}),
+                json!({"partial_output": progress.partial_output(&em.shared)}),
             );
             return;
         }
@@ -658,6 +652,6 @@ fn lost(em: &mut Emitter, progress: &Progress, why: &str) {
     em.terminal_error(
         ErrorCode::EngineLost,
         &msg,
-        json!({"partial_output": progress.partial_output, "element_id": progress.current_element}),
+        json!({"partial_output": progress.partial_output(&em.shared), "element_id": progress.current_element}),
     );
 }

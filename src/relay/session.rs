@@ -519,30 +519,10 @@ async fn resume(
     Resumed::Replayed
 }
 
-/// `(element_id, content)` of a stamped `llm_chunk` frame (read back from its text: merging is
-/// rare, so the hot path stores nothing extra).
-fn chunk_parts(frame: &Frame) -> Option<(String, String)> {
-    #[derive(serde::Deserialize)]
-    struct Chunk {
-        data: ChunkData,
-    }
-    #[derive(serde::Deserialize)]
-    struct ChunkData {
-        #[serde(default)]
-        element_id: Option<String>,
-        content: String,
-    }
-    if !frame.chunk {
-        return None;
-    }
-    let c: Chunk = serde_json::from_str(frame.text.as_str()).ok()?;
-    Some((c.data.element_id.unwrap_or_default(), c.data.content))
-}
-
 /// Merge consecutive `llm_chunk` frames of the same element into one (for a lagging client).
 /// The merged frame has the `seq` of the last one and `merged_seqs: [first, last]`.
 fn merge_chunks(batch: Vec<Frame>) -> Vec<Utf8Bytes> {
-    let parts: Vec<Option<(String, String)>> = batch.iter().map(chunk_parts).collect();
+    let parts: Vec<Option<(String, String)>> = batch.iter().map(Frame::chunk_parts).collect();
     let mut out = Vec::with_capacity(batch.len());
     let mut i = 0;
     while i < batch.len() {
