@@ -15,8 +15,8 @@ use crate::workflow::{self, Finding, FlowFormat, InvalidWorkflow};
 /// A converted workflow, ready to send.
 #[derive(Debug)]
 pub struct CachedFlow {
-    /// The stored document it was made from.
-    source: Value,
+    /// The stored document it was made from (shared with the store when it keeps one).
+    source: Arc<StoredWorkflow>,
     format: FlowFormat,
     /// The normalized flow definition.
     pub flow: Value,
@@ -61,13 +61,15 @@ impl WorkflowCache {
         &self,
         agent_id: &str,
         version: Version,
-        stored: &StoredWorkflow,
+        stored: &Arc<StoredWorkflow>,
         format: FlowFormat,
     ) -> Result<Arc<CachedFlow>, InvalidWorkflow> {
         let key = (agent_id.to_owned(), version);
+        // The same shared document (files store) is equal without a comparison; a document
+        // read anew (Postgres) is compared in full.
         if let Some(hit) = self.lock().get(&key).cloned()
             && hit.format == format
-            && hit.source == stored.workflow
+            && (Arc::ptr_eq(&hit.source, stored) || hit.source.workflow == stored.workflow)
         {
             self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(hit);
@@ -75,7 +77,7 @@ impl WorkflowCache {
         let converted = workflow::convert(&stored.workflow)?;
         let payload = workflow::render(&converted.flow, format);
         let entry = Arc::new(CachedFlow {
-            source: stored.workflow.clone(),
+            source: stored.clone(),
             format,
             flow: converted.flow,
             payload,

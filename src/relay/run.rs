@@ -322,7 +322,7 @@ async fn prepare(state: &AppState, spec: &RunSpec, em: &mut Emitter) -> Option<P
         em.terminal_error(ErrorCode::Forbidden, &msg, json!({}));
         return None;
     }
-    let stored = match state.store.workflow(&spec.agent_id, version).await {
+    let stored = match state.store.workflow_shared(&spec.agent_id, version).await {
         Ok(Some(w)) => w,
         Ok(None) => {
             let msg = format!(

@@ -73,8 +73,9 @@ struct Catalog {
 #[derive(Debug, Clone)]
 struct FileAgent {
     record: AgentRecord,
-    published: Option<StoredWorkflow>,
-    unpublished: Option<StoredWorkflow>,
+    /// Shared: a run's lookup takes a reference, not a copy of the document.
+    published: Option<Arc<StoredWorkflow>>,
+    unpublished: Option<Arc<StoredWorkflow>>,
 }
 
 /// One entry of `agents.json`.
@@ -152,6 +153,18 @@ impl FilesStore {
         agent_id: &str,
         version: Version,
     ) -> Result<Option<StoredWorkflow>, StoreError> {
+        Ok(self
+            .workflow_shared(agent_id, version)
+            .await?
+            .map(|w| (*w).clone()))
+    }
+
+    /// [`FilesStore::workflow`] without copying the document.
+    pub async fn workflow_shared(
+        &self,
+        agent_id: &str,
+        version: Version,
+    ) -> Result<Option<Arc<StoredWorkflow>>, StoreError> {
         check_name(agent_id).map_err(StoreError::InvalidAgentId)?;
         let catalog = self.current().await;
         Ok(catalog.agents.get(agent_id).and_then(|a| match version {
@@ -177,8 +190,8 @@ impl FilesStore {
             .values()
             .map(|a| FolderAgent {
                 record: a.record.clone(),
-                published: a.published.clone(),
-                unpublished: a.unpublished.clone(),
+                published: a.published.as_deref().cloned(),
+                unpublished: a.unpublished.as_deref().cloned(),
             })
             .collect()
     }
@@ -372,8 +385,8 @@ fn load(
             entry.agent_id,
             FileAgent {
                 record,
-                published,
-                unpublished,
+                published: published.map(Arc::new),
+                unpublished: unpublished.map(Arc::new),
             },
         );
     }

@@ -104,6 +104,21 @@ impl Store {
         }
     }
 
+    /// [`Store::workflow`], shared where the store keeps the document (files) rather than copied.
+    pub async fn workflow_shared(
+        &self,
+        agent_id: &str,
+        version: Version,
+    ) -> Result<Option<std::sync::Arc<StoredWorkflow>>, StoreError> {
+        match self {
+            Store::Postgres(s) => Ok(s
+                .workflow(agent_id, version)
+                .await?
+                .map(std::sync::Arc::new)),
+            Store::Files(s) => s.workflow_shared(agent_id, version).await,
+        }
+    }
+
     /// Every agent (for the chat page's agent picker), ordered by id.
     pub async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
         match self {
