@@ -297,6 +297,56 @@ pub fn targets(r: &Report) -> Vec<Target> {
     out
 }
 
+/// The five latency rows both tables print: label, which summary of a path, which statistic,
+/// the "added" figure, and the target the row is judged against (main table only).
+type LatencyRow = (
+    &'static str,
+    fn(&PathReport) -> Option<Summary>,
+    fn(&Summary) -> u64,
+    Option<i64>,
+    Option<&'static str>,
+);
+
+fn latency_rows(a: Option<&Added>) -> [LatencyRow; 5] {
+    [
+        (
+            "connect → flow_started p50",
+            |p| p.setup_us,
+            |s| s.p50,
+            a.and_then(|a| a.setup_p50_us),
+            Some("setup connect → flow_started above direct, p50"),
+        ),
+        (
+            "connect → flow_started p99",
+            |p| p.setup_us,
+            |s| s.p99,
+            a.and_then(|a| a.setup_p99_us),
+            None,
+        ),
+        (
+            "event latency p50",
+            |p| p.event_latency_us,
+            |s| s.p50,
+            a.and_then(|a| a.event_p50_us),
+            Some("added latency per event, p50"),
+        ),
+        (
+            "event latency p99",
+            |p| p.event_latency_us,
+            |s| s.p99,
+            a.and_then(|a| a.event_p99_us),
+            Some("added latency per event, p99"),
+        ),
+        (
+            "event latency max",
+            |p| p.event_latency_us,
+            |s| s.max,
+            a.and_then(|a| a.event_max_us),
+            None,
+        ),
+    ]
+}
+
 fn opt_us(s: Option<Summary>, f: fn(&Summary) -> u64) -> String {
     s.map(|s| us(f(&s) as i64)).unwrap_or_else(|| "—".into())
 }
@@ -327,41 +377,15 @@ impl Report {
         let mut row = |metric: &str, gw: String, direct: String, add: String, target: String| {
             let _ = writeln!(s, "| {metric} | {gw} | {direct} | {add} | {target} |");
         };
-        row(
-            "connect → flow_started p50",
-            opt_us(g.setup_us, |s| s.p50),
-            opt_us(d.and_then(|d| d.setup_us), |s| s.p50),
-            added(a.and_then(|a| a.setup_p50_us)),
-            target_of("setup connect → flow_started above direct, p50"),
-        );
-        row(
-            "connect → flow_started p99",
-            opt_us(g.setup_us, |s| s.p99),
-            opt_us(d.and_then(|d| d.setup_us), |s| s.p99),
-            added(a.and_then(|a| a.setup_p99_us)),
-            " | ".into(),
-        );
-        row(
-            "event latency p50",
-            opt_us(g.event_latency_us, |s| s.p50),
-            opt_us(d.and_then(|d| d.event_latency_us), |s| s.p50),
-            added(a.and_then(|a| a.event_p50_us)),
-            target_of("added latency per event, p50"),
-        );
-        row(
-            "event latency p99",
-            opt_us(g.event_latency_us, |s| s.p99),
-            opt_us(d.and_then(|d| d.event_latency_us), |s| s.p99),
-            added(a.and_then(|a| a.event_p99_us)),
-            target_of("added latency per event, p99"),
-        );
-        row(
-            "event latency max",
-            opt_us(g.event_latency_us, |s| s.max),
-            opt_us(d.and_then(|d| d.event_latency_us), |s| s.max),
-            added(a.and_then(|a| a.event_max_us)),
-            " | ".into(),
-        );
+        for (metric, of, pick, add, target) in latency_rows(a) {
+            row(
+                metric,
+                opt_us(of(g), pick),
+                opt_us(d.and_then(of), pick),
+                added(add),
+                target.map(target_of).unwrap_or_else(|| " | ".into()),
+            );
+        }
         let streaming = self.mode == "streaming";
         if streaming {
             row(
@@ -496,41 +520,7 @@ impl Report {
         let mut row = |metric: &str, nginx: String, direct: String, add: String| {
             let _ = writeln!(s, "| {metric} | {nginx} | {direct} | {add} |");
         };
-        type Pick = fn(&Summary) -> u64;
-        type Of = fn(&PathReport) -> Option<Summary>;
-        let summaries: [(&str, Of, Pick, Option<i64>); 5] = [
-            (
-                "connect → flow_started p50",
-                |p| p.setup_us,
-                |s| s.p50,
-                a.and_then(|a| a.setup_p50_us),
-            ),
-            (
-                "connect → flow_started p99",
-                |p| p.setup_us,
-                |s| s.p99,
-                a.and_then(|a| a.setup_p99_us),
-            ),
-            (
-                "event latency p50",
-                |p| p.event_latency_us,
-                |s| s.p50,
-                a.and_then(|a| a.event_p50_us),
-            ),
-            (
-                "event latency p99",
-                |p| p.event_latency_us,
-                |s| s.p99,
-                a.and_then(|a| a.event_p99_us),
-            ),
-            (
-                "event latency max",
-                |p| p.event_latency_us,
-                |s| s.max,
-                a.and_then(|a| a.event_max_us),
-            ),
-        ];
-        for (metric, of, pick, add) in summaries {
+        for (metric, of, pick, add, _) in latency_rows(a) {
             row(
                 metric,
                 opt_us(of(n), pick),

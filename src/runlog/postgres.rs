@@ -342,6 +342,9 @@ async fn writer(
     while let Some(first) = rx.recv().await {
         batch.push(first);
         let deadline = tokio::time::Instant::now() + config.linger;
+        // Whether a flush waits on this batch; only the records added since the last look are
+        // scanned.
+        let (mut flush_waits, mut seen) = (false, 0);
         loop {
             while batch.len() < max {
                 match rx.try_recv() {
@@ -349,7 +352,8 @@ async fn writer(
                     Err(_) => break,
                 }
             }
-            let flush_waits = batch.iter().any(|m| matches!(m, Msg::Barrier(_)));
+            flush_waits |= batch[seen..].iter().any(|m| matches!(m, Msg::Barrier(_)));
+            seen = batch.len();
             if batch.len() >= max || flush_waits || config.linger.is_zero() {
                 break;
             }
