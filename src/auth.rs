@@ -1,6 +1,6 @@
 //! Authentication: client JWT verification, development token minting, and the engine-hop token.
 //!
-//! Owns the rules of PROTOCOL.md section 5 for who the caller is. The relay calls
+//! Owns the rules of docs/neuralabs.md section 5 for who the caller is. The relay calls
 //! [`Verifier::verify`] on the token found in the upgrade request (header, subprotocol or query)
 //! and on in-band `{"type":"auth"}` refreshes; `/api/agents` calls it on its bearer token. Tokens
 //! are never logged: errors say what was wrong with a token, never what it was (nor its `kid`).
@@ -27,7 +27,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey, Header,
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,14 +41,62 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// The identity of an unauthenticated caller when anonymous access is on.
+    /// The identity of an unauthenticated caller when anonymous access is on: a principal of
+    /// its own (`anonymous:<uuid>`), so that no other caller can resume or see its runs.
     pub fn anonymous() -> Identity {
         Identity {
-            user_id: "anonymous".into(),
+            user_id: format!("{ANONYMOUS}:{}", uuid::Uuid::new_v4().simple()),
             expires_at: u64::MAX,
             anonymous: true,
         }
     }
+}
+
+/// The user id prefix of anonymous callers; no token may name it (`anonymous` or
+/// `anonymous:…`).
+pub const ANONYMOUS: &str = "anonymous";
+
+/// Longest user id accepted from a token (the run log's `user_id VARCHAR(255)`).
+pub const MAX_USER_ID_CHARS: usize = 255;
+
+/// Check a user id taken from a verified token: not reserved, bounded, no control characters
+/// (it reaches logs, the run log and error messages).
+fn check_user_id(user_id: &str) -> Result<(), AuthError> {
+    if user_id == ANONYMOUS || user_id.starts_with("anonymous:") {
+        return Err(AuthError::Invalid(
+            "the user id `anonymous` is reserved for callers without a token".into(),
+        ));
+    }
+    if user_id.is_empty() || user_id.chars().count() > MAX_USER_ID_CHARS {
+        return Err(AuthError::Invalid(format!(
+            "the user id must have 1 to {MAX_USER_ID_CHARS} characters"
+        )));
+    }
+    if user_id.chars().any(char::is_control) {
+        return Err(AuthError::Invalid(
+            "the user id contains a control character".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Longest token accepted (bytes): real tokens are well under 2 KB; parsing and verifying a
+/// larger one is work any caller could make the gateway do.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// Shorter HS* secrets get a startup warning (RFC 7518 3.2: at least the hash's size).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Does the token's protected header have a `crit` member?
+fn header_has_crit(token: &str) -> bool {
+    use base64::Engine as _;
+    let Some(header) = token.split('.').next() else {
+        return false;
+    };
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header) else {
+        return false; // malformed: `decode_header` refuses it next
+    };
+    serde_json::from_slice::<Map<String, Value>>(&bytes).is_ok_and(|h| h.contains_key("crit"))
 }
 
 /// Client token verification settings (part of the gateway's config).
@@ -108,7 +156,7 @@ pub struct AuthConfig {
     #[arg(long, env = "FLOWGATE_JWT_USER_ID_FALLBACK", default_value_t = false, action = clap::ArgAction::Set)]
     pub jwt_user_id_fallback: bool,
 
-    /// Let callers without a token run published agents (as user `anonymous`).
+    /// Let callers without a token run published agents (each socket its own `anonymous:<uuid>`).
     #[arg(long, env = "FLOWGATE_ALLOW_ANONYMOUS", default_value_t = false, action = clap::ArgAction::Set)]
     pub allow_anonymous: bool,
 }
@@ -251,6 +299,8 @@ struct Jwks {
     path: PathBuf,
     configured: Vec<Algorithm>,
     current: RwLock<Arc<KeySet>>,
+    /// Changed versions of the file the reloader has read (usable or not).
+    versions_read: std::sync::atomic::AtomicU64,
 }
 
 impl Jwks {
@@ -317,6 +367,13 @@ impl Verifier {
         }
         let configured = dedup(&config.jwt_algorithms);
         let keys = if let Some(secret) = &config.jwt_secret {
+            if secret.expose().len() < MIN_SECRET_BYTES {
+                // Not refused: the gateway must accept the tokens an existing frontend issues.
+                tracing::warn!(
+                    bytes = secret.expose().len(),
+                    "--jwt-secret is shorter than {MIN_SECRET_BYTES} bytes (RFC 7518 asks at least as many as the hash): a short HMAC key can be guessed offline from one token"
+                );
+            }
             Keys::Fixed(secret_entry(secret, &configured)?)
         } else if let Some(path) = &config.jwt_public_key_file {
             Keys::Fixed(pem_entry(path, &configured)?)
@@ -330,6 +387,7 @@ impl Verifier {
                 path: path.clone(),
                 configured,
                 current: RwLock::new(Arc::new(set)),
+                versions_read: Default::default(),
             });
             if !config.jwt_jwks_reload_interval.is_zero() {
                 spawn_reloader(&jwks, config.jwt_jwks_reload_interval)?;
@@ -388,10 +446,32 @@ impl Verifier {
     }
 
     /// Check a token and return who it belongs to.
+    /// How many changed versions of the JWKS file have been read so far (0 without a JWKS).
+    pub fn jwks_versions_read(&self) -> u64 {
+        match &self.inner.keys {
+            Keys::Jwks(jwks) => jwks
+                .versions_read
+                .load(std::sync::atomic::Ordering::Acquire),
+            _ => 0,
+        }
+    }
+
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let inner = &*self.inner;
         if matches!(inner.keys, Keys::None) {
             return Err(AuthError::NotConfigured);
+        }
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::Invalid(format!(
+                "the token is longer than {MAX_TOKEN_BYTES} bytes"
+            )));
+        }
+        if header_has_crit(token) {
+            // RFC 7515 4.1.11: extensions named in `crit` must be understood; none are here.
+            return Err(AuthError::Invalid(
+                "the token's header names critical extensions (`crit`) this gateway does not support"
+                    .into(),
+            ));
         }
         // Parsing the header also refuses `alg: none`: it is not an algorithm `jsonwebtoken`
         // can name.
@@ -422,6 +502,7 @@ impl Verifier {
                     .flatten()
             })
             .ok_or_else(|| AuthError::NoSubject(inner.user_claim.clone()))?;
+        check_user_id(&user_id)?;
         let expires_at = claims
             .get("exp")
             .and_then(Value::as_u64)
@@ -620,7 +701,7 @@ fn load_jwks(path: &Path, configured: &[Algorithm]) -> Result<KeySet, KeyConfigE
     for (index, jwk) in doc.keys.iter().enumerate() {
         let kid = jwk.common.key_id.clone();
         let skip = |why: &str| {
-            tracing::warn!(path = %path.display(), index, kid = ?kid, "JWKS key ignored: {why}");
+            tracing::warn!(path = %path.display(), index, kid = kid.as_deref(), "JWKS key ignored: {why}");
         };
         if matches!(&jwk.common.public_key_use, Some(u) if *u != PublicKeyUse::Signature) {
             skip("not a signature key (`use`)");
@@ -666,6 +747,16 @@ fn stamp(path: &Path) -> Stamp {
     Some((meta.modified().ok()?, meta.len()))
 }
 
+/// Counts one read version of the JWKS file when dropped (after the keys were replaced or
+/// kept), so a waiter sees the count only once the outcome is in effect.
+struct ReadCount<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for ReadCount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+}
+
 fn spawn_reloader(jwks: &Arc<Jwks>, interval: Duration) -> Result<(), KeyConfigError> {
     let weak: Weak<Jwks> = Arc::downgrade(jwks);
     let mut seen = stamp(&jwks.path);
@@ -681,6 +772,7 @@ fn spawn_reloader(jwks: &Arc<Jwks>, interval: Duration) -> Result<(), KeyConfigE
                 }
                 // Remember the new version even when it is broken, so it is reported once.
                 seen = now;
+                let _count = ReadCount(&jwks.versions_read);
                 match load_jwks(&jwks.path, &jwks.configured) {
                     Ok(set) => {
                         if set.keys.is_empty() {
@@ -710,10 +802,21 @@ fn now_secs() -> u64 {
 /// Mint an HS256 token for `sub`, valid for `ttl`.
 pub fn mint_hs256(secret: &Secret, sub: &str, ttl: Duration) -> String {
     let now = now_secs();
+    mint_hs256_claims(secret, sub, now, now + ttl.as_secs())
+}
+
+/// Mint an HS256 token that expired `ago` (issued one minute before that): for testing how a
+/// client or the gateway handles expiry.
+pub fn mint_expired_hs256(secret: &Secret, sub: &str, ago: Duration) -> String {
+    let exp = now_secs().saturating_sub(ago.as_secs().max(1));
+    mint_hs256_claims(secret, sub, exp.saturating_sub(60), exp)
+}
+
+fn mint_hs256_claims(secret: &Secret, sub: &str, iat: u64, exp: u64) -> String {
     let claims = Claims {
         sub: Some(sub.to_owned()),
-        exp: now + ttl.as_secs(),
-        iat: Some(now),
+        exp,
+        iat: Some(iat),
         nbf: None,
     };
     jsonwebtoken::encode(
@@ -748,17 +851,41 @@ pub struct TokenArgs {
     /// The user id (`sub` claim); agent owners in the samples are `alice` and `bob`.
     #[arg(long)]
     pub sub: String,
-    /// Lifetime of the token, e.g. `1h`, `30m`.
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    /// Lifetime of the token, e.g. `1h`, `30m` (with `--expired`: how long ago it expired).
+    #[arg(long, default_value = "1h", value_parser = token_ttl, allow_hyphen_values = true)]
     pub ttl: Duration,
-    /// The HS256 secret (the gateway's `FLOWGATE_JWT_SECRET`).
+    /// Mint a token that has already expired (`--ttl` ago): for testing expiry handling.
+    #[arg(long)]
+    pub expired: bool,
+    /// The HS256 secret (the gateway's `FLOWGATE_JWT_SECRET`; `flowgate demo` prints its own).
     #[arg(long, env = "FLOWGATE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Secret,
 }
 
+/// `--ttl`: a positive duration; a negative one is refused with the way to an expired token.
+fn token_ttl(text: &str) -> Result<Duration, String> {
+    if text.trim_start().starts_with('-') {
+        return Err(
+            "a lifetime cannot be negative: for a token that has already expired, pass \
+             --expired (and --ttl for how long ago, e.g. `--expired --ttl 5m`)"
+                .to_owned(),
+        );
+    }
+    humantime::parse_duration(text).map_err(|e| format!("{e} (e.g. `30m`, `1h`, `7d`)"))
+}
+
 /// Print a token to stdout.
 pub fn run_token(args: TokenArgs) -> ExitCode {
-    println!("{}", mint_hs256(&args.jwt_secret, &args.sub, args.ttl));
+    let token = if args.expired {
+        eprintln!(
+            "flowgate token: this token expired {} ago; the gateway refuses it with 4401",
+            humantime::format_duration(Duration::from_secs(args.ttl.as_secs().max(1)))
+        );
+        mint_expired_hs256(&args.jwt_secret, &args.sub, args.ttl)
+    } else {
+        mint_hs256(&args.jwt_secret, &args.sub, args.ttl)
+    };
+    println!("{token}");
     ExitCode::SUCCESS
 }
 
@@ -773,6 +900,57 @@ mod tests {
             &EncodingKey::from_secret(secret),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn tokens_with_critical_extensions_or_oversized_are_refused() {
+        use base64::Engine as _;
+        let b64 =
+            |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        let header = b64(
+            &serde_json::json!({"alg": "HS256", "typ": "JWT", "crit": ["x-custom"], "x-custom": 1}),
+        );
+        let claims = b64(&serde_json::json!({"sub": "alice", "exp": now_secs() + 60}));
+        let message = format!("{header}.{claims}");
+        let signature = jsonwebtoken::crypto::sign(
+            message.as_bytes(),
+            &EncodingKey::from_secret(b"k"),
+            Algorithm::HS256,
+        )
+        .unwrap();
+        let verifier = Verifier::hs256(Some(&Secret::new("k")), Duration::from_secs(0));
+        let err = verifier
+            .verify(&format!("{message}.{signature}"))
+            .unwrap_err();
+        assert!(err.to_string().contains("crit"), "{err}");
+
+        let big = sign(
+            &serde_json::json!({"sub": "alice", "exp": now_secs() + 60, "pad": "x".repeat(MAX_TOKEN_BYTES)}),
+            b"k",
+        );
+        let err = verifier.verify(&big).unwrap_err();
+        assert!(err.to_string().contains("longer than"), "{err}");
+    }
+
+    #[test]
+    fn user_ids_that_could_forge_log_lines_or_overflow_columns_are_refused() {
+        let verifier = Verifier::hs256(Some(&Secret::new("k")), Duration::from_secs(0));
+        for (sub, why) in [
+            ("alice\nINFO forged line", "control character"),
+            ("bob\u{1b}[31m", "control character"),
+            (&"x".repeat(MAX_USER_ID_CHARS + 1), "1 to 255"),
+            ("anonymous", "reserved"),
+        ] {
+            let t = mint_hs256(&Secret::new("k"), sub, Duration::from_secs(60));
+            let err = verifier.verify(&t).unwrap_err().to_string();
+            assert!(err.contains(why), "{sub:?}: {err}");
+        }
+        let t = mint_hs256(
+            &Secret::new("k"),
+            &"x".repeat(MAX_USER_ID_CHARS),
+            Duration::from_secs(60),
+        );
+        assert!(verifier.verify(&t).is_ok());
     }
 
     #[test]

@@ -4,31 +4,33 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{GatewayConfig, LogFormat};
+use crate::config::{GatewayConfig, LogFormat, RuntimeArgs};
+use crate::demo::DemoArgs;
 use crate::engine::EngineConfig;
 use crate::workflow::FlowFormat;
+use crate::workflow::document::DocFormat;
 
 /// flowgate: a streaming-chain orchestrator between chat frontends and execution engines.
 #[derive(Debug, Parser)]
 #[command(name = "flowgate", version, about, long_about = None)]
 pub struct Cli {
-    /// Async runtime threads: `0` = one per CPU core, `1` = a single-threaded runtime (no
-    /// cross-thread wake-ups: the cheapest per event when one core is enough).
-    #[arg(
-        long,
-        global = true,
-        env = "FLOWGATE_WORKER_THREADS",
-        default_value_t = 0
-    )]
-    pub worker_threads: usize,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `flowgate serve`: the gateway's configuration and its runtime.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub config: GatewayConfig,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway: HTTP + WebSocket server.
-    Serve(Box<GatewayConfig>),
+    Serve(Box<ServeArgs>),
     /// Run the reference execution engine.
     Engine(EngineArgs),
     /// Gateway + engine in one process on the embedded sample agents (no database needed).
@@ -43,19 +45,32 @@ pub enum Command {
         command: AgentsCommand,
     },
     /// Benchmark the gateway against a direct engine connection (latency, CPU, memory).
-    Bench(Box<crate::bench::BenchArgs>),
+    Bench {
+        #[command(flatten)]
+        args: Box<crate::bench::BenchArgs>,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+    },
     /// Print the engine payload of a stored workflow file (or `-` for stdin).
     Convert {
-        /// Workflow file (JSON in either stored shape, or the YAML export shape), `-` for stdin.
+        /// Workflow file, `-` for stdin: JSON in either stored shape, or (a `.yaml`/`.yml` name)
+        /// the YAML export shape.
         file: PathBuf,
+        /// Input format when the file name does not say it (stdin is JSON unless told).
+        #[arg(long, value_enum)]
+        from: Option<DocFormat>,
         /// Output encoding.
         #[arg(long, value_enum, default_value_t = FlowFormat::Yaml)]
         to: FlowFormat,
     },
     /// Validate a stored workflow file: prints every finding; exit 0 clean, 1 errors, 2 unreadable.
     Validate {
-        /// Workflow file (JSON in either stored shape, or the YAML export shape), `-` for stdin.
+        /// Workflow file, `-` for stdin: JSON in either stored shape, or (a `.yaml`/`.yml` name)
+        /// the YAML export shape.
         file: PathBuf,
+        /// Input format when the file name does not say it (stdin is JSON unless told).
+        #[arg(long, value_enum)]
+        from: Option<DocFormat>,
     },
 }
 
@@ -63,6 +78,8 @@ pub enum Command {
 pub struct EngineArgs {
     #[command(flatten)]
     pub engine: EngineConfig,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
     /// Log output format.
     #[arg(long, env = "FLOWGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -76,39 +93,36 @@ pub enum AgentsCommand {
         dir: PathBuf,
         /// Postgres connection URL.
         #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-        database_url: crate::config::Secret,
+        database_url: crate::secret::Secret,
     },
 }
 
-#[derive(Debug, clap::Args)]
-pub struct DemoArgs {
-    /// Address of the demo's gateway (the chat page is served at `/`).
-    #[arg(long, env = "FLOWGATE_LISTEN", default_value = "127.0.0.1:8000")]
-    pub listen: std::net::SocketAddr,
-    /// Address of the demo's engine.
-    #[arg(long, env = "FLOWGATE_ENGINE_LISTEN", default_value = "127.0.0.1:8001")]
-    pub engine_listen: std::net::SocketAddr,
-    /// Serve agents from this folder instead of the embedded samples.
-    #[arg(long, env = "FLOWGATE_FLOWS_DIR")]
-    pub flows_dir: Option<PathBuf>,
-    /// Delay between two scripted `llm_chunk` events.
-    #[arg(long, default_value = "60ms", value_parser = humantime::parse_duration)]
-    pub llm_token_delay: std::time::Duration,
-    /// Log output format.
-    #[arg(long, env = "FLOWGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+impl Command {
+    /// Async runtime threads for this command (`--worker-threads` where it has one; the
+    /// client commands use the default).
+    pub fn worker_threads(&self) -> usize {
+        match self {
+            Command::Serve(a) => a.runtime.worker_threads,
+            Command::Engine(a) => a.runtime.worker_threads,
+            Command::Demo(a) => a.runtime.worker_threads,
+            Command::Bench { runtime, .. } => runtime.worker_threads,
+            _ => 0,
+        }
+    }
 }
 
 /// Run one subcommand to completion and return the process exit code.
 pub async fn run(command: Command) -> std::process::ExitCode {
     use std::process::ExitCode;
     match command {
-        Command::Serve(config) => {
+        Command::Serve(args) => {
+            let config = args.config;
             crate::telemetry::init(config.log_format);
-            match crate::http::serve(*config).await {
+            match crate::http::serve(config).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "gateway failed");
+                    // One sentence (what, where, the fix); the chain would repeat the cause.
+                    tracing::error!("{e}");
                     ExitCode::from(1)
                 }
             }
@@ -118,7 +132,7 @@ pub async fn run(command: Command) -> std::process::ExitCode {
             match crate::engine::serve(args.engine).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!(error = %e, "engine failed");
+                    tracing::error!("{e}");
                     ExitCode::from(1)
                 }
             }
@@ -132,8 +146,8 @@ pub async fn run(command: Command) -> std::process::ExitCode {
         Command::Agents {
             command: AgentsCommand::Import { dir, database_url },
         } => crate::store::import::run(&dir, &database_url).await,
-        Command::Bench(args) => crate::bench::run(*args).await,
-        Command::Convert { file, to } => crate::workflow::cli::convert(&file, to),
-        Command::Validate { file } => crate::workflow::cli::validate(&file),
+        Command::Bench { args, .. } => crate::bench::run(*args).await,
+        Command::Convert { file, from, to } => crate::workflow::cli::convert(&file, from, to),
+        Command::Validate { file, from } => crate::workflow::cli::validate(&file, from),
     }
 }

@@ -5,39 +5,21 @@
 //! `tests/it/readme.rs`). Tests build values with [`GatewayConfig::for_tests`] and never touch
 //! the environment. The engine's settings live in [`crate::engine::EngineConfig`].
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use crate::workflow::FlowFormat;
 
-/// A secret value (JWT secret, engine key, database URL). Never printed by `Debug`/`Display`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub use crate::secret::Secret;
 
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-    /// The secret itself. Call sites must not log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.to_owned()))
-    }
+/// The async runtime of the commands that serve (`serve`, `engine`, `demo`, `bench`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RuntimeArgs {
+    /// Async runtime threads: `0` = one per CPU core, `1` = a single-threaded runtime (no
+    /// cross-thread wake-ups: the cheapest per event when one core is enough).
+    #[arg(long, env = "FLOWGATE_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
 }
 
 /// Log output format.
@@ -60,6 +42,11 @@ pub struct GatewayConfig {
     /// Address the gateway listens on (HTTP and WebSocket).
     #[arg(long, env = "FLOWGATE_LISTEN", default_value = "127.0.0.1:8000")]
     pub listen: SocketAddr,
+
+    /// A second address for `/metrics` and `/readyz` (with `/healthz`), e.g. on a private
+    /// network; when set, the public listener no longer serves `/metrics` and `/readyz`.
+    #[arg(long, env = "FLOWGATE_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
 
     /// Postgres connection URL of the agent database (tables `agent`, `published_agent`,
     /// `unpublished_agent`; created by the embedded migrations if missing).
@@ -130,9 +117,21 @@ pub struct GatewayConfig {
     #[arg(long, env = "FLOWGATE_STORE_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub store_timeout: Duration,
 
-    /// Maximum pooled Postgres connections.
+    /// How long an agent row or stored workflow read from Postgres is reused (0 = every run
+    /// asks the database): a run of an unchanged agent then needs no database round trip, and
+    /// a change (publish, edit, owner) is seen within this time.
+    #[arg(long, env = "FLOWGATE_STORE_CACHE_TTL", default_value = "1s", value_parser = duration)]
+    pub store_cache_ttl: Duration,
+
+    /// Maximum pooled Postgres connections of the agent store (the run log has its own pool,
+    /// `--runlog-db-connections`).
     #[arg(long, env = "FLOWGATE_DB_MAX_CONNECTIONS", default_value_t = 10)]
     pub db_max_connections: u32,
+
+    /// Postgres connections of the run log (its writer, heartbeat and replays), a pool of its
+    /// own: a slow run-log write never makes an agent lookup wait, nor the reverse.
+    #[arg(long, env = "FLOWGATE_RUNLOG_DB_CONNECTIONS", default_value_t = 3)]
+    pub runlog_db_connections: u32,
 
     /// WebSocket read buffer per socket (client and engine), in bytes. tungstenite zero-fills
     /// the whole buffer before every read attempt (also the ones that find nothing) and keeps it
@@ -179,10 +178,26 @@ pub struct GatewayConfig {
     #[arg(long, env = "FLOWGATE_MAX_RUNS_PER_USER", default_value_t = 8)]
     pub max_runs_per_user: usize,
 
+    /// Runs in progress at once from all anonymous callers together (`--allow-anonymous`);
+    /// each anonymous socket is its own principal, so this is their shared limit.
+    #[arg(long, env = "FLOWGATE_MAX_ANONYMOUS_RUNS", default_value_t = 32)]
+    pub max_anonymous_runs: usize,
+
     /// Run-log records buffered for the Postgres writer; a record that finds it full is
     /// dropped and counted (the run goes on).
-    #[arg(long, env = "FLOWGATE_RUNLOG_BUFFER", default_value_t = 8192)]
+    #[arg(long, env = "FLOWGATE_RUNLOG_BUFFER", default_value_t = DEFAULT_RUNLOG_BUFFER)]
     pub runlog_buffer: usize,
+
+    /// How long a run waits for room when the run log's buffer is full (the database is slower
+    /// than the runs): meanwhile it reads nothing from the engine; past it, the run ends with
+    /// `store_unavailable` and the records that did not fit are counted as lost.
+    #[arg(long, env = "FLOWGATE_RUNLOG_WAIT", default_value = "10s", value_parser = duration)]
+    pub runlog_wait: Duration,
+
+    /// Finished runs (with their frames) older than this are deleted from the Postgres run log,
+    /// a few hundred per heartbeat; resuming them then says the run is unknown.
+    #[arg(long, env = "FLOWGATE_RUNLOG_RETENTION", default_value = "7days", value_parser = duration)]
+    pub runlog_retention: Duration,
 
     /// How long the Postgres run-log writer collects records before it writes them in one
     /// transaction (sooner when a batch is full or a resume waits for the log); `0` writes at
@@ -237,6 +252,31 @@ pub struct GatewayConfig {
     )]
     pub client_messages_per_second: u32,
 
+    /// Time a client has to send a complete HTTP request header (also the idle time allowed
+    /// between requests on a kept-alive connection); slower connections are closed. The
+    /// defence against clients that open connections and never finish a request (slowloris).
+    #[arg(long, env = "FLOWGATE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub header_read_timeout: Duration,
+
+    /// Most TCP connections open at once (HTTP requests and WebSockets); beyond, a new
+    /// connection is closed at once. Lowered at startup to fit the process's open-file limit.
+    #[arg(long, env = "FLOWGATE_MAX_CONNECTIONS", default_value_t = 12_000)]
+    pub max_connections: usize,
+
+    /// Most TCP connections open at once from one client address; beyond, a new connection from
+    /// it is closed at once. 0 = unlimited (behind a proxy every client has the proxy's address).
+    #[arg(
+        long,
+        env = "FLOWGATE_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 256
+    )]
+    pub max_connections_per_address: usize,
+
+    /// A socket opened without a token must authenticate (`{"type":"auth"}` with a valid token)
+    /// within this time, else it gets `unauthenticated` and is closed with 4401.
+    #[arg(long, env = "FLOWGATE_AUTH_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub auth_timeout: Duration,
+
     /// Most client sockets open at once; beyond, new sockets are closed with 1013.
     #[arg(long, env = "FLOWGATE_MAX_SESSIONS", default_value_t = 10_000)]
     pub max_sessions: usize,
@@ -252,16 +292,31 @@ pub struct GatewayConfig {
     )]
     pub drop_events: Vec<String>,
 
+    /// Most agents with their own `agent` label in `/metrics`; runs of further agents are
+    /// counted under `(other)`, runs of agents that do not exist under `(unknown)`.
+    #[arg(long, env = "FLOWGATE_METRICS_MAX_AGENTS", default_value_t = DEFAULT_METRICS_MAX_AGENTS)]
+    pub metrics_max_agents: usize,
+
     /// Log output format.
     #[arg(long, env = "FLOWGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
+
+/// Default of `--runlog-buffer`: the run log's own default.
+pub const DEFAULT_RUNLOG_BUFFER: usize = crate::runlog::DEFAULT_BUFFER;
+
+/// Default of `--runlog-retention`: the run log's own default.
+pub const DEFAULT_RUNLOG_RETENTION: Duration = crate::runlog::DEFAULT_RETENTION;
+
+/// Default of `--metrics-max-agents`.
+pub const DEFAULT_METRICS_MAX_AGENTS: usize = 200;
 
 impl GatewayConfig {
     /// A configuration for tests: port 0, the given engine, a known JWT secret, short timeouts.
     pub fn for_tests(engine_url: impl Into<String>) -> GatewayConfig {
         GatewayConfig {
             listen: "127.0.0.1:0".parse().expect("valid address"),
+            admin_listen: None,
             database_url: None,
             flows_dir: None,
             engine_url: engine_url.into(),
@@ -277,6 +332,8 @@ impl GatewayConfig {
             max_client_message_bytes: 64 * 1024,
             store_timeout: Duration::from_secs(3),
             db_max_connections: 5,
+            store_cache_ttl: Duration::from_secs(1),
+            runlog_db_connections: 3,
             ws_read_buffer_bytes: 2048,
             ws_write_buffer_bytes: 512,
             client_batch: 64,
@@ -286,7 +343,10 @@ impl GatewayConfig {
             detach_grace: Duration::from_secs(30),
             cancel_on_disconnect: false,
             max_runs_per_user: 8,
-            runlog_buffer: 8192,
+            max_anonymous_runs: 32,
+            runlog_buffer: DEFAULT_RUNLOG_BUFFER,
+            runlog_retention: DEFAULT_RUNLOG_RETENTION,
+            runlog_wait: Duration::from_secs(10),
             runlog_linger: Duration::from_millis(10),
             runlog_memory_runs: 1000,
             heartbeat_interval: Duration::from_secs(10),
@@ -299,7 +359,65 @@ impl GatewayConfig {
             client_messages_per_second: 0,
             max_sessions: 10_000,
             drop_events: vec!["llm_prompt".into()],
+            header_read_timeout: Duration::from_secs(10),
+            auth_timeout: Duration::from_secs(10),
+            max_connections: 12_000,
+            max_connections_per_address: 256,
+            metrics_max_agents: DEFAULT_METRICS_MAX_AGENTS,
             log_format: LogFormat::Text,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: GatewayConfig,
+    }
+
+    /// The limits tests do not shorten must be the production defaults, written once.
+    #[test]
+    fn test_configs_share_the_production_limits() {
+        let parsed = Cli::try_parse_from(["flowgate"])
+            .expect("defaults parse")
+            .config;
+        let tests = GatewayConfig::for_tests("ws://127.0.0.1:1");
+        assert_eq!(parsed.runlog_buffer, tests.runlog_buffer);
+        assert_eq!(
+            parsed.runlog_buffer,
+            crate::runlog::PgRunLogConfig::default().buffer
+        );
+        assert_eq!(parsed.runlog_retention, tests.runlog_retention);
+        assert_eq!(
+            parsed.runlog_retention,
+            crate::runlog::PgRunLogConfig::default().retention
+        );
+        assert_eq!(parsed.runlog_linger, tests.runlog_linger);
+        assert_eq!(parsed.runlog_wait, tests.runlog_wait);
+        assert_eq!(parsed.runlog_db_connections, tests.runlog_db_connections);
+        assert_eq!(parsed.store_cache_ttl, tests.store_cache_ttl);
+        assert_eq!(parsed.max_connections, tests.max_connections);
+        assert_eq!(
+            parsed.max_connections_per_address,
+            tests.max_connections_per_address
+        );
+        assert_eq!(parsed.header_read_timeout, tests.header_read_timeout);
+        assert_eq!(parsed.auth_timeout, tests.auth_timeout);
+        assert_eq!(parsed.max_sessions, tests.max_sessions);
+        assert_eq!(parsed.max_runs_per_user, tests.max_runs_per_user);
+        assert_eq!(parsed.max_anonymous_runs, tests.max_anonymous_runs);
+        assert_eq!(parsed.metrics_max_agents, tests.metrics_max_agents);
+        assert_eq!(parsed.max_run_frames, tests.max_run_frames);
+        assert_eq!(
+            parsed.max_client_message_bytes,
+            tests.max_client_message_bytes
+        );
+        assert_eq!(parsed.max_engine_frame_bytes, tests.max_engine_frame_bytes);
+        assert_eq!(parsed.engine_close_timeout, tests.engine_close_timeout);
     }
 }

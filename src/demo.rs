@@ -1,17 +1,46 @@
 //! `flowgate demo`: the reference engine and a gateway in one process, on the embedded sample
-//! agents (or `--flows-dir`), with a fresh random JWT secret. Prints the page URL (the token in
-//! the URL fragment, which browsers never send to the server) and a ready `flowgate chat` line.
+//! agents (or `--flows-dir`), with a fresh random JWT secret (printed, so `flowgate token` can
+//! mint tokens for other users) or `--jwt-secret`. Prints the page URL (the token in the URL
+//! fragment, which browsers never send to the server) and a ready `flowgate chat` line.
 
 use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::DemoArgs;
-use crate::config::{GatewayConfig, Secret};
+use std::path::PathBuf;
+
+use crate::config::{GatewayConfig, LogFormat, RuntimeArgs};
 use crate::engine::{Engine, EngineConfig};
 use crate::http::Gateway;
+use crate::secret::Secret;
 use crate::store::Store;
 use crate::store::files::FilesStore;
+
+/// `flowgate demo` settings.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Address of the demo's gateway (the chat page is served at `/`).
+    #[arg(long, env = "FLOWGATE_LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: std::net::SocketAddr,
+    /// Address of the demo's engine.
+    #[arg(long, env = "FLOWGATE_ENGINE_LISTEN", default_value = "127.0.0.1:8001")]
+    pub engine_listen: std::net::SocketAddr,
+    /// Serve agents from this folder instead of the embedded samples.
+    #[arg(long, env = "FLOWGATE_FLOWS_DIR")]
+    pub flows_dir: Option<PathBuf>,
+    /// HS256 key the demo's tokens are signed with; without it a random one is made and
+    /// printed, so that `flowgate token` can mint tokens for other users.
+    #[arg(long, env = "FLOWGATE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+    /// Delay between two scripted `llm_chunk` events.
+    #[arg(long, default_value = "60ms", value_parser = humantime::parse_duration)]
+    pub llm_token_delay: std::time::Duration,
+    /// Log output format.
+    #[arg(long, env = "FLOWGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
 
 /// The user the demo's token is minted for (owner of the sample agents `echo`, `assistant`).
 pub const DEMO_USER: &str = "alice";
@@ -36,9 +65,11 @@ pub async fn run(args: DemoArgs) -> ExitCode {
         None => FilesStore::embedded(),
     };
     let engine_key = random_secret();
-    let jwt_secret = random_secret();
+    let chosen_secret = args.jwt_secret.is_some();
+    let jwt_secret = args.jwt_secret.clone().unwrap_or_else(random_secret);
 
     let mut engine_config = EngineConfig::for_tests();
+    engine_config.allow_flow_faults = false;
     engine_config.listen = args.engine_listen;
     engine_config.engine_key = Some(engine_key.clone());
     engine_config.llm_tokens = 24;
@@ -46,10 +77,13 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     let engine = match Engine::build(engine_config).await {
         Ok(e) => e,
         Err(e) => {
-            eprintln!(
-                "flowgate demo: cannot bind the engine on {}: {e}",
-                args.engine_listen
+            let why = crate::startup::listen_failed(
+                "the demo's engine",
+                args.engine_listen,
+                &e,
+                "--engine-listen (FLOWGATE_ENGINE_LISTEN)",
             );
+            eprintln!("flowgate demo: {why}");
             return ExitCode::from(1);
         }
     };
@@ -61,6 +95,9 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     config.engine_key = Some(engine_key);
     config.log_format = args.log_format;
     config.engine_idle_timeout = std::time::Duration::from_secs(120);
+    // A local demo: caps that fit any open-file limit (no warning about lowering them).
+    config.max_connections = 1_000;
+    config.max_sessions = 900;
     let gateway = match Gateway::with_store(config, Store::Files(store)).await {
         Ok(g) => g,
         Err(e) => {
@@ -86,11 +123,23 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     println!(
         "  The token is for user `{DEMO_USER}` and valid for 12 hours. Ctrl-C stops the demo."
     );
+    println!();
+    if chosen_secret {
+        println!("  Other users: tokens signed with your FLOWGATE_JWT_SECRET (--jwt-secret), e.g.");
+    } else {
+        println!("  Other users: this demo signs with a random key; mint tokens with it:");
+        println!(
+            "              export FLOWGATE_JWT_SECRET={}",
+            jwt_secret.expose()
+        );
+    }
+    println!("              cargo run --release -- token --sub bob");
+    println!("              (paste the token into the page, or set FLOWGATE_TOKEN for `chat`)");
 
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
-        crate::http::shutdown_signal().await;
+        crate::shutdown::signal().await;
         signal.cancel();
     });
     let engine_task = tokio::spawn(engine.run(shutdown.clone()));

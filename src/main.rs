@@ -5,7 +5,7 @@ use flowgate::cli::Cli;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let built = match cli.worker_threads {
+    let built = match cli.command.worker_threads() {
         0 => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build(),

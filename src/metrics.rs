@@ -1,7 +1,10 @@
 //! Prometheus metrics of a gateway (`GET /metrics`, text exposition format).
 //!
-//! Owned by [`crate::http::AppState`]; the relay records into it. Labels are bounded: `agent`
-//! comes from the store (only agents that exist get a run), `status` and `code` from fixed sets.
+//! Owned by the gateway's state; the relay and the accept loop record into it. Labels are bounded: `agent` is
+//! the id of an agent the store knows, at most `--metrics-max-agents` distinct ids (the rest are
+//! counted under [`OTHER_AGENTS`]); runs of agents that do not exist (or whose lookup failed) are
+//! counted under [`UNKNOWN_AGENT`], so no client can create series. `status` and `code` come
+//! from fixed sets.
 
 use std::sync::atomic::{AtomicI64, AtomicU64};
 
@@ -13,6 +16,12 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(String, String)>;
+
+/// The `agent` label of runs whose agent the store does not know (or could not be asked about).
+/// Agent ids cannot contain parentheses, so it never collides with one.
+pub const UNKNOWN_AGENT: &str = "(unknown)";
+/// The `agent` label once `--metrics-max-agents` distinct agents have their own.
+pub const OTHER_AGENTS: &str = "(other)";
 
 /// Every metric of the gateway.
 pub struct Metrics {
@@ -30,6 +39,13 @@ pub struct Metrics {
     pub runlog_events_dropped: Gauge<u64, AtomicU64>,
     pub runlog_write_lag_ms_max: Gauge<u64, AtomicU64>,
     pub workflow_cache_hits: Gauge<u64, AtomicU64>,
+    pub connections_refused: Family<Labels, Counter>,
+    pub runlog_waits: Counter,
+    pub runs_log_incomplete: Counter,
+    pub runs_log_incomplete_replays: Counter,
+    /// Agent ids that have their own label, at most `max_agent_labels`.
+    agent_labels: std::sync::Mutex<std::collections::HashSet<std::sync::Arc<str>>>,
+    max_agent_labels: usize,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -40,18 +56,43 @@ impl std::fmt::Debug for Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics::new()
+        Metrics::new(crate::config::DEFAULT_METRICS_MAX_AGENTS)
     }
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    /// Metrics with at most `max_agent_labels` distinct `agent` label values of real agents.
+    pub fn new(max_agent_labels: usize) -> Metrics {
         let mut registry = Registry::with_prefix("flowgate");
         let sessions_open = Gauge::<i64, AtomicI64>::default();
         registry.register(
             "sessions_open",
             "Client WebSocket sessions open now",
             sessions_open.clone(),
+        );
+        let runlog_waits = Counter::default();
+        registry.register(
+            "runlog_waits",
+            "Times a run waited for room in the run log's buffer (it read nothing from the engine meanwhile)",
+            runlog_waits.clone(),
+        );
+        let runs_log_incomplete = Counter::default();
+        registry.register(
+            "runs_log_incomplete",
+            "Runs whose log lost records (the run log stayed full past --runlog-wait); should stay 0",
+            runs_log_incomplete.clone(),
+        );
+        let runs_log_incomplete_replays = Counter::default();
+        registry.register(
+            "runs_log_incomplete_replays",
+            "Resumes of ended runs whose log misses frames (answered with an error naming the gap)",
+            runs_log_incomplete_replays.clone(),
+        );
+        let connections_refused = Family::<Labels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "TCP connections closed at accept, by reason (max_connections, max_connections_per_address)",
+            connections_refused.clone(),
         );
         let runs_started = Family::<Labels, Counter>::default();
         registry.register(
@@ -136,7 +177,38 @@ impl Metrics {
             runlog_events_dropped,
             runlog_write_lag_ms_max,
             workflow_cache_hits,
+            connections_refused,
+            runlog_waits,
+            runs_log_incomplete,
+            runs_log_incomplete_replays,
+            agent_labels: Default::default(),
+            max_agent_labels,
         }
+    }
+
+    /// The `agent` label of an agent the store knows: its id while fewer than
+    /// `max_agent_labels` ids have one, else [`OTHER_AGENTS`].
+    pub fn agent_label(&self, agent_id: &str) -> std::sync::Arc<str> {
+        let mut labels = self
+            .agent_labels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(known) = labels.get(agent_id) {
+            return known.clone();
+        }
+        if labels.len() >= self.max_agent_labels {
+            return OTHER_AGENTS.into();
+        }
+        let label: std::sync::Arc<str> = agent_id.into();
+        labels.insert(label.clone());
+        label
+    }
+
+    /// A connection was closed at accept.
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&vec![("reason".into(), reason.into())])
+            .inc();
     }
 
     pub fn run_started(&self, agent: &str) {

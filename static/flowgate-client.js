@@ -1,5 +1,5 @@
 // flowgate-client.js: a dependency-free client of flowgate's chat WebSocket
-// (`GET /api/chat/execute/{agent_id}`, PROTOCOL.md sections 2 and 5). Copy it into any frontend.
+// (`GET /api/chat/execute/{agent_id}`, docs/protocol.md). Copy it into any frontend.
 //
 //   import { FlowgateClient } from "./flowgate-client.js";
 //   const client = new FlowgateClient({ agentId: "assistant", token });
@@ -30,7 +30,7 @@
 //   end      {type: "flow_completed"|"flow_error"|"flow_cancelled"|"error"|"disconnected",
 //             run_id, data}
 
-/** Readable sentences for the error codes of PROTOCOL.md section 5. */
+/** Readable sentences for the error codes of docs/protocol.md section 9. */
 export const ERROR_MESSAGES = {
   unauthenticated: "You are not signed in, or your token has expired. Open a fresh link with a token.",
   forbidden: "You are not allowed to run this agent.",
@@ -49,10 +49,11 @@ export const ERROR_MESSAGES = {
   connection_lost: "The connection was lost before the run started. Send the message again.",
 };
 
-/** Readable sentences for WebSocket close codes (PROTOCOL.md section 5). */
+/** Readable sentences for WebSocket close codes (docs/protocol.md section 10). */
 export const CLOSE_REASONS = {
   1000: "The gateway closed the connection.",
   1001: "The gateway is going away.",
+  1002: "The gateway refused a malformed WebSocket frame (protocol error).",
   1006: "The connection dropped.",
   1008: "The gateway refused a message (policy violation).",
   1009: "The message is too big.",
@@ -67,7 +68,7 @@ export const CLOSE_REASONS = {
 };
 
 /** Close codes after which reconnecting cannot help. */
-const FATAL_CLOSE = new Set([1008, 1009, 4401, 4403, 4404]);
+const FATAL_CLOSE = new Set([1002, 1008, 1009, 4401, 4403, 4404]);
 const CLOSE_CODE_ERRORS = { 4401: "unauthenticated", 4403: "forbidden", 4404: "agent_not_found" };
 
 /** Run-ending event types (exactly one per run). */

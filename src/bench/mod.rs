@@ -4,7 +4,7 @@
 //! (or targeting given URLs), driving N concurrent client sessions through the gateway and then
 //! directly against the engine, and reporting setup latency, per-event latency, throughput, the
 //! gateway's CPU and memory, errors and lost events, each judged against the targets of
-//! `docs/benchmarks.md`. Called by the CLI (`crate::cli`) through [`run`]; the smoke test calls
+//! `docs/benchmarks.md`. Called by the `bench` subcommand through [`run`]; the smoke test calls
 //! [`execute`] for the [`Report`].
 //!
 //! Phases (streaming): warm-up + measured window through the gateway, then the same again
@@ -15,7 +15,7 @@
 //! `--idle` mode the engine's scripted model waits `--idle-delay` between chunks, every session
 //! holds one run open, and the gateway's RSS is read with all sessions open.
 //!
-//! Numbers are printed, never asserted (STYLE.md 13): a missed target says `MISSED`.
+//! Numbers are printed, never asserted (docs/style.md 13): a missed target says `MISSED`.
 
 pub mod procs;
 pub mod report;
@@ -34,8 +34,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Secret;
 use crate::relay::engine_client::EngineTarget;
+use crate::secret::Secret;
 use crate::workflow::FlowFormat;
 use procs::ChildProc;
 pub use report::Report;
@@ -336,6 +336,7 @@ async fn load_payload(args: &BenchArgs) -> Result<Payload, BenchError> {
     let flow = crate::workflow::render(&converted.flow, args.flow_format);
     let initial_inputs =
         crate::workflow::initial_inputs(&converted.flow, Some(&args.message), None, None)
+            .expect("a message alone always makes initial inputs")
             .to_string();
     Ok(Payload {
         flow,
@@ -499,6 +500,7 @@ impl Database {
                     ImportError::Folder(e) => {
                         BenchError::Workflow(format!("{}: {e}", args.flows_dir.display()))
                     }
+                    ImportError::Open(sentence) => BenchError::Database(sentence),
                     ImportError::Database(e) => BenchError::Database(format!(
                         "--database-url {}: importing {} failed (nothing was written): {}",
                         self.shown,
@@ -908,7 +910,7 @@ pub async fn execute(args: &BenchArgs) -> Result<Report, BenchError> {
             "--sessions and --events must be at least 1".into(),
         ));
     }
-    let nofile = procs::raise_nofile(args.nofile);
+    let nofile = crate::startup::raise_open_file_limit(args.nofile);
     let mut notes = Vec::new();
     if let Some(limit) = nofile {
         // The gateway holds two sockets per session (client and engine).
@@ -1026,6 +1028,9 @@ async fn drive(
             env_pair("FLOWGATE_UPGRADES_PER_SECOND", 0),
             env_pair("FLOWGATE_CLIENT_MESSAGES_PER_SECOND", 0),
             env_pair("FLOWGATE_MAX_SESSIONS", args.sessions.max(10_000) + 64),
+            // Every bench client comes from 127.0.0.1.
+            env_pair("FLOWGATE_MAX_CONNECTIONS_PER_ADDRESS", 0),
+            env_pair("FLOWGATE_MAX_CONNECTIONS", args.sessions.max(10_000) + 128),
         ];
         if let Some(key) = &engine_key {
             env.push(env_pair("FLOWGATE_ENGINE_KEY", key.expose()));
@@ -1120,6 +1125,7 @@ async fn drive(
                 // The gateway's defaults, so both paths read alike.
                 read_buffer_bytes: 2048,
                 write_buffer_bytes: 512,
+                close_timeout: Duration::from_millis(200),
             },
             engine_key: engine_key.clone(),
             flow: payload.flow.clone(),
@@ -1321,7 +1327,7 @@ mod tests {
 
     #[test]
     fn database_url_is_a_flag_only_and_not_for_a_running_gateway() {
-        // `.cargo/config.toml` sets DATABASE_URL for tests: the bench must not pick it up.
+        // A `DATABASE_URL` in the environment is for `serve`: the bench must not pick it up.
         let a = BenchArgs::parse_from(["--sessions", "5"]).unwrap();
         assert!(a.database_url.is_none());
         let a = BenchArgs::parse_from(["--database-url", "postgres://u:pw@h/d"]).unwrap();

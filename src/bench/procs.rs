@@ -169,28 +169,6 @@ pub fn clock_ticks() -> u64 {
         .unwrap_or(100)
 }
 
-/// Raise this process's soft `RLIMIT_NOFILE` to `want` (at most the hard limit); children
-/// started afterwards inherit it. Returns the limit now in force.
-pub fn raise_nofile(want: u64) -> Option<u64> {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let now = getrlimit(Resource::Nofile);
-    let hard = now.maximum.unwrap_or(u64::MAX);
-    let target = want.min(hard);
-    match now.current {
-        Some(cur) if cur < target => {
-            let new = Rlimit {
-                current: Some(target),
-                maximum: now.maximum,
-            };
-            match setrlimit(Resource::Nofile, new) {
-                Ok(()) => Some(target),
-                Err(_) => Some(cur),
-            }
-        }
-        cur => cur,
-    }
-}
-
 /// The number of ephemeral ports (`/proc/sys/net/ipv4/ip_local_port_range`), or 28,232 (the
 /// Linux default range) when unreadable.
 pub fn ephemeral_ports() -> u64 {

@@ -27,8 +27,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::stats::{StreamCheck, Tally, is_terminal};
-use crate::config::Secret;
 use crate::relay::engine_client::{self, EngineTarget, Handshake};
+use crate::secret::Secret;
 
 /// Timing and limits shared by every session of a phase.
 #[derive(Debug, Clone)]

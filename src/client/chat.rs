@@ -1,6 +1,6 @@
 //! `flowgate chat <agent_id> [message]`: the terminal chat client.
 //!
-//! Owns one run over `GET /api/chat/execute/{agent_id}` (PROTOCOL.md sections 2 and 5): it sends
+//! Owns one run over `GET /api/chat/execute/{agent_id}` (docs/neuralabs.md sections 2 and 5): it sends
 //! the run request, streams `llm_chunk` text to stdout as it arrives (flushed per chunk), shows
 //! element progress and errors on stderr, and ends on the run's one terminal event
 //! (`flow_completed`, `flow_error`, `flow_cancelled`) or an `error` frame. Ctrl-C sends
@@ -37,7 +37,7 @@ pub struct ChatArgs {
     pub url: String,
     /// JWT sent as `Authorization: Bearer` (e.g. from `flowgate token`).
     #[arg(long, env = "FLOWGATE_TOKEN", hide_env_values = true)]
-    pub token: Option<crate::config::Secret>,
+    pub token: Option<crate::secret::Secret>,
     /// Time allowed to open the connection, and for each frame the client sends.
     #[arg(long, env = "FLOWGATE_CHAT_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
@@ -152,11 +152,12 @@ fn close_suffix(code: Option<u16>, reason: &str) -> String {
     }
 }
 
-/// The meaning of a close code of PROTOCOL.md section 5.
+/// The meaning of a close code (docs/protocol.md section 10).
 pub fn close_code_meaning(code: u16) -> &'static str {
     match code {
         1000 => "normal closure",
         1001 => "going away",
+        1002 => "protocol error",
         1008 => "policy violation",
         1009 => "message too big",
         1011 => "internal error on the gateway",
@@ -176,7 +177,7 @@ pub fn close_code_meaning(code: u16) -> &'static str {
 /// `http` becomes `ws`, `https` becomes `wss`; a path prefix of the base is kept.
 pub fn execute_url(base: &str, agent_id: &str) -> Result<String, ChatError> {
     let invalid = |reason: &str| ChatError::InvalidUrl {
-        url: base.to_owned(),
+        url: shown_url(base),
         reason: reason.into(),
     };
     let (scheme, rest) = base
@@ -189,7 +190,8 @@ pub fn execute_url(base: &str, agent_id: &str) -> Result<String, ChatError> {
     };
     if rest.contains(['?', '#']) {
         return Err(invalid(
-            "a query or fragment is not allowed in the base URL",
+            "a query or fragment is not allowed in the base URL (pass a token with --token or \
+             FLOWGATE_TOKEN, never in the URL)",
         ));
     }
     let rest = rest.trim_end_matches('/');
@@ -203,6 +205,26 @@ pub fn execute_url(base: &str, agent_id: &str) -> Result<String, ChatError> {
         "{scheme}://{rest}/api/chat/execute/{}",
         encode_segment(agent_id)
     ))
+}
+
+/// A URL as error messages show it: no password, and a query or fragment (which may hold a
+/// token) shown as `?…` / `#…`.
+fn shown_url(url: &str) -> String {
+    let cut = url.find(['?', '#']).unwrap_or(url.len());
+    let (head, tail) = url.split_at(cut);
+    let head = if head.contains("://") {
+        crate::startup::redacted_url(head)
+    } else {
+        head.to_owned()
+    };
+    let mut shown = head;
+    if tail.starts_with('?') {
+        shown.push_str("?…");
+    }
+    if tail.contains('#') {
+        shown.push_str("#…");
+    }
+    shown
 }
 
 /// Percent-encode one path segment (everything but RFC 3986 unreserved characters).
@@ -285,7 +307,7 @@ pub async fn chat(
         .as_str()
         .into_client_request()
         .map_err(|e| ChatError::InvalidUrl {
-            url: args.url.clone(),
+            url: shown_url(&args.url),
             reason: e.to_string(),
         })?;
     let token = args
@@ -562,6 +584,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_token_in_the_url_never_reaches_the_error() {
+        for url in [
+            "ws://127.0.0.1:1/?token=SECRETJWT",
+            "wx://u:SECRETJWT@h/?token=SECRETJWT",
+            "ws://h/api#token=SECRETJWT",
+        ] {
+            let err = execute_url(url, "echo").unwrap_err().to_string();
+            assert!(!err.contains("SECRETJWT"), "{err}");
+            assert!(err.contains("invalid gateway URL"), "{err}");
+        }
+        let err = execute_url("ws://h/?token=SECRETJWT", "echo")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`ws://h/?…`") && err.contains("--token"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn http_base_urls_become_websocket_urls() {
         assert_eq!(
             execute_url("http://localhost:8000", "echo").unwrap(),
@@ -579,9 +621,14 @@ mod tests {
 
     #[test]
     fn unusable_base_urls_are_refused_with_a_reason() {
-        for bad in ["localhost:8000", "ftp://x", "http://", "http://h/?token=x"] {
+        for (bad, shown) in [
+            ("localhost:8000", "localhost:8000"),
+            ("ftp://x", "ftp://x"),
+            ("http://", "http://"),
+            ("http://h/?token=x", "http://h/?…"),
+        ] {
             let err = execute_url(bad, "echo").unwrap_err().to_string();
-            assert!(err.contains(bad), "{err}");
+            assert!(err.contains(&format!("`{shown}`")), "{err}");
         }
     }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use chrono::{DateTime, FixedOffset};
 
 use super::fault::Fault;
-use crate::config::Secret;
+use crate::secret::Secret;
 
 fn rfc3339(s: &str) -> Result<DateTime<FixedOffset>, chrono::ParseError> {
     DateTime::parse_from_rfc3339(s)
@@ -214,9 +214,15 @@ pub struct EngineConfig {
 
     /// Inject a failure into every run (gateway fault tests): `crash-after=N`, `stall-after=N`,
     /// `non-json-after=N`, `oversize-after=N`, `no-close`, `refuse-handshake`, `bad-handshake`.
-    /// A flow's start element can set the same spec in its `fault` parameter.
+    /// A flow's start element can set the same spec in its `fault` parameter when
+    /// `--allow-flow-faults` is on.
     #[arg(long, env = "FLOWGATE_ENGINE_FAULT")]
     pub fault: Option<Fault>,
+
+    /// Honour a flow's `fault` parameter on its start element (tests only: otherwise any stored
+    /// workflow could make the engine crash or stall its runs on purpose).
+    #[arg(long, env = "FLOWGATE_ENGINE_ALLOW_FLOW_FAULTS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_flow_faults: bool,
 
     /// Size in bytes of the frame sent by the `oversize-after=N` fault.
     #[arg(long, env = "FLOWGATE_ENGINE_FAULT_OVERSIZE_BYTES", default_value_t = 8 * 1024 * 1024)]
@@ -230,8 +236,8 @@ pub struct EngineConfig {
     #[arg(long, env = "FLOWGATE_ENGINE_FIXED_TIME", value_parser = rfc3339)]
     pub fixed_time: Option<DateTime<FixedOffset>>,
 
-    /// Hosts (`host` or `host:port`, comma separated) that `rest_api` elements may call over
-    /// plain `http://`. Empty (the default) blocks every call.
+    /// Hosts (`host:port`, comma separated; a bare `host` means port 80 only) that `rest_api`
+    /// elements may call over plain `http://`. Empty (the default) blocks every call.
     #[arg(long, env = "FLOWGATE_ENGINE_REST_ALLOW_HOSTS", value_delimiter = ',')]
     pub rest_allow_hosts: Vec<String>,
 
@@ -265,6 +271,7 @@ impl EngineConfig {
             shutdown_grace: Duration::from_secs(5),
             fault: None,
             fault_oversize_bytes: 8 * 1024 * 1024,
+            allow_flow_faults: true,
             seed: None,
             fixed_time: None,
             rest_allow_hosts: Vec::new(),

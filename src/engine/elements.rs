@@ -1,5 +1,5 @@
 //! The element library: what each element type does with its inputs and parameters, and the
-//! element-specific events it sends (PROTOCOL.md section 4).
+//! element-specific events it sends (docs/neuralabs.md section 4).
 //!
 //! Implemented: `start`, `end`, `chat_input`, `context_history`, `constants`, `datablock`,
 //! `metadata`, `selector`, `merger`, `random_generator`, `time`, `llm_text`, `llm_structured`,

@@ -1,4 +1,4 @@
-//! The executor: runs one parsed [`Flow`] and produces the events of PROTOCOL.md section 4.
+//! The executor: runs one parsed [`Flow`] and produces the events of docs/neuralabs.md section 4.
 //!
 //! Design: a strict depth-first walk from `start_element` along control connections
 //! (`control`/`both`) in connection-list order. Before an element runs, each control-upstream

@@ -2,7 +2,7 @@
 //!
 //! A [`Fault`] comes from `--fault <spec>` (every run of the engine) or from the `fault` parameter
 //! of a flow's start element (that run only; it wins over the flag). "Events" below are the
-//! frames of PROTOCOL.md section 4 sent after the `starting` handshake frame; `N = 0` means
+//! frames of docs/neuralabs.md section 4 sent after the `starting` handshake frame; `N = 0` means
 //! "before the first event". When a flow has fewer than `N` events the run ends normally.
 //!
 //! | spec | behaviour |

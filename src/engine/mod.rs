@@ -1,6 +1,6 @@
 //! The reference execution engine (`flowgate engine`).
 //!
-//! Owns `GET /ws/execute/{flow_id}`: the 4-step handshake of PROTOCOL.md section 3 (flow frame
+//! Owns `GET /ws/execute/{flow_id}`: the 4-step handshake of docs/neuralabs.md section 3 (flow frame
 //! as YAML or JSON) and the socket loop (`server`), the flow model (`flow`), the depth-first
 //! executor of section 4 (`executor`), the element library (`elements`, `rest`), the scripted
 //! streaming LLM (`llm`), the OpenAI-compatible streaming client used with `--llm-base-url`
@@ -103,14 +103,27 @@ impl Engine {
 }
 
 /// `flowgate engine`: bind, serve until SIGINT/SIGTERM.
-pub async fn serve(config: EngineConfig) -> std::io::Result<()> {
-    let engine = Engine::build(config).await?;
+pub async fn serve(config: EngineConfig) -> Result<(), String> {
+    let addr = config.listen;
+    if !addr.ip().is_loopback() && config.engine_key.is_none() {
+        return Err(format!(
+            "the engine would listen on {addr} without --engine-key: anyone who reaches it could \
+             run flows (and their rest_api calls). Set FLOWGATE_ENGINE_KEY (the same key on the \
+             gateway), or listen on 127.0.0.1 with --listen (FLOWGATE_ENGINE_LISTEN)"
+        ));
+    }
+    let engine = Engine::build(config).await.map_err(|e| {
+        crate::startup::listen_failed("the engine", addr, &e, "--listen (FLOWGATE_ENGINE_LISTEN)")
+    })?;
     tracing::info!(addr = %engine.local_addr(), "engine listening");
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
-        crate::http::shutdown_signal().await;
+        crate::shutdown::signal().await;
         signal.cancel();
     });
-    engine.run(shutdown).await
+    engine
+        .run(shutdown)
+        .await
+        .map_err(|e| format!("the engine stopped: {}", crate::startup::plain_io(&e)))
 }

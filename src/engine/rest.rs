@@ -1,7 +1,8 @@
 //! The `rest_api` element: one plain `http://` HTTP/1.1 request to an allowed host.
 //!
-//! Calls are an SSRF risk, so they are off unless `--rest-allow-hosts` lists the URL's host (or
-//! `host:port`); anything else, and every `https://` URL, is an element error. The request is
+//! Calls are an SSRF risk, so they are off unless `--rest-allow-hosts` lists the URL's
+//! `host:port` (a bare `host` is port 80 only); anything else, a URL with spaces or control
+//! characters (request injection), and every `https://` URL, is an element error. The request is
 //! written by hand over a `TcpStream` (`Connection: close`), bounded by `--rest-timeout` (the
 //! element's `timeout` parameter, in seconds, can only shorten it) and
 //! `--rest-max-response-bytes`. Parameters: `url`, `method` (GET), `headers` (object), `body`
@@ -29,6 +30,13 @@ pub(super) struct Target {
 
 /// Parse a plain `http://` URL; `https://` and URLs with user info are refused.
 pub(super) fn parse_url(url: &str) -> Result<Target, String> {
+    // A space or a control character (CR LF) would end the request line and inject headers or
+    // a second request into the allowed host.
+    if let Some(bad) = url.chars().find(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!(
+            "the URL contains {bad:?}: spaces and control characters must be percent-encoded"
+        ));
+    }
     let rest = match url.strip_prefix("http://") {
         Some(r) => r,
         None if url.starts_with("https://") => {
@@ -59,12 +67,14 @@ pub(super) fn parse_url(url: &str) -> Result<Target, String> {
     })
 }
 
+/// Is the target in `--rest-allow-hosts`? Entries are `host:port`; an entry without a port
+/// allows port 80 only (never every port of the host).
 fn allowed(allow: &[String], t: &Target) -> bool {
     let with_port = format!("{}:{}", t.host, t.port);
     allow
         .iter()
         .map(|a| a.trim().to_ascii_lowercase())
-        .any(|a| a == t.host || a == with_port)
+        .any(|a| a == with_port || (t.port == 80 && a == t.host))
 }
 
 fn decode_chunked(mut body: &[u8]) -> Option<Vec<u8>> {
@@ -231,12 +241,30 @@ mod tests {
             (t.host.as_str(), t.port, t.path.as_str()),
             ("example.com", 8080, "/a?b=1")
         );
-        assert!(allowed(&["example.com".into()], &t));
+        // An entry without a port is port 80 only, never every port of the host.
+        assert!(!allowed(&["example.com".into()], &t));
         assert!(allowed(&["example.com:8080".into()], &t));
         assert!(!allowed(&["example.com:80".into()], &t));
         assert!(!allowed(&[], &t));
+        let t80 = parse_url("http://example.com/a").unwrap();
+        assert!(allowed(&["example.com".into()], &t80));
         assert!(parse_url("https://example.com/").is_err());
         assert!(parse_url("http://user@host/").is_err());
+    }
+
+    #[test]
+    fn urls_that_would_inject_into_the_request_are_refused() {
+        for url in [
+            "http://example.com/a\r\nX-Injected: 1",
+            "http://example.com/a HTTP/1.1\r\n\r\nGET /admin",
+            "http://example.com/a b",
+            "http://example.com/\u{0}",
+        ] {
+            let err = parse_url(url)
+                .err()
+                .unwrap_or_else(|| panic!("{url:?} accepted"));
+            assert!(err.contains("percent-encoded"), "{err}");
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The engine's WebSocket endpoint `GET /ws/execute/{flow_id}`: engine-hop authentication, the
-//! 4-step handshake of PROTOCOL.md section 3, and the per-run socket loop.
+//! 4-step handshake of docs/neuralabs.md section 3, and the per-run socket loop.
 //!
 //! Design: after the handshake the executor runs as its own task and hands serialized events to
 //! this loop through a bounded channel. The loop races three things: the next event (written
@@ -51,6 +51,22 @@ impl FlowCache {
     fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Flow>> {
         // A poisoned cache is only a cache: keep using it.
         self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// [`Self::get_or_parse`], with a cache miss parsed on the blocking pool: a large flow
+    /// frame costs CPU, and must not stall the runtime's workers (every other run's events).
+    async fn get_or_parse_blocking(
+        &self,
+        text: String,
+        max_elements: usize,
+    ) -> Result<Flow, String> {
+        if let Some(flow) = self.lock().get(&text) {
+            return Ok(flow.clone());
+        }
+        let cache = self.clone();
+        tokio::task::spawn_blocking(move || cache.get_or_parse(&text, max_elements))
+            .await
+            .map_err(|_| "parsing the flow definition failed".to_owned())?
     }
 
     fn get_or_parse(&self, text: &str, max_elements: usize) -> Result<Flow, String> {
@@ -263,7 +279,7 @@ fn object_or_null(text: &str, what: &str) -> Result<Map<String, Value>, Early> {
     }
 }
 
-/// Steps 1-7 of PROTOCOL.md section 3.
+/// Steps 1-7 of docs/neuralabs.md section 3.
 async fn handshake(conn: &mut Conn, state: &AppState) -> Result<Accepted, Early> {
     if let Some(f @ (Fault::RefuseHandshake | Fault::BadHandshake)) = state.config.fault {
         return Err(Early::Fault(f));
@@ -272,9 +288,14 @@ async fn handshake(conn: &mut Conn, state: &AppState) -> Result<Accepted, Early>
     let text = conn.recv_text().await.map_err(Early::Recv)?;
     let flow = state
         .flows
-        .get_or_parse(&text, state.config.max_elements)
+        .get_or_parse_blocking(text, state.config.max_elements)
+        .await
         .map_err(Early::Refused)?;
-    let flow_fault = flow_fault(&flow).map_err(Early::Refused)?;
+    let flow_fault = if state.config.allow_flow_faults {
+        flow_fault(&flow).map_err(Early::Refused)?
+    } else {
+        None
+    };
     if let Some(f @ (Fault::RefuseHandshake | Fault::BadHandshake)) = flow_fault {
         return Err(Early::Fault(f));
     }
@@ -327,7 +348,11 @@ async fn session(socket: WebSocket, flow_id: String, state: AppState) {
         run,
         fault,
     } = accepted;
-    tracing::info!(flow_id, run_id = ?run.get("run_id"), "flow starting");
+    tracing::info!(
+        flow_id,
+        run_id = run.get("run_id").and_then(serde_json::Value::as_str),
+        "flow starting"
+    );
     let env = RunEnv {
         config: state.config.clone(),
         run,

@@ -1,13 +1,15 @@
-//! The gateway's HTTP surface: router, shared state, bind-then-serve, shutdown.
+//! The gateway's HTTP surface: router, bind-then-serve (the accept loop in `server`), the
+//! admin listener. It builds the relay's context ([`AppState`]) and hands sockets to the relay;
+//! data flows one way (http → relay), never back.
 //!
 //! Routes: `GET /api/chat/execute/{agent_id}` (WebSocket, `ws`), `GET /healthz`, `GET /readyz`
 //! (`health`), `GET /` and `/static/*` (the chat page, `page`), `GET /api/agents` (agent list for
-//! the page). Upgraded sockets are tracked by the [`TaskTracker`] of [`AppState`] because axum's
-//! graceful shutdown does not wait for them.
+//! the page). Upgraded sockets are tracked by the [`TaskTracker`] of [`AppState`]: the accept
+//! loop's drain on shutdown covers HTTP requests only.
 
 pub mod health;
-pub mod limits;
 pub mod page;
+pub mod server;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -25,36 +27,25 @@ use crate::relay::registry::Registry;
 use crate::runlog::{MemoryRunLog, MemoryRunLogConfig, PgRunLog, PgRunLogConfig, RunLog};
 use crate::store::Store;
 
-/// Shared, cheap-to-clone state of one gateway.
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<GatewayConfig>,
-    pub store: Store,
-    pub verifier: Verifier,
-    pub cache: WorkflowCache,
-    /// Cancelled when the gateway starts shutting down.
-    pub shutdown: CancellationToken,
-    /// Every client session and every run.
-    pub sessions: TaskTracker,
-    /// Live runs of this gateway.
-    pub runs: Registry,
-    /// Where runs and their frames are recorded.
-    pub runlog: RunLog,
-    /// Upgrade rate per client address.
-    pub upgrade_limits: limits::PerAddress,
-    /// Client sockets open now.
-    pub open_sessions: Arc<std::sync::atomic::AtomicUsize>,
-    pub metrics: Arc<crate::metrics::Metrics>,
-}
+/// The gateway's state lives with the relay (it is the relay's context); re-exported here.
+pub use crate::relay::context::AppState;
 
 /// Errors starting the gateway.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot bind {addr}: {source}")]
+    #[error("{}", crate::startup::listen_failed("the gateway", *.addr, .source, "--listen (FLOWGATE_LISTEN)"))]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{}", crate::startup::listen_failed("the admin listener", *.addr, .source, "--admin-listen (FLOWGATE_ADMIN_LISTEN)"))]
+    AdminBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The database could not be opened: the whole sentence (URL without password, cause, fix).
+    #[error("{0}")]
+    Database(String),
     #[error("cannot open the agent store: {0}")]
     Store(#[from] crate::store::StoreError),
     #[error(
@@ -74,6 +65,8 @@ pub enum StartError {
 /// A bound gateway that is not serving yet.
 pub struct Gateway {
     listener: tokio::net::TcpListener,
+    /// `--admin-listen`: `/metrics` and `/readyz` away from the public listener.
+    admin: Option<tokio::net::TcpListener>,
     state: AppState,
 }
 
@@ -95,6 +88,14 @@ impl Gateway {
                 addr: config.listen,
                 source,
             })?;
+        let admin = match config.admin_listen {
+            None => None,
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::AdminBind { addr, source })?,
+            ),
+        };
         let verifier =
             Verifier::from_config(&config.auth).map_err(|e| StartError::Auth(e.to_string()))?;
         let runlog = match &store {
@@ -106,10 +107,17 @@ impl Gateway {
                     stale_after: config.heartbeat_interval * 6,
                     write_timeout: config.store_timeout,
                     max_events_per_run: config.max_run_frames as u64,
+                    retention: config.runlog_retention,
                     ..PgRunLogConfig::default()
                 };
+                // A pool of its own, to the same database: the run log's writes and the
+                // store's lookups never queue behind each other.
+                let runlog_pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(config.runlog_db_connections.max(1))
+                    .acquire_timeout(config.store_timeout)
+                    .connect_lazy_with((*pg.pool().connect_options()).clone());
                 RunLog::Postgres(
-                    PgRunLog::spawn(pg.pool().clone(), log_config)
+                    PgRunLog::spawn(runlog_pool, log_config)
                         .await
                         .map_err(|e| StartError::RunLog(e.to_string()))?,
                 )
@@ -119,10 +127,11 @@ impl Gateway {
                 max_events_per_run: config.max_run_frames,
             })),
         };
-        let upgrade_limits = limits::PerAddress::new(
+        let upgrade_limits = crate::relay::limits::PerAddress::new(
             config.upgrades_per_second,
             config.upgrades_per_second.saturating_mul(2),
         );
+        let metrics = Arc::new(crate::metrics::Metrics::new(config.metrics_max_agents));
         let state = AppState {
             config: Arc::new(config),
             store,
@@ -134,15 +143,24 @@ impl Gateway {
             runlog,
             upgrade_limits,
             open_sessions: Arc::default(),
-            metrics: Arc::default(),
+            metrics,
         };
-        Ok(Gateway { listener, state })
+        Ok(Gateway {
+            listener,
+            admin,
+            state,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// The admin listener's address (`--admin-listen`), when there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The state (tests use it to reach the store or trigger shutdown).
@@ -154,18 +172,40 @@ impl Gateway {
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let state = self.state.clone();
         let app = router(state.clone());
-        let stop = shutdown.clone();
-        use axum::serve::ListenerExt;
-        // Chat frames are small and latency-bound: no Nagle delay.
-        let listener = self.listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
+        let admin_task = self.admin.map(|listener| {
+            let settings = server::ServeSettings {
+                header_read_timeout: state.config.header_read_timeout,
+                drain: state.config.shutdown_grace,
+            };
+            tokio::spawn(server::serve(
+                listener,
+                admin_router(state.clone()),
+                server::ConnectionLimits::new(64, 0),
+                state.metrics.clone(),
+                settings,
+                shutdown.clone(),
+            ))
         });
-        let server = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
+        let limits = server::ConnectionLimits::new(
+            connection_cap(state.config.max_connections),
+            state.config.max_connections_per_address,
+        );
+        let settings = server::ServeSettings {
+            header_read_timeout: state.config.header_read_timeout,
+            drain: state.config.shutdown_grace,
+        };
+        server::serve(
+            self.listener,
+            app,
+            limits,
+            state.metrics.clone(),
+            settings,
+            shutdown,
         )
-        .with_graceful_shutdown(async move { stop.cancelled().await });
-        server.await?;
+        .await;
+        if let Some(task) = admin_task {
+            let _ = task.await;
+        }
         // Stop accepting happened; now let sessions finish, then force them closed.
         state.shutdown.cancel();
         state.sessions.close();
@@ -183,6 +223,33 @@ impl Gateway {
     }
 }
 
+/// `--max-connections`, checked against the open-file limit: the soft limit is raised (up to
+/// the hard one) to fit two descriptors per connection (a client connection of a run also needs
+/// an engine connection) plus a reserve for the store and `/healthz`; when it cannot be, the cap
+/// is lowered to what fits, with a warning.
+fn connection_cap(configured: usize) -> usize {
+    const RESERVE: u64 = 128;
+    let want = (configured as u64)
+        .saturating_mul(2)
+        .saturating_add(RESERVE);
+    let Some(limit) = crate::startup::raise_open_file_limit(want) else {
+        return configured;
+    };
+    let fits = usize::try_from(limit.saturating_sub(RESERVE) / 2)
+        .unwrap_or(usize::MAX)
+        .max(16);
+    if fits < configured {
+        tracing::warn!(
+            configured,
+            open_file_limit = limit,
+            using = fits,
+            "--max-connections lowered to fit the open-file limit (raise the hard limit, e.g. LimitNOFILE or `ulimit -Hn`)"
+        );
+        return fits;
+    }
+    configured
+}
+
 async fn open_store(config: &GatewayConfig) -> Result<Store, StartError> {
     if let Some(url) = &config.database_url {
         let pg = crate::store::postgres::PgStore::connect(
@@ -190,7 +257,11 @@ async fn open_store(config: &GatewayConfig) -> Result<Store, StartError> {
             config.db_max_connections,
             config.store_timeout,
         )
-        .await?;
+        .await
+        .map_err(|e| {
+            StartError::Database(crate::startup::database_failed(url.expose(), e.detail()))
+        })?
+        .with_cache_ttl(config.store_cache_ttl);
         return Ok(Store::Postgres(pg));
     }
     if let Some(dir) = &config.flows_dir {
@@ -199,16 +270,31 @@ async fn open_store(config: &GatewayConfig) -> Result<Store, StartError> {
     Err(StartError::NoStore)
 }
 
-/// The router of one gateway.
+/// The router of one gateway. With `--admin-listen`, `/metrics` and `/readyz` are only on the
+/// admin listener ([`admin_router`]).
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let public = Router::new()
         .route("/api/chat/execute/{agent_id}", get(ws::upgrade))
         .route("/api/agents", get(page::agents))
         .route("/healthz", get(health::healthz))
+        .route("/", get(page::index))
+        .route("/static/{file}", get(page::asset));
+    let public = if state.config.admin_listen.is_none() {
+        public
+            .route("/readyz", get(health::readyz))
+            .route("/metrics", get(health::metrics))
+    } else {
+        public
+    };
+    public.with_state(state)
+}
+
+/// The admin listener's router: `/healthz`, `/readyz`, `/metrics`.
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
-        .route("/", get(page::index))
-        .route("/static/{file}", get(page::asset))
         .with_state(state)
 }
 
@@ -216,10 +302,14 @@ pub fn router(state: AppState) -> Router {
 pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     let gateway = Gateway::build(config).await?;
     tracing::info!(addr = %gateway.local_addr(), "gateway listening");
+    println!(
+        "{}",
+        next_steps(&gateway.state.config, gateway.local_addr())
+    );
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        crate::shutdown::signal().await;
         tracing::info!("shutdown requested");
         signal.cancel();
     });
@@ -227,21 +317,36 @@ pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
+/// What to do once `serve` is up: the page, how to get a token this gateway accepts, a `chat`
+/// line. Printed on standard output (the logs go to standard error).
+pub fn next_steps(config: &GatewayConfig, addr: SocketAddr) -> String {
+    let store = match (&config.database_url, &config.flows_dir) {
+        (Some(_), _) => "agents from the database".to_owned(),
+        (None, Some(dir)) => format!("agents from {}", dir.display()),
+        (None, None) => "agents from the embedded samples".to_owned(),
     };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    let mut out = format!(
+        "flowgate is serving on {addr} ({store}; engine {}).\n\n  Chat page:  http://{addr}/  (it asks for a token)\n",
+        config.engine_url
+    );
+    if config.auth.jwt_secret.is_some() {
+        out.push_str(
+            "  A token:    flowgate token --sub <user>   (signed with the same FLOWGATE_JWT_SECRET)\n",
+        );
+        out.push_str(&format!(
+            "  Terminal:   export FLOWGATE_URL=ws://{addr} FLOWGATE_TOKEN=$(flowgate token --sub <user>)\n              flowgate chat <agent> \"Hello\"\n"
+        ));
+    } else {
+        out.push_str(
+            "  Tokens:     from your identity provider (this gateway verifies them with its public key)\n",
+        );
+        out.push_str(&format!(
+            "  Terminal:   export FLOWGATE_URL=ws://{addr} FLOWGATE_TOKEN=<a token>\n              flowgate chat <agent> \"Hello\"\n"
+        ));
+    }
+    let admin = config.admin_listen.unwrap_or(addr);
+    out.push_str(&format!(
+        "  Health:     http://{admin}/readyz   Metrics: http://{admin}/metrics   Ctrl-C stops it."
+    ));
+    out
 }

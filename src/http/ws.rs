@@ -20,6 +20,17 @@ enum Transport {
     Query,
 }
 
+impl Transport {
+    /// The name in logs.
+    fn as_str(self) -> &'static str {
+        match self {
+            Transport::Header => "header",
+            Transport::Subprotocol => "subprotocol",
+            Transport::Query => "query",
+        }
+    }
+}
+
 fn find_token(
     headers: &HeaderMap,
     query: Option<&str>,
@@ -116,6 +127,7 @@ pub async fn upgrade(
     Path(agent_id): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
+    admission: Option<axum::Extension<std::sync::Arc<super::server::Admission>>>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let ws = match ws {
@@ -130,6 +142,10 @@ pub async fn upgrade(
     };
     if state.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    // Before any session, span or log line: an id no agent can have is refused here.
+    if let Err(why) = crate::store::check_agent_id(&agent_id) {
+        return (StatusCode::NOT_FOUND, format!("no such agent: {why}\n")).into_response();
     }
     if !origin_allowed(&headers, &state.config.allowed_origins) {
         tracing::warn!(%peer, "upgrade refused: Origin not allowed");
@@ -174,12 +190,14 @@ pub async fn upgrade(
         trace_id = %trace.trace_id,
         agent_id = %agent_id,
         user_id = tracing::field::Empty,
-        transport = ?transport,
+        transport = transport.map(Transport::as_str),
     );
     let sessions = state.sessions.clone();
     ws.on_upgrade(move |socket| {
         sessions.track_future(
             async move {
+                // The connection keeps its place under --max-connections until the session ends.
+                let _admission = admission;
                 let open = state
                     .open_sessions
                     .fetch_add(1, std::sync::atomic::Ordering::SeqCst);

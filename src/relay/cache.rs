@@ -42,6 +42,9 @@ impl Default for WorkflowCache {
     }
 }
 
+/// Most findings of one workflow written to the log, or sent in an `invalid_workflow` frame.
+pub const MAX_LOGGED_FINDINGS: usize = 20;
+
 impl WorkflowCache {
     pub fn new(capacity: usize) -> WorkflowCache {
         WorkflowCache {
@@ -75,6 +78,17 @@ impl WorkflowCache {
             return Ok(hit);
         }
         let converted = workflow::convert(&stored.workflow)?;
+        // Once per conversion (not per run), and at most a few lines per workflow.
+        for w in converted.warnings.iter().take(MAX_LOGGED_FINDINGS) {
+            tracing::warn!(agent_id, pointer = %w.pointer, "workflow warning: {}", w.message);
+        }
+        if converted.warnings.len() > MAX_LOGGED_FINDINGS {
+            tracing::warn!(
+                agent_id,
+                more = converted.warnings.len() - MAX_LOGGED_FINDINGS,
+                "further workflow warnings not logged (`flowgate validate` lists them all)"
+            );
+        }
         let payload = workflow::render(&converted.flow, format);
         let entry = Arc::new(CachedFlow {
             source: stored.clone(),

@@ -1,4 +1,4 @@
-//! The gateway's client of an execution engine: connect, the 4-step handshake of PROTOCOL.md
+//! The gateway's client of an execution engine: connect, the 4-step handshake of docs/neuralabs.md
 //! section 3, then a stream of event frames. Every await has a timeout; failures are classified
 //! as [`EngineError`] variants that map one-to-one onto error codes.
 
@@ -7,11 +7,12 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::protocol::ErrorCode;
+use super::protocol::{ErrorCode, close};
 
 pub type EngineSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -20,6 +21,9 @@ pub type EngineSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub enum EngineError {
     #[error("the execution engine is unavailable: {0}")]
     Unavailable(String),
+    /// The engine could not be reached (an OS-level error; its text is for the log only).
+    #[error("the execution engine is unreachable: {0}")]
+    Unreachable(String),
     #[error("the execution engine did not answer in time ({0})")]
     Timeout(String),
     #[error("the execution engine broke the protocol: {0}")]
@@ -29,9 +33,25 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// The sentence a client sees: no OS error texts or addresses of the engine hop (those go
+    /// to the log).
+    pub fn client_message(&self) -> String {
+        match self {
+            EngineError::Unreachable(_) => {
+                "the execution engine is unavailable right now: try again later".to_owned()
+            }
+            EngineError::Lost(_) => "the connection to the execution engine was lost".to_owned(),
+            EngineError::Unavailable(_) | EngineError::Timeout(_) | EngineError::Protocol(_) => {
+                self.to_string()
+            }
+        }
+    }
+
     pub fn code(&self) -> ErrorCode {
         match self {
-            EngineError::Unavailable(_) => ErrorCode::EngineUnavailable,
+            EngineError::Unavailable(_) | EngineError::Unreachable(_) => {
+                ErrorCode::EngineUnavailable
+            }
             EngineError::Timeout(_) => ErrorCode::EngineTimeout,
             EngineError::Protocol(_) => ErrorCode::EngineProtocolError,
             EngineError::Lost(_) => ErrorCode::EngineLost,
@@ -54,6 +74,8 @@ pub struct EngineTarget {
     /// WebSocket read and write buffer sizes (bytes).
     pub read_buffer_bytes: usize,
     pub write_buffer_bytes: usize,
+    /// How long a close waits for the engine's reply (`--engine-close-timeout`).
+    pub close_timeout: Duration,
 }
 
 /// The four payloads the gateway sends in the handshake.
@@ -106,26 +128,66 @@ pub async fn open(
                 target.connect_timeout
             )));
         }
-        Ok(Err(e)) => return Err(EngineError::Unavailable(describe_ws_error(&e))),
+        Ok(Err(e)) => return Err(describe_ws_error(&e)),
         Ok(Ok(pair)) => pair,
     };
     let t = target.handshake_timeout;
-    expect_status(&mut socket, t, "ready").await?;
-    send(&mut socket, t, handshake.flow).await?;
-    expect_status(&mut socket, t, "received_flow").await?;
-    send(&mut socket, t, handshake.initial_inputs).await?;
-    expect_status(&mut socket, t, "received_inputs").await?;
-    send(&mut socket, t, handshake.config).await?;
-    expect_status(&mut socket, t, "starting").await?;
-    Ok(socket)
+    let steps = async {
+        expect_status(&mut socket, t, "ready").await?;
+        send(&mut socket, t, handshake.flow).await?;
+        expect_status(&mut socket, t, "received_flow").await?;
+        send(&mut socket, t, handshake.initial_inputs).await?;
+        expect_status(&mut socket, t, "received_inputs").await?;
+        send(&mut socket, t, handshake.config).await?;
+        expect_status(&mut socket, t, "starting").await
+    };
+    match steps.await {
+        Ok(()) => Ok(socket),
+        Err(e) => {
+            // The engine gets a close frame (or the answer to its own) before the drop.
+            let code = match &e {
+                EngineError::Protocol(_) => close::PROTOCOL_ERROR,
+                _ => close::NORMAL,
+            };
+            close(socket, code, target.close_timeout).await;
+            Err(e)
+        }
+    }
 }
 
-fn describe_ws_error(e: &tokio_tungstenite::tungstenite::Error) -> String {
+/// End the engine socket with a close handshake, bounded by `wait` in all: send our close frame
+/// (unless the engine already closed: then tungstenite has queued the answer, and flushing sends
+/// it), then read until the engine's close frame or the end of the connection.
+pub async fn close(mut socket: EngineSocket, code: u16, wait: Duration) {
+    let deadline = tokio::time::Instant::now() + wait;
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: "".into(),
+    };
+    let sent = tokio::time::timeout_at(deadline, socket.send(Message::Close(Some(frame)))).await;
+    if !matches!(sent, Ok(Ok(()))) {
+        // Closed already (by the engine, or the socket failed): send a queued answer, if any.
+        let _ = tokio::time::timeout_at(deadline, socket.flush()).await;
+        return;
+    }
+    let reply = async {
+        while let Some(Ok(msg)) = socket.next().await {
+            if matches!(msg, Message::Close(_)) {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout_at(deadline, reply).await;
+}
+
+fn describe_ws_error(e: &tokio_tungstenite::tungstenite::Error) -> EngineError {
     use tokio_tungstenite::tungstenite::Error as E;
     match e {
-        E::Http(resp) => format!("the engine answered HTTP {}", resp.status()),
-        E::Io(io) => io.to_string(),
-        other => other.to_string(),
+        E::Http(resp) => {
+            EngineError::Unavailable(format!("the engine answered HTTP {}", resp.status()))
+        }
+        E::Io(io) => EngineError::Unreachable(io.to_string()),
+        other => EngineError::Unreachable(other.to_string()),
     }
 }
 

@@ -9,7 +9,9 @@
 //! ```
 
 pub mod cache;
+pub mod context;
 pub mod engine_client;
+pub mod limits;
 pub mod protocol;
 pub mod registry;
 pub mod run;

@@ -1,4 +1,4 @@
-//! The client protocol of PROTOCOL.md sections 2 and 5: client frames, error codes, close codes,
+//! The client protocol of docs/neuralabs.md sections 2 and 5: client frames, error codes, close codes,
 //! and the server frames the gateway itself writes.
 
 use serde::Deserialize;
@@ -52,9 +52,11 @@ impl ErrorCode {
     }
 }
 
-/// WebSocket close codes (PROTOCOL.md section 5).
+/// WebSocket close codes (docs/neuralabs.md section 5).
 pub mod close {
     pub const NORMAL: u16 = 1000;
+    /// The client broke the WebSocket protocol (bad framing, invalid UTF-8 in a text frame).
+    pub const PROTOCOL_ERROR: u16 = 1002;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL: u16 = 1011;
@@ -65,6 +67,22 @@ pub mod close {
     pub const AGENT_NOT_FOUND: u16 = 4404;
     pub const TOO_SLOW: u16 = 4408;
     pub const RATE_LIMITED: u16 = 4429;
+}
+
+/// Is this frame text a run's terminal event (`flow_completed`, `flow_error`,
+/// `flow_cancelled`)?
+pub fn is_terminal_frame(text: &str) -> bool {
+    #[derive(Deserialize)]
+    struct Kind<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_str::<Kind>(text).is_ok_and(|k| {
+        matches!(
+            k.kind.as_ref(),
+            "flow_completed" | "flow_error" | "flow_cancelled"
+        )
+    })
 }
 
 /// A run request (the first frame, or any later frame without `type`).

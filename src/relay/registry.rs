@@ -81,7 +81,13 @@ pub struct RunShared {
     /// The per-user count of runs in progress this run is part of (until it ends).
     counts: Counts,
     counted: AtomicBool,
+    /// Whose run limit it counts against: the user id, or [`ANONYMOUS_RUNS`] for anonymous
+    /// callers (each its own principal, all under one limit).
+    count_key: String,
 }
+
+/// The run-limit key shared by every anonymous caller.
+pub const ANONYMOUS_RUNS: &str = "anonymous";
 
 /// What a follower gets from [`RunShared::next_after`].
 #[derive(Debug)]
@@ -117,10 +123,10 @@ impl RunShared {
     fn uncount(&self) {
         if self.counted.swap(false, Ordering::AcqRel) {
             let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = counts.get_mut(&self.user_id) {
+            if let Some(n) = counts.get_mut(&self.count_key) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
-                    counts.remove(&self.user_id);
+                    counts.remove(&self.count_key);
                 }
             }
         }
@@ -227,13 +233,20 @@ impl Registry {
         self.runs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Register a new run (attached to the socket that started it, counted for its user).
-    pub fn create(&self, run_id: Uuid, user_id: String, agent_id: String) -> Arc<RunShared> {
+    /// Register a new run (attached to the socket that started it, counted against
+    /// `count_key`: its user, or [`ANONYMOUS_RUNS`]).
+    pub fn create(
+        &self,
+        run_id: Uuid,
+        user_id: String,
+        agent_id: String,
+        count_key: String,
+    ) -> Arc<RunShared> {
         *self
             .counts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(user_id.clone())
+            .entry(count_key.clone())
             .or_insert(0) += 1;
         let run = Arc::new(RunShared {
             run_id,
@@ -247,6 +260,7 @@ impl Registry {
             notify: Notify::new(),
             counts: self.counts.clone(),
             counted: AtomicBool::new(true),
+            count_key,
         });
         self.lock().insert(run_id, run.clone());
         run
@@ -260,12 +274,12 @@ impl Registry {
         self.lock().remove(run_id);
     }
 
-    /// Runs of `user_id` in progress (started, terminal frame not yet produced).
-    pub fn running_for(&self, user_id: &str) -> usize {
+    /// Runs counted against `key` in progress (started, terminal frame not yet produced).
+    pub fn running_for(&self, key: &str) -> usize {
         self.counts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(user_id)
+            .get(key)
             .copied()
             .unwrap_or(0)
     }

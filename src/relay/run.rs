@@ -10,6 +10,7 @@
 //! final `}` of the engine's own bytes.
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
@@ -18,17 +19,15 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::context::AppState;
 use super::engine_client::{self, EngineError, EngineSocket, EngineTarget, Handshake};
-use super::protocol::{self, ErrorCode, RunRequest};
+use super::protocol::{self, ErrorCode, RunRequest, close};
 use super::registry::{Frame, RunShared};
 use crate::auth::Identity;
-use crate::http::AppState;
-use crate::runlog::{RunLog, RunStart, RunStatus};
+use crate::runlog::{Record, RunLog, RunStart, RunStatus};
 use crate::store::{StoreError, Version};
 use std::sync::Arc;
 
@@ -55,9 +54,46 @@ struct Emitter {
     finished: bool,
     close_after: Option<(u16, &'static str)>,
     outcome: (RunStatus, Option<&'static str>, Option<String>),
+    /// Records the run log could not take yet (its buffer was full), in order.
+    backlog: VecDeque<Record>,
+    /// A record of this run was lost (the log stayed full past `--runlog-wait`).
+    log_incomplete: bool,
+    /// The run's `agent` label in the metrics: set once the store knows the agent.
+    agent_label: Arc<str>,
 }
 
 impl Emitter {
+    /// Hand a record to the run log in order: when the log's buffer is full (or records already
+    /// wait), it waits in the backlog until [`Emitter::drain_log`].
+    fn record(&mut self, record: Record) {
+        if !self.backlog.is_empty() {
+            self.backlog.push_back(record);
+        } else if let Err(record) = self.log.offer(record) {
+            self.backlog.push_back(record);
+        }
+    }
+
+    /// Wait (at most `wait` in all) until the run log has taken the backlog. Records it could
+    /// not take are counted as lost, and the run's log is marked incomplete.
+    async fn drain_log(&mut self, state: &AppState, wait: Duration) -> bool {
+        if self.backlog.is_empty() {
+            return true;
+        }
+        state.metrics.runlog_waits.inc();
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut complete = true;
+        while let Some(record) = self.backlog.pop_front() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !self.log.deliver(record, left).await {
+                complete = false;
+            }
+        }
+        if !complete {
+            self.log_incomplete = true;
+        }
+        complete
+    }
+
     /// Send a frame the gateway built; `run_id`/`seq` are added.
     fn value(&mut self, mut frame: Value) {
         if self.finished {
@@ -102,8 +138,11 @@ impl Emitter {
     fn push(&mut self, text: String, chunk: bool, terminal: bool) {
         let text = Utf8Bytes::from(text);
         // Same bytes, no copy: the log and the buffer share one allocation.
-        self.log
-            .event(self.run_id, self.seq, bytes::Bytes::from(text.clone()));
+        self.record(Record::Event {
+            run_id: self.run_id,
+            seq: self.seq,
+            frame: bytes::Bytes::from(text.clone()),
+        });
         self.shared.push(Frame {
             seq: self.seq,
             text,
@@ -171,8 +210,20 @@ struct PeekData<'a> {
 /// returns.
 pub async fn execute(state: AppState, spec: RunSpec, shared: Arc<RunShared>) {
     let cancel = shared.cancel.clone();
-    state.metrics.run_started(&spec.agent_id);
-    state.runlog.start(RunStart {
+    let mut em = Emitter {
+        run_id: spec.run_id,
+        run_id_text: spec.run_id.to_string(),
+        seq: 0,
+        shared: shared.clone(),
+        log: state.runlog.clone(),
+        backlog: VecDeque::new(),
+        log_incomplete: false,
+        finished: false,
+        close_after: None,
+        outcome: (RunStatus::Completed, None, None),
+        agent_label: crate::metrics::UNKNOWN_AGENT.into(),
+    };
+    em.record(Record::Start(RunStart {
         run_id: spec.run_id,
         agent_id: spec.agent_id.clone(),
         user_id: spec.identity.user_id.clone(),
@@ -182,17 +233,7 @@ pub async fn execute(state: AppState, spec: RunSpec, shared: Arc<RunShared>) {
             .clone()
             .unwrap_or_else(|| "default".into()),
         workflow_hash: None, // recorded with `prepared`, with the resolved version
-    });
-    let mut em = Emitter {
-        run_id: spec.run_id,
-        run_id_text: spec.run_id.to_string(),
-        seq: 0,
-        shared: shared.clone(),
-        log: state.runlog.clone(),
-        finished: false,
-        close_after: None,
-        outcome: (RunStatus::Completed, None, None),
-    };
+    }));
     let config = state.config.clone();
     // The phases are boxed: they are transient and large, and the task's future would otherwise
     // be the size of the largest of them for the whole run (memory per open session).
@@ -206,6 +247,8 @@ pub async fn execute(state: AppState, spec: RunSpec, shared: Arc<RunShared>) {
         }
         Some(p) => p,
     };
+    // Counted once the agent lookup is over, so that the label is bounded (see `metrics`).
+    state.metrics.run_started(&em.agent_label);
     if let Some(handshake) = prepared {
         let target = EngineTarget {
             base_url: config.engine_url.clone(),
@@ -219,6 +262,7 @@ pub async fn execute(state: AppState, spec: RunSpec, shared: Arc<RunShared>) {
             traceparent: Some(spec.traceparent.clone()),
             read_buffer_bytes: config.ws_read_buffer_bytes,
             write_buffer_bytes: config.ws_write_buffer_bytes,
+            close_timeout: config.engine_close_timeout,
         };
         let flow_id = em.run_id.to_string();
         let opened = cancel
@@ -230,7 +274,7 @@ pub async fn execute(state: AppState, spec: RunSpec, shared: Arc<RunShared>) {
             Some(Err(e)) => {
                 state.metrics.engine_connect_failures.inc();
                 tracing::warn!(error = %e, "engine connection failed");
-                em.terminal_error(e.code(), &e.to_string(), json!({"partial_output": ""}));
+                em.terminal_error(e.code(), &e.client_message(), json!({"partial_output": ""}));
             }
             Some(Ok(socket)) => {
                 relay(&state, &spec, &mut em, socket, &cancel, &handshake).await;
@@ -238,18 +282,24 @@ pub async fn execute(state: AppState, spec: RunSpec, shared: Arc<RunShared>) {
         }
     }
     let (status, code, message) = em.outcome.clone();
-    state
-        .runlog
-        .finish(spec.run_id, status, code, message.as_deref());
+    // The ending is logged after every frame of the run, and the run is over for the registry
+    // only once the log has taken them (or the wait gave up and counted the loss).
+    let wait = state.config.runlog_wait;
+    em.drain_log(&state, wait).await;
+    em.record(Record::Finish {
+        run_id: spec.run_id,
+        status,
+        code: code.map(str::to_owned),
+        message: message.clone(),
+    });
+    em.drain_log(&state, wait).await;
+    if em.log_incomplete {
+        state.metrics.runs_log_incomplete.inc();
+    }
     state
         .metrics
-        .run_finished(&spec.agent_id, status.as_str(), code);
-    tracing::info!(
-        status = status.as_str(),
-        code = code.unwrap_or(""),
-        frames = em.seq,
-        "run ended"
-    );
+        .run_finished(&em.agent_label, status.as_str(), code);
+    tracing::info!(status = status.as_str(), code, frames = em.seq, "run ended");
     shared.finish();
 }
 
@@ -296,7 +346,10 @@ struct Prepared {
 async fn prepare(state: &AppState, spec: &RunSpec, em: &mut Emitter) -> Option<Prepared> {
     em.value(protocol::status_value(protocol::STATUS_RETRIEVING));
     let agent = match state.store.agent(&spec.agent_id).await {
-        Ok(Some(a)) => a,
+        Ok(Some(a)) => {
+            em.agent_label = state.metrics.agent_label(&spec.agent_id);
+            a
+        }
         Ok(None) => {
             let msg = format!("agent `{}` does not exist", spec.agent_id);
             em.terminal_error(ErrorCode::AgentNotFound, &msg, json!({}));
@@ -347,9 +400,11 @@ async fn prepare(state: &AppState, spec: &RunSpec, em: &mut Emitter) -> Option<P
     ) {
         Ok(c) => c,
         Err(invalid) => {
+            // At most MAX_DETAILS findings in the frame (the sentence gives the total).
             let details: Vec<Value> = invalid
                 .findings
                 .iter()
+                .take(crate::relay::cache::MAX_LOGGED_FINDINGS)
                 .map(
                     |f| json!({"pointer": f.pointer, "message": f.message, "severity": f.severity}),
                 )
@@ -362,9 +417,6 @@ async fn prepare(state: &AppState, spec: &RunSpec, em: &mut Emitter) -> Option<P
             return None;
         }
     };
-    for w in &converted.warnings {
-        tracing::warn!(pointer = %w.pointer, "workflow warning: {}", w.message);
-    }
     let history = spec
         .request
         .conversation_history
@@ -375,12 +427,18 @@ async fn prepare(state: &AppState, spec: &RunSpec, em: &mut Emitter) -> Option<P
         .initial_inputs
         .as_ref()
         .map(|m| Value::Object(m.clone()));
-    let inputs = crate::workflow::initial_inputs(
+    let inputs = match crate::workflow::initial_inputs(
         &converted.flow,
         spec.request.message.as_deref(),
         history.as_ref(),
         initial.as_ref(),
-    );
+    ) {
+        Ok(inputs) => inputs,
+        Err(why) => {
+            em.terminal_error(ErrorCode::InvalidRequest, &why, json!({}));
+            return None;
+        }
+    };
     // The config frame is built here only; nothing from the client reaches it.
     let config = json!({"run": {
         "run_id": em.run_id.to_string(),
@@ -388,9 +446,11 @@ async fn prepare(state: &AppState, spec: &RunSpec, em: &mut Emitter) -> Option<P
         "user_id": spec.identity.user_id,
         "version": version.as_str(),
     }});
-    state
-        .runlog
-        .prepared(em.run_id, version.as_str(), &converted.hash);
+    em.record(Record::Prepared {
+        run_id: em.run_id,
+        version: version.as_str().to_owned(),
+        hash: converted.hash.clone(),
+    });
     em.value(protocol::status_value(protocol::STATUS_STARTING));
     Some(Prepared {
         flow: converted.clone(),
@@ -403,12 +463,19 @@ async fn prepare(state: &AppState, spec: &RunSpec, em: &mut Emitter) -> Option<P
 
 fn store_error(em: &mut Emitter, e: &StoreError) {
     tracing::warn!(error = %e, "store failure");
-    let code = match e {
-        StoreError::Unavailable(_) => ErrorCode::StoreUnavailable,
-        StoreError::InvalidAgentId(_) => ErrorCode::AgentNotFound,
-        StoreError::Corrupt(_) => ErrorCode::Internal,
+    // The database's own texts stay in the log.
+    let (code, message) = match e {
+        StoreError::Unavailable(_) => (
+            ErrorCode::StoreUnavailable,
+            "the workflow store is unavailable right now: try again later".to_owned(),
+        ),
+        StoreError::InvalidAgentId(_) => (ErrorCode::AgentNotFound, e.to_string()),
+        StoreError::Corrupt(_) => (
+            ErrorCode::Internal,
+            "this agent's stored workflow cannot be read (the gateway's log says why)".to_owned(),
+        ),
     };
-    em.terminal_error(code, &e.to_string(), json!({}));
+    em.terminal_error(code, &message, json!({}));
 }
 
 fn cancelled(em: &mut Emitter, progress: &Progress) {
@@ -425,13 +492,13 @@ fn cancelled(em: &mut Emitter, progress: &Progress) {
     em.outcome = (RunStatus::Cancelled, None, None);
 }
 
-/// Close the engine socket promptly (bounded) and drop it.
-async fn close_engine(mut socket: EngineSocket, wait: Duration) {
-    let frame = CloseFrame {
-        code: CloseCode::Normal,
-        reason: "".into(),
-    };
-    let _ = tokio::time::timeout(wait, socket.send(Message::Close(Some(frame)))).await;
+/// Close the engine socket with a close handshake (bounded by `--engine-close-timeout`), in a
+/// tracked task: the run's end does not wait for the engine's reply.
+fn close_engine(state: &AppState, socket: EngineSocket) {
+    let wait = state.config.engine_close_timeout;
+    state
+        .sessions
+        .spawn(engine_client::close(socket, close::NORMAL, wait));
 }
 
 async fn relay(
@@ -461,10 +528,21 @@ async fn relay(
     let idle_timer = tokio::time::sleep_until(deadline);
     tokio::pin!(idle_timer);
     loop {
+        // Backpressure: while the run log's buffer is full, read nothing more from the engine
+        // (TCP pushes back on it) instead of dropping frames; a log that stays full ends the run.
+        if !em.backlog.is_empty() && !em.drain_log(state, state.config.runlog_wait).await {
+            em.terminal_error(
+                ErrorCode::StoreUnavailable,
+                "the run log could not keep up (the database is too slow): the run was stopped",
+                json!({"partial_output": progress.partial_output(&em.shared)}),
+            );
+            close_engine(state, socket);
+            return;
+        }
         let next = tokio::select! {
             biased;
             _ = &mut cancel_wait => {
-                close_engine(socket, state.config.engine_close_timeout).await;
+                close_engine(state, socket);
                 cancelled(em, &progress);
                 return;
             }
@@ -505,7 +583,7 @@ async fn relay(
                     &msg,
                     json!({"partial_output": progress.partial_output(&em.shared)}),
                 );
-                close_engine(socket, state.config.engine_close_timeout).await;
+                close_engine(state, socket);
                 return;
             }
             Ok(None) => {
@@ -527,7 +605,9 @@ async fn relay(
                     _ => EngineError::Lost(e.to_string()),
                 };
                 if let EngineError::Lost(m) = &err {
-                    lost(em, &progress, m);
+                    // An OS or library text: logged, not shown.
+                    tracing::warn!(error = %m, "engine connection error");
+                    lost(em, &progress, "the connection broke");
                 } else {
                     em.terminal_error(
                         err.code(),
@@ -547,6 +627,7 @@ async fn relay(
                     &progress,
                     "the engine closed the connection before the run ended",
                 );
+                close_engine(state, socket); // answers the engine's close frame
                 return;
             }
             Ok(Some(Ok(Message::Binary(_)))) => {
@@ -555,7 +636,7 @@ async fn relay(
                     "the execution engine broke the protocol: a binary frame",
                     json!({"partial_output": progress.partial_output(&em.shared)}),
                 );
-                close_engine(socket, state.config.engine_close_timeout).await;
+                close_engine(state, socket);
                 return;
             }
             Ok(Some(Ok(_))) => continue, // ping/pong: tungstenite answers pings itself
@@ -573,7 +654,7 @@ async fn relay(
                     &msg,
                     json!({"partial_output": progress.partial_output(&em.shared)}),
                 );
-                close_engine(socket, state.config.engine_close_timeout).await;
+                close_engine(state, socket);
                 return;
             }
         };
@@ -628,7 +709,7 @@ async fn relay(
                 em.outcome = (RunStatus::Failed, Some("flow_error"), why);
             }
             em.finished = true;
-            close_engine(socket, state.config.engine_close_timeout).await;
+            close_engine(state, socket);
             return;
         }
         if em.shared.len() >= state.config.max_run_frames {
@@ -636,7 +717,7 @@ async fn relay(
                 "the run exceeded {} frames (--max-run-frames) and was stopped",
                 state.config.max_run_frames
             );
-            close_engine(socket, state.config.engine_close_timeout).await;
+            close_engine(state, socket);
             em.terminal_error(
                 ErrorCode::Internal,
                 &msg,
@@ -647,6 +728,7 @@ async fn relay(
     }
 }
 
+/// End the run with `engine_lost`; `why` is flowgate's own sentence (never an OS text).
 fn lost(em: &mut Emitter, progress: &Progress, why: &str) {
     let msg = format!("the connection to the execution engine was lost: {why}");
     em.terminal_error(

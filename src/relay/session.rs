@@ -2,7 +2,7 @@
 //!
 //! Invariants: at most one run at a time per socket; a run's frames are written in the order the
 //! run produced them; every write has a timeout (`client_write_timeout`) and happens inside a
-//! `select!` branch body; the socket is closed with a code of PROTOCOL.md section 5, never a
+//! `select!` branch body; the socket is closed with a code of docs/neuralabs.md section 5, never a
 //! reserved one. When the client goes away the current run is cancelled.
 
 use std::time::Duration;
@@ -15,11 +15,11 @@ use serde_json::json;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::context::AppState;
 use super::protocol::{self, ClientFrame, ErrorCode, close};
 use super::registry::{Follow, Frame, RunShared};
 use super::run::{self, RunSpec};
 use crate::auth::{AuthError, Identity};
-use crate::http::AppState;
 
 /// How the upgrade request authenticated.
 #[derive(Debug)]
@@ -82,8 +82,11 @@ pub async fn serve(
     tokio::pin!(grace);
     let expiry = tokio::time::sleep(until_expiry(identity.as_ref()));
     tokio::pin!(expiry);
+    // A socket without a token has `auth_timeout` to present one; until then it holds a place.
+    let auth_deadline = tokio::time::sleep(state.config.auth_timeout);
+    tokio::pin!(auth_deadline);
     let mut expired = false;
-    let mut rate = crate::http::limits::Bucket::new(
+    let mut rate = super::limits::Bucket::new(
         state.config.client_messages_per_second,
         state.config.client_messages_per_second.saturating_mul(2),
     );
@@ -92,6 +95,17 @@ pub async fn serve(
 
     loop {
         tokio::select! {
+            _ = &mut auth_deadline, if identity.is_none() => {
+                tracing::info!("no token within --auth-timeout: closing with 4401");
+                let why = format!(
+                    "no token within {}: send {{\"type\":\"auth\",\"token\":\"<jwt>\"}} right after connecting, or connect with a token",
+                    humantime::format_duration(state.config.auth_timeout)
+                );
+                let text = protocol::error_frame(ErrorCode::Unauthenticated, &why);
+                let _ = write(&mut socket, Message::Text(text.into()), write_timeout).await;
+                close_with(&mut socket, close::UNAUTHENTICATED, "unauthenticated", write_timeout).await;
+                return;
+            }
             _ = &mut expiry, if !expired && identity.is_some() => {
                 expired = true;
                 tracing::info!("the client's token expired");
@@ -185,15 +199,22 @@ pub async fn serve(
                         return;
                     }
                     Some(Err(e)) => {
-                        let too_big = is_capacity_error(&e);
                         leave(&state, &mut run);
-                        if too_big {
-                            close_with(&mut socket, close::TOO_BIG, "message too big", write_timeout).await;
+                        match ReadFailure::of(e) {
+                            ReadFailure::TooBig => {
+                                close_with(&mut socket, close::TOO_BIG, "message too big", write_timeout).await;
+                            }
+                            ReadFailure::Protocol(why) => {
+                                tracing::info!(error = %why, "client broke the WebSocket protocol: closing with 1002");
+                                close_with(&mut socket, close::PROTOCOL_ERROR, "protocol error", write_timeout).await;
+                            }
+                            ReadFailure::Gone => {}
                         }
                         return;
                     }
                     Some(Ok(Message::Close(_))) => {
                         leave(&state, &mut run);
+                        answer_close(&mut socket, write_timeout).await;
                         return;
                     }
                     Some(Ok(Message::Text(t))) => t,
@@ -288,8 +309,13 @@ pub async fn serve(
                             if !write(&mut socket, Message::Text(text.into()), write_timeout).await { leave(&state, &mut run); return; }
                             continue;
                         }
-                        if state.runs.running_for(&id.user_id) >= state.config.max_runs_per_user {
-                            let why = format!("user `{}` already has {} runs in progress (--max-runs-per-user)", id.user_id, state.config.max_runs_per_user);
+                        let (key, limit) = run_limit(&state, &id);
+                        if state.runs.running_for(key) >= limit {
+                            let why = if id.anonymous {
+                                format!("{limit} anonymous runs are in progress (--max-anonymous-runs): try again later, or sign in")
+                            } else {
+                                format!("user `{}` already has {limit} runs in progress (--max-runs-per-user)", id.user_id)
+                            };
                             let text = protocol::error_frame(ErrorCode::TooManyRuns, &why);
                             if !write(&mut socket, Message::Text(text.into()), write_timeout).await { leave(&state, &mut run); return; }
                             continue;
@@ -311,6 +337,19 @@ pub async fn serve(
                 }
             }
         }
+    }
+}
+
+/// The run limit a caller counts against: its own (`--max-runs-per-user`), or for anonymous
+/// callers the one they share (`--max-anonymous-runs`).
+fn run_limit<'a>(state: &AppState, identity: &'a Identity) -> (&'a str, usize) {
+    if identity.anonymous {
+        (
+            super::registry::ANONYMOUS_RUNS,
+            state.config.max_anonymous_runs,
+        )
+    } else {
+        (identity.user_id.as_str(), state.config.max_runs_per_user)
     }
 }
 
@@ -363,9 +402,12 @@ fn start_run(
     trace: &super::trace::TraceContext,
 ) -> ActiveRun {
     let run_id = Uuid::new_v4();
-    let shared = state
-        .runs
-        .create(run_id, identity.user_id.clone(), agent_id.to_owned());
+    let shared = state.runs.create(
+        run_id,
+        identity.user_id.clone(),
+        agent_id.to_owned(),
+        run_limit(state, &identity).0.to_owned(),
+    );
     let span = tracing::info_span!("run", %run_id);
     tracing::info!(%run_id, "run started");
     let spec = RunSpec {
@@ -470,7 +512,10 @@ async fn resume(
         shared.attach();
         return Resumed::Live(shared);
     }
-    let unavailable = |e: crate::runlog::RunLogError| format!("the run log is unavailable: {e}");
+    let unavailable = |e: crate::runlog::RunLogError| {
+        tracing::warn!(error = %e, "run log unavailable for a resume");
+        "the run log is unavailable right now: try the resume again later".to_owned()
+    };
     let info = match state.runlog.run_owner(run_id).await {
         Ok(Some(info)) => info,
         Ok(None) => {
@@ -507,8 +552,29 @@ async fn resume(
         .into_iter()
         .filter_map(|b| String::from_utf8(b.to_vec()).ok().map(Utf8Bytes::from))
         .collect();
+    // A finished run's replay ends with its terminal event, or says what is missing: a client
+    // must never wait for frames the log does not have.
+    let expected = info.last_seq.saturating_sub(after_seq);
+    let complete = if expected == 0 {
+        info.events_dropped == 0
+    } else {
+        texts.len() as u64 == expected
+            && texts
+                .last()
+                .is_some_and(|t| protocol::is_terminal_frame(t.as_str()))
+    };
+    let gap = info.status.is_finished() && !complete;
     if !write_batch(socket, texts, write_timeout).await {
         return Resumed::SocketGone;
+    }
+    if gap {
+        state.metrics.runs_log_incomplete_replays.inc();
+        let msg = format!(
+            "the run log of run `{run_id}` is incomplete: frames after seq {after_seq} (up to at \
+             least seq {}) are missing and cannot be replayed; the run has ended",
+            info.last_seq.max(after_seq + 1)
+        );
+        return refuse(socket, ErrorCode::Internal, msg, write_timeout).await;
     }
     if !info.status.is_finished() {
         let msg = format!(
@@ -572,12 +638,28 @@ async fn write_batch(socket: &mut WebSocket, texts: Vec<Utf8Bytes>, timeout: Dur
     matches!(tokio::time::timeout(timeout, work).await, Ok(Ok(())))
 }
 
-fn is_capacity_error(e: &axum::Error) -> bool {
-    let text = e.to_string();
-    text.contains("Space limit exceeded")
-        || text.contains("too long")
-        || text.contains("Message too big")
-        || text.contains("size")
+/// Why reading the client socket failed.
+enum ReadFailure {
+    /// A message or frame above `--max-client-message-bytes` (close 1009).
+    TooBig,
+    /// Bad framing or invalid UTF-8 in a text frame (close 1002).
+    Protocol(tokio_tungstenite::tungstenite::Error),
+    /// The connection is gone (reset, closed without a close frame, I/O error): nobody to tell.
+    Gone,
+}
+
+impl ReadFailure {
+    fn of(e: axum::Error) -> ReadFailure {
+        use tokio_tungstenite::tungstenite::Error as E;
+        use tokio_tungstenite::tungstenite::error::ProtocolError as P;
+        // axum wraps the tungstenite error it got (the same tungstenite as ours).
+        match e.into_inner().downcast::<E>().map(|b| *b) {
+            Ok(E::Capacity(_)) => ReadFailure::TooBig,
+            Ok(E::Protocol(P::ResetWithoutClosingHandshake)) => ReadFailure::Gone,
+            Ok(e @ (E::Protocol(_) | E::Utf8(_))) => ReadFailure::Protocol(e),
+            _ => ReadFailure::Gone,
+        }
+    }
 }
 
 async fn write(socket: &mut WebSocket, msg: Message, timeout: Duration) -> bool {
@@ -587,10 +669,32 @@ async fn write(socket: &mut WebSocket, msg: Message, timeout: Duration) -> bool 
     )
 }
 
+/// End the session from our side: send a close frame with `code`, then wait for the client's
+/// reply (reading and dropping whatever it still sends), all within `timeout`. Dropping the
+/// socket right after the send would leave the browser without a clean close (1006) whenever its
+/// reply reaches a socket we no longer read.
 async fn close_with(socket: &mut WebSocket, code: u16, reason: &'static str, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
     let frame = CloseFrame {
         code,
         reason: Utf8Bytes::from_static(reason),
     };
-    let _ = write(socket, Message::Close(Some(frame)), timeout).await;
+    let sent = tokio::time::timeout_at(deadline, socket.send(Message::Close(Some(frame)))).await;
+    if !matches!(sent, Ok(Ok(()))) {
+        return;
+    }
+    let reply = async {
+        while let Some(Ok(msg)) = socket.recv().await {
+            if matches!(msg, Message::Close(_)) {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout_at(deadline, reply).await;
+}
+
+/// The client closed: send its close frame back (same code) before the socket is dropped.
+/// tungstenite only queues that reply; flushing writes it.
+async fn answer_close(socket: &mut WebSocket, timeout: Duration) {
+    let _ = tokio::time::timeout(timeout, socket.flush()).await;
 }

@@ -68,6 +68,25 @@ impl MemoryRunLog {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Apply one record (never waits).
+    pub fn apply(&self, record: super::Record) {
+        match record {
+            super::Record::Start(run) => self.start(run),
+            super::Record::Prepared {
+                run_id,
+                version,
+                hash,
+            } => self.prepared(run_id, &version, &hash),
+            super::Record::Event { run_id, seq, frame } => self.event(run_id, seq, frame),
+            super::Record::Finish {
+                run_id,
+                status,
+                code,
+                message,
+            } => self.finish(run_id, status, code.as_deref(), message.as_deref()),
+        }
+    }
+
     pub fn start(&self, run: RunStart) {
         let mut state = self.lock();
         if state.runs.contains_key(&run.run_id) {

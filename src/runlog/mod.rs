@@ -2,15 +2,20 @@
 //! client can `resume` a run (`{"type":"resume","run_id":…,"after_seq":N}`) and an operator can see
 //! what happened.
 //!
-//! Design: logging must never slow down or fail a run. The relay calls [`RunLog::start`],
-//! [`RunLog::event`] and [`RunLog::finish`], which never block and never return an error:
-//! - [`PgRunLog`] (`postgres`) hands each record to one writer task through a bounded channel
-//!   (`try_send`); the writer batches whatever has accumulated into multi-row `INSERT … UNNEST`
-//!   statements in one transaction. A full buffer drops the frame, counts it in
-//!   [`RunLogStats::events_dropped`], logs once per run that its log is incomplete and records the
-//!   count on the run row. A heartbeat task keeps `flowgate_instance.heartbeat_at` fresh and
-//!   sweeps runs of instances whose heartbeat is stale to `failed`/`gateway_lost`, then deletes
-//!   finished runs older than the retention (a bounded number per tick).
+//! Design: the log loses nothing, and a slow database slows runs down instead. The relay hands
+//! every record of a run, in order, to [`RunLog::offer`]; when the buffer is full the record
+//! comes back, and the relay waits with [`RunLog::deliver`] (reading nothing more from the
+//! engine meanwhile: TCP pushes back on it) for at most `--runlog-wait`, after which the run
+//! ends with `store_unavailable` and what did not fit is counted as lost. The fire-and-forget
+//! [`RunLog::start`], [`RunLog::event`] and [`RunLog::finish`] remain for callers outside the
+//! relay (tests, tools).
+//! - [`PgRunLog`] (`postgres`) hands each record to one writer task through a bounded channel;
+//!   the writer batches whatever has accumulated into multi-row `INSERT … UNNEST` statements in
+//!   one transaction (a batch the database refuses is written again run by run). A lost frame
+//!   is counted in [`RunLogStats::events_dropped`] and on the run row. A heartbeat task keeps
+//!   `flowgate_instance.heartbeat_at` fresh and sweeps runs of instances whose heartbeat is
+//!   stale to `failed`/`gateway_lost`, then deletes finished runs older than the retention (a
+//!   bounded number per tick).
 //! - [`MemoryRunLog`] (`memory`) keeps the last `max_runs` runs in memory (oldest finished runs
 //!   are evicted first), at most `max_events_per_run` frames each.
 //!
@@ -27,7 +32,9 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 pub use memory::{MemoryRunLog, MemoryRunLogConfig};
-pub use postgres::{PgRunLog, PgRunLogConfig, prune, sweep_lost_runs};
+pub use postgres::{
+    DEFAULT_BUFFER, DEFAULT_RETENTION, PgRunLog, PgRunLogConfig, prune, sweep_lost_runs,
+};
 
 /// The `error_code` of runs whose gateway stopped heartbeating.
 pub const GATEWAY_LOST: &str = "gateway_lost";
@@ -50,6 +57,28 @@ pub struct RunStart {
     pub version: String,
     /// The hash of the flow definition sent to the engine (`flow_started.data.workflow.hash`).
     pub workflow_hash: Option<String>,
+}
+
+/// One thing the relay logs about a run, in the order it happened.
+#[derive(Debug, Clone)]
+pub enum Record {
+    Start(RunStart),
+    Prepared {
+        run_id: Uuid,
+        version: String,
+        hash: String,
+    },
+    Event {
+        run_id: Uuid,
+        seq: u64,
+        frame: Bytes,
+    },
+    Finish {
+        run_id: Uuid,
+        status: RunStatus,
+        code: Option<String>,
+        message: Option<String>,
+    },
 }
 
 /// How a run ended.
@@ -197,6 +226,32 @@ impl RunLog {
         match self {
             RunLog::Postgres(log) => log.finish(run_id, status, code, message),
             RunLog::Memory(log) => log.finish(run_id, status, code, message),
+        }
+    }
+
+    /// Queue `record` if there is room; a full buffer gives it back: the caller then waits
+    /// with [`RunLog::deliver`] before it produces more (the relay stops reading the engine:
+    /// backpressure instead of a lost frame). Records must be offered in order: once one is
+    /// given back, later ones wait behind it.
+    pub fn offer(&self, record: Record) -> Result<(), Record> {
+        match self {
+            RunLog::Postgres(log) => log.offer(record),
+            RunLog::Memory(log) => {
+                log.apply(record);
+                Ok(())
+            }
+        }
+    }
+
+    /// Wait (at most `timeout`) for room and queue `record`; `false` when the buffer stayed full
+    /// (the record is lost and counted: the run's log is incomplete).
+    pub async fn deliver(&self, record: Record, timeout: Duration) -> bool {
+        match self {
+            RunLog::Postgres(log) => log.deliver(record, timeout).await,
+            RunLog::Memory(log) => {
+                log.apply(record);
+                true
+            }
         }
     }
 

@@ -20,7 +20,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
-use super::{GATEWAY_LOST, RunInfo, RunLogError, RunLogStats, RunStart, RunState, RunStatus};
+use super::{
+    GATEWAY_LOST, Record, RunInfo, RunLogError, RunLogStats, RunStart, RunState, RunStatus,
+};
 
 /// Settings of the Postgres run log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,10 +53,15 @@ pub struct PgRunLogConfig {
     pub prune_batch: usize,
 }
 
+/// Default of [`PgRunLogConfig::buffer`] (and of the gateway's `--runlog-buffer`).
+pub const DEFAULT_BUFFER: usize = 8192;
+/// Default of [`PgRunLogConfig::retention`] (and of the gateway's `--runlog-retention`).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 impl Default for PgRunLogConfig {
     fn default() -> Self {
         PgRunLogConfig {
-            buffer: 4096,
+            buffer: DEFAULT_BUFFER,
             batch_max: 512,
             linger: Duration::from_millis(10),
             max_events_per_run: 100_000,
@@ -63,7 +70,7 @@ impl Default for PgRunLogConfig {
             retry_delay: Duration::from_millis(200),
             heartbeat_interval: Duration::from_secs(10),
             stale_after: Duration::from_secs(60),
-            retention: Duration::from_secs(7 * 24 * 3600),
+            retention: DEFAULT_RETENTION,
             prune_batch: 200,
         }
     }
@@ -159,6 +166,110 @@ impl PgRunLog {
     /// This gateway's `flowgate_instance.instance_id`.
     pub fn instance_id(&self) -> Uuid {
         self.shared.instance_id
+    }
+
+    /// Queue `record` if the buffer has room; a full buffer gives it back (the caller waits
+    /// with [`Self::deliver`] and produces nothing meanwhile: backpressure, never a drop).
+    pub fn offer(&self, record: Record) -> Result<(), Record> {
+        let Some(msg) = self.message(&record) else {
+            return Ok(()); // above the per-run cap: counted
+        };
+        match self.shared.tx.try_send(msg) {
+            Ok(()) => {
+                self.sent(&record);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Err(record),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::warn!("run log writer stopped: a record was lost");
+                Ok(())
+            }
+        }
+    }
+
+    /// Wait (at most `timeout`) for room and queue `record`. `false`: the buffer stayed full,
+    /// the record is lost and counted (the run's log is incomplete).
+    pub async fn deliver(&self, record: Record, timeout: Duration) -> bool {
+        let Some(msg) = self.message(&record) else {
+            return true;
+        };
+        match self.shared.tx.send_timeout(msg, timeout).await {
+            Ok(()) => {
+                self.sent(&record);
+                true
+            }
+            Err(_) => {
+                match record {
+                    Record::Event { run_id, .. } => {
+                        self.count_drop(run_id, "run log buffer stayed full")
+                    }
+                    _ => tracing::warn!("run log buffer stayed full: a run start or end was lost"),
+                }
+                false
+            }
+        }
+    }
+
+    /// The writer's message for `record` (`None`: a frame above the per-run cap, counted).
+    fn message(&self, record: &Record) -> Option<Msg> {
+        Some(match record {
+            Record::Start(run) => Msg::Start {
+                run: run.clone(),
+                at: Utc::now(),
+            },
+            Record::Prepared {
+                run_id,
+                version,
+                hash,
+            } => Msg::Prepared {
+                run_id: *run_id,
+                version: version.clone(),
+                hash: hash.clone(),
+            },
+            Record::Event { run_id, seq, frame } => {
+                if *seq > self.shared.config.max_events_per_run {
+                    self.count_drop(*run_id, "run has more frames than the run log keeps");
+                    return None;
+                }
+                Msg::Event {
+                    run_id: *run_id,
+                    seq: *seq,
+                    frame: frame.clone(),
+                    queued: Instant::now(),
+                }
+            }
+            Record::Finish {
+                run_id,
+                status,
+                code,
+                message,
+            } => Msg::Finish {
+                run_id: *run_id,
+                status: *status,
+                code: code.clone(),
+                message: message.clone(),
+                dropped: self
+                    .shared
+                    .drops
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(run_id)
+                    .copied()
+                    .unwrap_or(0),
+                at: Utc::now(),
+            },
+        })
+    }
+
+    /// `record` is queued: a finish takes its run's drop count along.
+    fn sent(&self, record: &Record) {
+        if let Record::Finish { run_id, .. } = record {
+            self.shared
+                .drops
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(run_id);
+        }
     }
 
     pub fn start(&self, run: RunStart) {
@@ -372,8 +483,7 @@ async fn writer(
             }
         }
         if !written.is_empty() {
-            let outcome = write_with_retries(&pool, &config, instance_id, &written).await;
-            written.account(&counters, outcome);
+            write_isolating(&pool, &config, instance_id, written, &counters).await;
         }
         for done in barriers {
             let _ = done.send(());
@@ -450,6 +560,33 @@ impl Batch {
         }
     }
 
+    /// The batch as one batch per run (each keeps the statement order of `write_batch`).
+    fn split_by_run(self) -> Vec<(Uuid, Batch)> {
+        let mut parts: std::collections::BTreeMap<Uuid, Batch> = std::collections::BTreeMap::new();
+        for (run, at) in self.starts {
+            parts.entry(run.run_id).or_default().starts.push((run, at));
+        }
+        for prepared in self.prepared {
+            parts.entry(prepared.0).or_default().prepared.push(prepared);
+        }
+        for event in self.events {
+            parts.entry(event.0).or_default().events.push(event);
+        }
+        for finish in self.finishes {
+            parts
+                .entry(finish.run_id)
+                .or_default()
+                .finishes
+                .push(finish);
+        }
+        for part in parts.values_mut() {
+            if !part.events.is_empty() {
+                part.oldest_event = self.oldest_event;
+            }
+        }
+        parts.into_iter().collect()
+    }
+
     fn account(&self, counters: &Counters, ok: bool) {
         let events = self.events.len() as u64;
         if ok {
@@ -466,24 +603,69 @@ impl Batch {
     }
 }
 
+/// Write a batch. When the database refuses its data (not when it is unreachable), write it
+/// again one run at a time: a run whose records are refused loses only its own records, never
+/// the other runs' of the same batch.
+async fn write_isolating(
+    pool: &PgPool,
+    config: &PgRunLogConfig,
+    instance_id: Uuid,
+    batch: Batch,
+    counters: &Counters,
+) {
+    match write_with_retries(pool, config, instance_id, &batch).await {
+        Ok(()) => batch.account(counters, true),
+        Err(WriteError::Unavailable) => batch.account(counters, false),
+        Err(WriteError::Refused(why)) => {
+            tracing::warn!(error = %why, "the database refused a run log batch: writing it run by run");
+            for (run_id, part) in batch.split_by_run() {
+                let ok = write_with_retries(pool, config, instance_id, &part)
+                    .await
+                    .is_ok();
+                if !ok {
+                    tracing::warn!(%run_id, "the database refused this run's log records: they are lost");
+                }
+                part.account(counters, ok);
+            }
+        }
+    }
+}
+
+/// Why a write failed.
+enum WriteError {
+    /// The database refused the data (SQLSTATE classes 22 and 23: a value too long, a NUL, a
+    /// violated constraint): retrying the same rows cannot help.
+    Refused(String),
+    /// No answer, no connection, or another failure: retried, then given up.
+    Unavailable,
+}
+
 async fn write_with_retries(
     pool: &PgPool,
     config: &PgRunLogConfig,
     instance_id: Uuid,
     batch: &Batch,
-) -> bool {
+) -> Result<(), WriteError> {
     for attempt in 1..=config.write_attempts.max(1) {
-        match bounded(config.write_timeout, write_batch(pool, instance_id, batch)).await {
-            Ok(()) => return true,
-            Err(e) => {
-                tracing::warn!(error = %e, attempt, "run log write failed");
-                if attempt < config.write_attempts {
-                    tokio::time::sleep(config.retry_delay).await;
-                }
+        let written =
+            tokio::time::timeout(config.write_timeout, write_batch(pool, instance_id, batch)).await;
+        match written {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(sqlx::Error::Database(db)))
+                if db
+                    .code()
+                    .is_some_and(|c| c.starts_with("22") || c.starts_with("23")) =>
+            {
+                return Err(WriteError::Refused(db.message().to_owned()));
             }
+            Ok(Err(e)) => tracing::warn!(error = %e, attempt, "run log write failed"),
+            Err(_) => tracing::warn!(attempt, "run log write got no answer in time"),
+        }
+        if attempt < config.write_attempts {
+            tokio::time::sleep(config.retry_delay).await;
         }
     }
-    false
+    Err(WriteError::Unavailable)
 }
 
 /// A frame as Postgres text: frames are JSON text (borrowed as is); anything else is made valid,

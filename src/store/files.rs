@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{AgentRecord, StoreError, StoredWorkflow, Version};
+use crate::workflow::document::{self, DocFormat};
 
 /// The index file of a flows folder.
 pub const INDEX_FILE: &str = "agents.json";
@@ -360,8 +361,10 @@ fn load(
                 return Ok(Some(done.clone()));
             }
             let (text, modified) = read(file).map_err(|e| bad(format!("{field} file: {e}")))?;
-            let value: Value = serde_json::from_str(&text)
-                .map_err(|e| bad(format!("{field} file {file} is not valid JSON: {e}")))?;
+            // The same reader as `flowgate validate`: what one accepts, the other does.
+            let format = DocFormat::of_path(Path::new(file));
+            let (value, _) = document::parse(&text, format)
+                .map_err(|e| bad(format!("{field} file {file}: {e}")))?;
             let stored = StoredWorkflow {
                 md5: super::md5::md5_of(&value),
                 workflow: value,

@@ -17,7 +17,7 @@ use sqlx::PgPool;
 use super::StoreError;
 use super::files::{FilesStore, FolderAgent};
 use super::postgres::{bounded, connect_pool, migrate};
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// Time allowed for connecting and for each statement of the import.
 pub const IMPORT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -77,6 +77,9 @@ pub enum ImportError {
     /// The folder is unreadable or invalid (names the file and entry).
     #[error("invalid flows folder: {0}")]
     Folder(StoreError),
+    /// The database could not be opened (the whole sentence: URL without password, cause, fix).
+    #[error("{0}")]
+    Open(String),
     /// The database failed or timed out; the transaction was rolled back.
     #[error("database error: {0}")]
     Database(StoreError),
@@ -85,12 +88,16 @@ pub enum ImportError {
 /// Run the import command.
 pub async fn run(dir: &Path, database_url: &Secret) -> ExitCode {
     let result = async {
+        let unusable = |e: StoreError| {
+            ImportError::Open(crate::startup::database_failed(
+                database_url.expose(),
+                e.detail(),
+            ))
+        };
         let pool = connect_pool(database_url, IMPORT_CONNECTIONS, IMPORT_TIMEOUT)
             .await
-            .map_err(ImportError::Database)?;
-        migrate(&pool, IMPORT_TIMEOUT)
-            .await
-            .map_err(ImportError::Database)?;
+            .map_err(unusable)?;
+        migrate(&pool, IMPORT_TIMEOUT).await.map_err(unusable)?;
         import_dir(&pool, dir).await
     }
     .await;

@@ -4,8 +4,10 @@
 //! tables. Every query is runtime-checked with bound parameters and runs under the configured
 //! timeout; a timeout or a connection failure is [`StoreError::Unavailable`], never "not found".
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
@@ -21,23 +23,105 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 pub struct PgStore {
     pool: PgPool,
     timeout: Duration,
+    /// Recent answers, so that a run of an unchanged agent needs no database round trip.
+    cache: Arc<Mutex<ReadCache>>,
+    /// How long an answer is reused (`--store-cache-ttl`; zero: every lookup asks the database).
+    cache_ttl: Duration,
+}
+
+/// Answers of the last `cache_ttl`, at most [`ReadCache::MAX_ENTRIES`] of each kind (cleared
+/// when full: a flood of agent ids cannot grow it).
+#[derive(Debug, Default)]
+struct ReadCache {
+    agents: HashMap<String, Fetched<AgentRecord>>,
+    workflows: HashMap<(String, Version), Fetched<Arc<StoredWorkflow>>>,
+}
+
+/// An answer of the database (`None`: no such row) and when it was read.
+type Fetched<T> = (Instant, Option<T>);
+
+impl ReadCache {
+    const MAX_ENTRIES: usize = 4096;
 }
 
 impl PgStore {
     /// Connect (pool of `max_connections`, `timeout` per acquire/query) and run the migrations.
     pub async fn connect(
-        url: &crate::config::Secret,
+        url: &crate::secret::Secret,
         max_connections: u32,
         timeout: Duration,
     ) -> Result<PgStore, StoreError> {
         let pool = connect_pool(url, max_connections, timeout).await?;
         migrate(&pool, timeout).await?;
-        Ok(PgStore { pool, timeout })
+        Ok(PgStore::from_pool(pool, timeout))
     }
 
     /// A store over an existing (already migrated) pool; `timeout` bounds each query.
     pub fn from_pool(pool: PgPool, timeout: Duration) -> PgStore {
-        PgStore { pool, timeout }
+        PgStore {
+            pool,
+            timeout,
+            cache: Arc::default(),
+            cache_ttl: Duration::ZERO,
+        }
+    }
+
+    /// Reuse each answer for `ttl`: a changed agent or workflow is seen within `ttl`.
+    pub fn with_cache_ttl(mut self, ttl: Duration) -> PgStore {
+        self.cache_ttl = ttl;
+        self
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, ReadCache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The agent row, from the cache when it is fresh.
+    pub async fn agent_cached(&self, agent_id: &str) -> Result<Option<AgentRecord>, StoreError> {
+        if !self.cache_ttl.is_zero()
+            && let Some((at, record)) = self.cache().agents.get(agent_id)
+            && at.elapsed() < self.cache_ttl
+        {
+            return Ok(record.clone());
+        }
+        let record = self.agent(agent_id).await?;
+        if !self.cache_ttl.is_zero() {
+            let mut cache = self.cache();
+            if cache.agents.len() >= ReadCache::MAX_ENTRIES {
+                cache.agents.clear();
+            }
+            cache
+                .agents
+                .insert(agent_id.to_owned(), (Instant::now(), record.clone()));
+        }
+        Ok(record)
+    }
+
+    /// The stored workflow, shared, from the cache when it is fresh (the same `Arc` each time,
+    /// so the relay's conversion cache recognises it without comparing documents).
+    pub async fn workflow_cached(
+        &self,
+        agent_id: &str,
+        version: Version,
+    ) -> Result<Option<Arc<StoredWorkflow>>, StoreError> {
+        let key = (agent_id.to_owned(), version);
+        if !self.cache_ttl.is_zero()
+            && let Some((at, workflow)) = self.cache().workflows.get(&key)
+            && at.elapsed() < self.cache_ttl
+        {
+            return Ok(workflow.clone());
+        }
+        let workflow = self.workflow(agent_id, version).await?.map(Arc::new);
+        if !self.cache_ttl.is_zero() {
+            let mut cache = self.cache();
+            if cache.workflows.len() >= ReadCache::MAX_ENTRIES {
+                cache.workflows.clear();
+            }
+            cache
+                .workflows
+                .insert(key, (Instant::now(), workflow.clone()));
+        }
+        Ok(workflow)
     }
 
     /// The underlying pool (shared with the run log).
@@ -110,10 +194,16 @@ impl PgStore {
 
 /// Open a pool without running migrations; an unreachable database is `Unavailable`.
 pub async fn connect_pool(
-    url: &crate::config::Secret,
+    url: &crate::secret::Secret,
     max_connections: u32,
     timeout: Duration,
 ) -> Result<PgPool, StoreError> {
+    let scheme = url.expose().split_once("://").map(|(s, _)| s);
+    if !matches!(scheme, Some("postgres" | "postgresql")) {
+        return Err(StoreError::Unavailable(
+            "not a PostgreSQL URL: it must start with postgres:// or postgresql://".to_owned(),
+        ));
+    }
     let options: PgConnectOptions = url.expose().parse().map_err(|_| {
         // The parse error may quote the URL (and its password): keep it out of messages.
         StoreError::Unavailable("the database URL is not valid".to_owned())
@@ -160,6 +250,10 @@ pub(crate) fn classify(e: sqlx::Error) -> StoreError {
         | sqlx::Error::Decode(_)
         | sqlx::Error::ColumnNotFound(_)
         | sqlx::Error::TypeNotFound { .. } => corrupt(e),
+        // The server's own sentence (sqlx's text adds "error returned from database:" and the
+        // line of the server's source file).
+        sqlx::Error::Database(db) => StoreError::Unavailable(db.message().to_owned()),
+        sqlx::Error::Io(io) => StoreError::Unavailable(crate::startup::plain_io(&io)),
         other => StoreError::Unavailable(other.to_string()),
     }
 }

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
+use super::document::{self, DocFormat};
 use super::{Finding, FlowFormat, Severity};
 
 /// What a subcommand prints and how it exits.
@@ -26,19 +27,32 @@ pub const EXIT_INVALID: u8 = 1;
 /// Exit code: the input could not be read or parsed.
 pub const EXIT_UNREADABLE: u8 = 2;
 
-/// `flowgate convert <file|-> [--to yaml|json]`.
-pub fn convert(file: &Path, to: FlowFormat) -> ExitCode {
-    run(file, |text| convert_text(text, to))
+/// `flowgate convert <file|-> [--to yaml|json] [--from json|yaml]`.
+pub fn convert(file: &Path, from: Option<DocFormat>, to: FlowFormat) -> ExitCode {
+    let from = from.unwrap_or_else(|| DocFormat::of_path(file));
+    run(file, |text| convert_text(text, from, to))
 }
 
-/// `flowgate validate <file|->`: exit 0 clean, 1 errors, 2 unreadable input.
-pub fn validate(file: &Path) -> ExitCode {
-    run(file, validate_text)
+/// `flowgate validate <file|-> [--from json|yaml]`: exit 0 clean, 1 errors, 2 unreadable input.
+pub fn validate(file: &Path, from: Option<DocFormat>) -> ExitCode {
+    let from = from.unwrap_or_else(|| DocFormat::of_path(file));
+    run(file, |text| validate_text(text, from))
 }
 
 fn run(file: &Path, work: impl FnOnce(&str) -> Outcome) -> ExitCode {
     let outcome = match read(file) {
-        Ok(text) => work(&text),
+        Ok(text) => {
+            let mut outcome = work(&text);
+            if outcome.code == EXIT_UNREADABLE {
+                let name = if file.as_os_str() == "-" {
+                    "stdin".into()
+                } else {
+                    file.display().to_string()
+                };
+                outcome.stderr = format!("{name}: {}", outcome.stderr);
+            }
+            outcome
+        }
         Err(message) => Outcome {
             stdout: String::new(),
             stderr: format!("{message}\n"),
@@ -60,24 +74,6 @@ fn read(file: &Path) -> Result<String, String> {
         Ok(text)
     } else {
         std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))
-    }
-}
-
-/// Parse a stored workflow document: JSON (either stored shape), else YAML whose top level is a
-/// mapping (the YAML export shape `flow_definition:` + `metadata:`). Also returns the findings
-/// only the text shows (keys given twice in JSON).
-pub fn parse_document(text: &str) -> Result<(Value, Vec<Finding>), String> {
-    match serde_json::from_str::<Value>(text) {
-        Ok(value) => Ok((value, super::text_findings(text))),
-        Err(json_error) => match super::yaml::from_yaml(text) {
-            Ok(value @ Value::Object(_)) => Ok((value, Vec::new())),
-            Ok(_) => Err(format!(
-                "the input is neither JSON ({json_error}) nor a YAML mapping"
-            )),
-            Err(yaml_error) => Err(format!(
-                "the input is neither JSON ({json_error}) nor YAML ({yaml_error})"
-            )),
-        },
     }
 }
 
@@ -117,8 +113,8 @@ fn convert_doc(
 }
 
 /// `convert` on document text: the payload on stdout, warnings (or findings) on stderr.
-pub fn convert_text(text: &str, to: FlowFormat) -> Outcome {
-    let (doc, text_findings) = match parse_document(text) {
+pub fn convert_text(text: &str, from: DocFormat, to: FlowFormat) -> Outcome {
+    let (doc, text_findings) = match document::parse(text, from) {
         Ok(parsed) => parsed,
         Err(message) => return unreadable(message),
     };
@@ -143,8 +139,8 @@ pub fn convert_text(text: &str, to: FlowFormat) -> Outcome {
 }
 
 /// `validate` on document text: every finding on stdout, a one-line summary on stderr.
-pub fn validate_text(text: &str) -> Outcome {
-    let (doc, text_findings) = match parse_document(text) {
+pub fn validate_text(text: &str, from: DocFormat) -> Outcome {
+    let (doc, text_findings) = match document::parse(text, from) {
         Ok(parsed) => parsed,
         Err(message) => return unreadable(message),
     };

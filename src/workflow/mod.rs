@@ -1,6 +1,6 @@
 //! Stored workflow → normalized flow definition → engine payload (YAML or JSON).
 //!
-//! Owns: parsing both stored shapes of PROTOCOL.md section 1 (`stored`), normalization to
+//! Owns: parsing both stored shapes of docs/neuralabs.md section 1 (`stored`), normalization to
 //! canonical type names and the engine's `{nodes, connections, start_element}` object
 //! (`normalize`), validation with JSON pointers (`validate`), the YAML 1.1-safe emitter (`yaml`),
 //! and the flow hash. Called by the gateway's relay (per run, through the workflow cache) and by
@@ -10,6 +10,7 @@
 //! gives byte-identical output.
 
 pub mod cli;
+pub mod document;
 pub mod normalize;
 pub mod stored;
 pub mod validate;
@@ -54,13 +55,20 @@ pub struct InvalidWorkflow {
     pub findings: Vec<Finding>,
 }
 
+/// The first few error messages (a sentence, not a report: `details` and `flowgate validate`
+/// list them all).
 fn summary(findings: &[Finding]) -> String {
+    const SHOWN: usize = 3;
     let errors: Vec<&str> = findings
         .iter()
         .filter(|f| f.severity == Severity::Error)
         .map(|f| f.message.as_str())
         .collect();
-    errors.join("; ")
+    let mut text = errors[..errors.len().min(SHOWN)].join("; ");
+    if errors.len() > SHOWN {
+        text.push_str(&format!("; and {} more", errors.len() - SHOWN));
+    }
+    text
 }
 
 /// The encoding of handshake frame 2 (the flow definition).
@@ -79,6 +87,11 @@ pub enum FlowFormat {
 /// Every problem is reported at once (structural findings first, then the semantic ones); any
 /// error makes the whole conversion fail. Never panics, never contacts anything.
 pub fn convert(stored: &Value) -> Result<Converted, InvalidWorkflow> {
+    if let Some(too_big) = size_finding(stored) {
+        return Err(InvalidWorkflow {
+            findings: vec![too_big],
+        });
+    }
     let normalized = normalize::normalize(stored);
     let mut findings = normalized.findings.clone();
     findings.extend(validate::validate(&normalized));
@@ -95,6 +108,37 @@ pub fn convert(stored: &Value) -> Result<Converted, InvalidWorkflow> {
         flow: normalized.flow,
         warnings,
         hash,
+    })
+}
+
+/// Most elements a workflow may have (the reference engine runs at most 500 by default, and
+/// no chat agent comes near). Checked before any conversion work: a 100,000-node workflow took
+/// 784 MB to validate and wrote 60 MB of warnings per run.
+pub const MAX_ELEMENTS: usize = 500;
+/// Most connections (canvas edges) a workflow may have.
+pub const MAX_CONNECTIONS: usize = 5_000;
+
+/// A workflow above [`MAX_ELEMENTS`] or [`MAX_CONNECTIONS`], as one finding (else `None`).
+fn size_finding(stored: &Value) -> Option<Finding> {
+    let located = stored::locate(stored).ok()?;
+    let count = |key: &str| match located.flow.get(key) {
+        Some(Value::Object(m)) => m.len(),
+        Some(Value::Array(a)) => a.len(),
+        _ => 0,
+    };
+    let elements = count("nodes");
+    let connections = count("connections").max(count("edges"));
+    let (what, n, max) = if elements > MAX_ELEMENTS {
+        ("elements", elements, MAX_ELEMENTS)
+    } else if connections > MAX_CONNECTIONS {
+        ("connections", connections, MAX_CONNECTIONS)
+    } else {
+        return None;
+    };
+    Some(Finding {
+        pointer: located.base.clone(),
+        message: format!("the workflow has {n} {what}; flowgate converts at most {max}"),
+        severity: Severity::Error,
     })
 }
 
@@ -140,17 +184,50 @@ pub fn render(flow: &Value, format: FlowFormat) -> String {
     }
 }
 
-/// Build handshake frame 4 from a run request, as PROTOCOL.md section 2 describes:
-/// `initial_inputs` (if present and non-empty) as-is; otherwise `message` goes to the first
-/// `chat_input` node and `conversation_history` to the first `context_history` node.
+/// Build handshake frame 4 from a run request, as docs/neuralabs.md section 2 describes:
+/// `initial_inputs` (if present and non-empty) as they are, but only for the flow's input
+/// elements (`chat_input`, `context_history`): a client may not set another element's inputs
+/// (a `rest_api` body, an LLM prompt), so any other key is an error naming it. Otherwise
+/// `message` goes to the first `chat_input` node and `conversation_history` to the first
+/// `context_history` node.
 pub fn initial_inputs(
     flow: &Value,
     message: Option<&str>,
     history: Option<&Value>,
     initial: Option<&Value>,
-) -> Value {
-    if let Some(initial) = initial.filter(|i| i.as_object().is_some_and(|m| !m.is_empty())) {
-        return initial.clone();
+) -> Result<Value, String> {
+    if let Some(initial) = initial.and_then(Value::as_object).filter(|m| !m.is_empty()) {
+        let nodes = flow.get("nodes").and_then(Value::as_object);
+        for (id, inputs) in initial {
+            let kind = nodes
+                .and_then(|n| n.get(id))
+                .and_then(|node| node.get("type"))
+                .and_then(Value::as_str);
+            let is_input = kind
+                .and_then(normalize::ElementType::parse)
+                .is_some_and(|k| {
+                    matches!(
+                        k,
+                        normalize::ElementType::ChatInput | normalize::ElementType::ContextHistory
+                    )
+                });
+            if !is_input {
+                let what = match kind {
+                    Some(kind) => format!("`{id}` is a {kind} element"),
+                    None => format!("the flow has no element `{id}`"),
+                };
+                return Err(format!(
+                    "initial_inputs may only set the inputs of chat_input and context_history \
+                     elements: {what}"
+                ));
+            }
+            if !inputs.is_object() {
+                return Err(format!(
+                    "initial_inputs.{id} must be an object of input name to value"
+                ));
+            }
+        }
+        return Ok(Value::Object(initial.clone()));
     }
     // Types are canonical in a converted flow; aliases are recognised all the same.
     let first_of = |kind: normalize::ElementType| {
@@ -177,5 +254,5 @@ pub fn initial_inputs(
     {
         inputs.insert(id, serde_json::json!({ "context_history": history }));
     }
-    Value::Object(inputs)
+    Ok(Value::Object(inputs))
 }

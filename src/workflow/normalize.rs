@@ -45,7 +45,7 @@ pub enum ElementType {
 }
 
 impl ElementType {
-    /// Every type, in the order PROTOCOL.md lists them.
+    /// Every type, in the order docs/neuralabs.md lists them.
     pub const ALL: [ElementType; 20] = [
         Self::Start,
         Self::End,

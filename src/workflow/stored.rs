@@ -1,4 +1,4 @@
-//! The two stored shapes of PROTOCOL.md section 1 and JSON pointers into them.
+//! The two stored shapes of docs/neuralabs.md section 1 and JSON pointers into them.
 //!
 //! Owns: recognising which shape a stored document has (exported `{flow_definition, metadata}`,
 //! the bare `{nodes{}, connections, start_element}` object, or the raw canvas

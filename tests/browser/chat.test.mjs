@@ -191,3 +191,43 @@ test("an unknown agent shows a readable error", { skip: SKIP }, async () => {
     await context.close();
   }
 });
+
+test("a browser that closes right after flow_completed (as the NeuraLabs frontend does) gets a clean close", { skip: SKIP }, async () => {
+  const { page, context } = await open("echo");
+  try {
+    // A raw WebSocket, as the NeuraLabs React frontend uses it: `?token=` (compat), one run,
+    // `ws.close()` on the terminal event; then the same mid-run and on an idle socket.
+    const endings = await page.evaluate(async ({ base, token }) => {
+      const url = `${base.replace(/^http/, "ws")}/api/chat/execute/`;
+      const session = (agent, closeOn) =>
+        new Promise((resolve, reject) => {
+          const ws = new WebSocket(`${url}${agent}?token=${encodeURIComponent(token)}`);
+          const timer = setTimeout(() => reject(new Error(`no close event (${agent}, ${closeOn})`)), 15000);
+          ws.onopen = () => {
+            if (closeOn === "idle") ws.close();
+            else ws.send(JSON.stringify({ message: "hello" }));
+          };
+          ws.onmessage = (m) => {
+            const f = JSON.parse(m.data);
+            if (closeOn === "terminal" && f.type === "flow_completed") ws.close();
+            if (closeOn === "chunk" && f.type === "llm_chunk") ws.close(1000, "user left");
+          };
+          ws.onclose = (e) => {
+            clearTimeout(timer);
+            resolve({ agent, closeOn, code: e.code, wasClean: e.wasClean });
+          };
+        });
+      return [
+        await session("echo", "terminal"),
+        await session("assistant", "chunk"),
+        await session("echo", "idle"),
+      ];
+    }, { base: BASE, token: TOKEN });
+    for (const e of endings) {
+      assert.equal(e.wasClean, true, `clean close: ${JSON.stringify(e)}`);
+      assert.notEqual(e.code, 1006, `not an abnormal closure: ${JSON.stringify(e)}`);
+    }
+  } finally {
+    await context.close();
+  }
+});

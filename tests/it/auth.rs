@@ -553,10 +553,19 @@ async fn rotated_jwks_key_is_accepted_after_the_reload_interval() {
     assert_runs(&app, &new).await;
     assert_refused(&app, &old).await;
 
-    // A broken rewrite keeps the keys that work.
+    // A broken rewrite keeps the keys that work: wait until the reloader has read it.
+    let read = app.state.verifier.jwks_versions_read();
     dir.write("jwks.json", "{\"keys\": ");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while app.state.verifier.jwks_versions_read() == read {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the broken file was never read"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_runs(&app, &new).await;
+    assert_refused(&app, &old).await;
 }
 
 // --- user id claim -------------------------------------------------------------------------

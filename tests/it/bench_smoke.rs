@@ -130,7 +130,7 @@ async fn nginx_reference_path_relays_the_direct_clients_frames() {
 }
 
 /// The test database's URL for a child process: `DATABASE_URL` (the suite's server, see
-/// `.cargo/config.toml`) with the fresh database's name.
+/// `tests/it/main.rs`) with the fresh database's name.
 fn child_database_url(pool: &sqlx::PgPool) -> String {
     let db = pool
         .connect_options()

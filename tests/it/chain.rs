@@ -383,13 +383,13 @@ pub async fn http_get(url: &str) -> String {
     out
 }
 
-/// The engine event types of a trace in `shared/traces/`, in order.
+/// The engine event types of a trace in `tests/fixtures/traces/`, in order.
 fn trace_event_types(name: &str) -> Vec<String> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/traces")
+        .join("tests/fixtures/traces")
         .join(name);
     std::fs::read_to_string(path)
-        .expect("the shared traces are beside the repository")
+        .expect("tests/fixtures/traces holds the traces")
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|l| l["dir"] == "engine->gateway")

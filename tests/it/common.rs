@@ -251,6 +251,68 @@ impl Client {
     }
 }
 
+/// How a WebSocket ended, as the client saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ending {
+    /// The code of the close frame the peer sent (its own, or its answer to ours); `None`: no
+    /// close frame came (a browser reports 1006).
+    pub close_code: Option<u16>,
+    /// The connection ended with an orderly TCP close after the close frames (not a reset, and
+    /// not still open after the wait).
+    pub clean: bool,
+}
+
+impl Client {
+    /// Close as a browser's `ws.close(code)` does, then read until the connection ends: did the
+    /// server answer with a close frame, and did the connection end cleanly?
+    pub async fn close_and_observe(&mut self, code: u16) -> Ending {
+        let frame = CloseFrame {
+            code: code.into(),
+            reason: "bye".into(),
+        };
+        // The send fails only when the server already closed; `observe_end` then reports that.
+        let _ = self.ws.send(Message::Close(Some(frame))).await;
+        self.observe_end().await
+    }
+
+    /// Read until the connection ends (frames in flight are skipped; tungstenite answers a
+    /// server's close frame by itself) and report how it ended.
+    pub async fn observe_end(&mut self) -> Ending {
+        use tokio_tungstenite::tungstenite::Error as E;
+        let mut close_code = self
+            .closed
+            .clone()
+            .map(|f| f.map_or(1005, |f| u16::from(f.code)));
+        let deadline = tokio::time::Instant::now() + FRAME_WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => {
+                    return Ending {
+                        close_code,
+                        clean: false,
+                    };
+                }
+                Ok(Some(Ok(Message::Close(f)))) => {
+                    close_code = Some(f.map_or(1005, |f| u16::from(f.code)));
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(None) | Ok(Some(Err(E::ConnectionClosed | E::AlreadyClosed))) => {
+                    return Ending {
+                        close_code,
+                        clean: true,
+                    };
+                }
+                Ok(Some(Err(_))) => {
+                    return Ending {
+                        close_code,
+                        clean: false,
+                    };
+                }
+            }
+        }
+    }
+}
+
 pub fn is_terminal(f: &Value) -> bool {
     matches!(
         f["type"].as_str(),
@@ -348,5 +410,26 @@ impl Proxy {
 
     pub fn up(&self) {
         self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Captures log lines: `tracing_subscriber::fmt().with_writer(move || capture.clone())`.
+#[derive(Clone, Default)]
+pub struct Capture(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Capture {
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

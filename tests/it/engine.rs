@@ -150,7 +150,7 @@ async fn run_flow(engine: &TestEngine, flow: &Value, inputs: Value) -> Run {
     run_flow_with(engine, &flow.to_string(), &inputs, "null").await
 }
 
-/// The echo sample's flow definition (frame 2 of `shared/traces/echo.jsonl`).
+/// The echo sample's flow definition (frame 2 of `tests/fixtures/traces/echo.jsonl`).
 fn echo_flow() -> Value {
     json!({
         "nodes": {
@@ -216,7 +216,7 @@ const ECHO_TRACE_TYPES: &[&str] = &[
     "flow_completed",
 ];
 
-/// The raw canvas sample converted (frame 2 of `shared/traces/raw-canvas.jsonl`).
+/// The raw canvas sample converted (frame 2 of `tests/fixtures/traces/raw-canvas.jsonl`).
 fn raw_canvas_flow() -> Value {
     json!({"nodes": {"start_1700000000001": {"type": "start", "name": "Start", "parameters": {}, "input_schema": {}, "output_schema": {}}, "chat_input_1700000000002": {"type": "chat_input", "name": "Question", "parameters": {"required": true, "max_length": 500}, "input_schema": {}, "output_schema": {"chat_input": {"type": "string", "description": "", "required": true}}}, "constants_1700000000003": {"type": "constants", "name": "Greeting", "parameters": {"prefix": "You asked: "}, "input_schema": {}, "output_schema": {"prefix": {"type": "string", "description": "", "required": true}}}, "merger_1700000000004": {"type": "merger", "name": "Join", "parameters": {}, "input_schema": {"data1": {"type": "string", "description": "", "required": true}, "data2": {"type": "string", "description": "", "required": true}}, "output_schema": {"merged_data": {"type": "json", "description": "", "required": true}}}, "selector_1700000000005": {"type": "selector", "name": "Pick question", "parameters": {"key": "data2"}, "input_schema": {"data": {"type": "json", "description": "", "required": true}}, "output_schema": {"selected_value": {"type": "string", "description": "", "required": true}}}, "end_1700000000006": {"type": "end", "name": "End", "parameters": {}, "input_schema": {"text_input": {"type": "string", "description": "", "required": true}}, "output_schema": {}}}, "connections": [{"from_id": "start_1700000000001", "to_id": "chat_input_1700000000002", "connection_type": "control"}, {"from_id": "chat_input_1700000000002", "to_id": "merger_1700000000004", "connection_type": "control"}, {"from_id": "chat_input_1700000000002", "to_id": "merger_1700000000004", "connection_type": "data", "from_output": "chat_input_1700000000002:chat_input", "to_input": "merger_1700000000004:data2"}, {"from_id": "constants_1700000000003", "to_id": "merger_1700000000004", "connection_type": "control"}, {"from_id": "constants_1700000000003", "to_id": "merger_1700000000004", "connection_type": "data", "from_output": "constants_1700000000003:prefix", "to_input": "merger_1700000000004:data1"}, {"from_id": "merger_1700000000004", "to_id": "selector_1700000000005", "connection_type": "control"}, {"from_id": "merger_1700000000004", "to_id": "selector_1700000000005", "connection_type": "data", "from_output": "merger_1700000000004:merged_data", "to_input": "selector_1700000000005:data"}, {"from_id": "selector_1700000000005", "to_id": "end_1700000000006", "connection_type": "control"}, {"from_id": "selector_1700000000005", "to_id": "end_1700000000006", "connection_type": "data", "from_output": "selector_1700000000005:selected_value", "to_input": "end_1700000000006:text_input"}], "start_element": "start_1700000000001"})
 }
@@ -560,7 +560,14 @@ async fn closing_the_socket_during_the_stream_stops_the_run() {
             chunks += 1;
         }
     }
-    ws.close(None).await.unwrap();
+    let bye = tungstenite::protocol::CloseFrame {
+        code: 1000.into(),
+        reason: "".into(),
+    };
+    ws.close(Some(bye)).await.unwrap();
+    // The engine answers the close frame (frames already in flight may come first).
+    let (_, ending) = drain(&mut ws, WAIT).await;
+    assert_eq!(ending, Ending::Closed(1000));
     let ended = async {
         while engine.stats.runs_ended.load(Ordering::SeqCst) == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -757,6 +764,15 @@ async fn a_fault_on_the_start_element_applies_to_that_flow_only() {
     assert_eq!(ending, Ending::Dropped);
     let healthy = run_flow(&engine, &echo_flow(), echo_inputs("hi")).await;
     assert_eq!(healthy.types(), ECHO_TRACE_TYPES);
+
+    // Outside tests (the default) a stored workflow cannot switch a fault on.
+    let production = spawn_engine(EngineConfig {
+        allow_flow_faults: false,
+        ..EngineConfig::for_tests()
+    })
+    .await;
+    let run = run_flow(&production, &faulty, echo_inputs("hi")).await;
+    assert_eq!(run.types(), ECHO_TRACE_TYPES);
 }
 
 /// The classifier sample's shape: structured LLM -> case -> one LLM reply per branch.
@@ -1085,8 +1101,17 @@ async fn rest_api_is_blocked_unless_the_host_is_allowed() {
     );
     assert_eq!(run.of_type("api_error").len(), 1);
 
-    let open = spawn_engine(EngineConfig {
+    // An entry without a port allows port 80 only, not the test server's port.
+    let host_only = spawn_engine(EngineConfig {
         rest_allow_hosts: vec!["127.0.0.1".into()],
+        ..EngineConfig::for_tests()
+    })
+    .await;
+    let run = run_flow(&host_only, &flow, json!({})).await;
+    assert_eq!(run.of_type("api_error").len(), 1);
+
+    let open = spawn_engine(EngineConfig {
+        rest_allow_hosts: vec![format!("127.0.0.1:{port}")],
         ..EngineConfig::for_tests()
     })
     .await;

@@ -20,6 +20,42 @@ fn metric_value(text: &str, prefix: &str) -> Option<f64> {
 }
 
 #[tokio::test]
+async fn metric_labels_stay_bounded_whatever_agent_ids_clients_ask_for() {
+    let app = spawn_app_with(flowgate::engine::EngineConfig::for_tests(), |c| {
+        c.metrics_max_agents = 1;
+    })
+    .await;
+    for agent in ["echo", "assistant", "nosuch-1", "nosuch-2", "nosuch-3"] {
+        let mut c = app.connect(agent, "alice").await;
+        c.send_json(json!({"message": "hi"})).await;
+        let frames = c.collect_run().await;
+        assert!(is_terminal(frames.last().unwrap()), "{agent}: {frames:?}");
+    }
+    let body = crate::chain::http_get(&app.http_url("/metrics")).await;
+    let started: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("flowgate_runs_started_total{"))
+        .collect();
+    assert_eq!(
+        metric_value(&body, "flowgate_runs_started_total{agent=\"echo\"}"),
+        Some(1.0),
+        "{started:?}"
+    );
+    assert_eq!(
+        metric_value(&body, "flowgate_runs_started_total{agent=\"(other)\"}"),
+        Some(1.0),
+        "the second real agent is folded: {started:?}"
+    );
+    assert_eq!(
+        metric_value(&body, "flowgate_runs_started_total{agent=\"(unknown)\"}"),
+        Some(3.0),
+        "agents that do not exist share one label: {started:?}"
+    );
+    assert_eq!(started.len(), 3, "{started:?}");
+    assert!(!body.contains("nosuch"), "{body}");
+}
+
+#[tokio::test]
 async fn metrics_count_runs_events_and_latencies_after_a_run() {
     let app = spawn_app().await;
     let mut c = app.connect("assistant", "alice").await;
@@ -47,7 +83,7 @@ async fn metrics_count_runs_events_and_latencies_after_a_run() {
     assert_eq!(
         metric_value(
             &body,
-            "flowgate_runs_finished_total{agent=\"nobody\",status=\"failed\",code=\"agent_not_found\"}"
+            "flowgate_runs_finished_total{agent=\"(unknown)\",status=\"failed\",code=\"agent_not_found\"}"
         ),
         Some(1.0),
         "{body}"

@@ -332,3 +332,196 @@ async fn pruning_deletes_only_runs_past_retention_with_their_frames(pool: PgPool
         "the long-silent instance row is gone"
     );
 }
+
+#[sqlx::test]
+async fn a_run_whose_rows_the_database_refuses_costs_only_its_own_records(pool: PgPool) {
+    let log = PgRunLog::spawn(
+        pool.clone(),
+        PgRunLogConfig {
+            // Long enough that every record below lands in one batch.
+            linger: Duration::from_millis(200),
+            ..config()
+        },
+    )
+    .await
+    .expect("run log");
+    let log = RunLog::Postgres(log);
+    // `flowgate_run.agent_id` is VARCHAR(64): this run's start row is refused.
+    let mut bad = run("mallory");
+    bad.agent_id = "x".repeat(65);
+    let good = run("alice");
+    let (bad_id, good_id) = (bad.run_id, good.run_id);
+    log.start(bad);
+    log.start(good);
+    for seq in 1..=5 {
+        log.event(bad_id, seq, frame(seq));
+        log.event(good_id, seq, frame(seq));
+    }
+    log.finish(good_id, RunStatus::Completed, None, None);
+    log.flush(TIMEOUT).await;
+
+    let info = log
+        .run_owner(good_id)
+        .await
+        .expect("owner")
+        .expect("the other run is logged");
+    assert_eq!(info.status, RunState::Completed);
+    assert_eq!(info.last_seq, 5);
+    assert_eq!(
+        log.replay(good_id, 0).await.expect("replay"),
+        (1..=5).map(frame).collect::<Vec<_>>()
+    );
+    assert_eq!(log.run_owner(bad_id).await.expect("owner"), None);
+    assert_eq!(log.stats().events_written, 5);
+    assert_eq!(log.stats().events_dropped, 5);
+}
+
+/// Frames of a run as a client got them: (seq, text without the `timestamp`-free comparison).
+async fn resume_all(app: &crate::common::TestApp, run_id: &str) -> Vec<serde_json::Value> {
+    let mut c = app.connect("assistant", "alice").await;
+    c.send_json(serde_json::json!({"type": "resume", "run_id": run_id, "after_seq": 0}))
+        .await;
+    c.collect_run().await
+}
+
+#[sqlx::test]
+async fn a_slow_database_slows_runs_down_but_loses_no_frame(pool: PgPool) {
+    let mut engine = flowgate::engine::EngineConfig::for_tests();
+    engine.llm_tokens = 60;
+    engine.llm_token_delay = Duration::from_millis(2);
+    let app = crate::common::spawn_app_pg_with(pool.clone(), engine, |c| {
+        c.runlog_buffer = 8;
+        c.runlog_linger = Duration::ZERO;
+        c.runlog_wait = Duration::from_secs(30);
+        c.merge_lag = usize::MAX;
+    })
+    .await;
+    // The database stops taking frames: the writer blocks on this lock.
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE flowgate_run_event IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let mut c = app.connect("assistant", "alice").await;
+        c.send_json(serde_json::json!({"message": format!("run {i}")}))
+            .await;
+        clients.push(c);
+    }
+    // Wait (on state) until the runs are held back by the full log, then let it go.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while app.state.metrics.runlog_waits.get() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the log never filled up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    lock.rollback().await.unwrap();
+    let mut live = Vec::new();
+    for c in &mut clients {
+        let frames = c.collect_run().await;
+        assert_eq!(
+            frames.last().unwrap()["type"],
+            "flow_completed",
+            "{frames:?}"
+        );
+        live.push(frames);
+    }
+    assert_eq!(app.state.metrics.runs_log_incomplete.get(), 0);
+    assert_eq!(app.state.runlog.stats().events_dropped, 0);
+    // Every run replays exactly as it was streamed.
+    for frames in &live {
+        let run_id = frames[0]["run_id"].as_str().unwrap();
+        let replayed = resume_all(&app, run_id).await;
+        assert_eq!(&replayed, frames, "run {run_id}");
+    }
+}
+
+#[sqlx::test]
+async fn a_replay_with_missing_frames_says_so_instead_of_hanging(pool: PgPool) {
+    let app = crate::common::spawn_app_pg(pool.clone()).await;
+    let start = run("alice");
+    let id = start.run_id;
+    app.state.runlog.start(start);
+    let frame = |seq: u64| {
+        Bytes::from(
+            serde_json::json!({"type": "processing", "timestamp": 1.0,
+                "data": {"element_id": "llm", "message": format!("step {seq}")},
+                "run_id": id.to_string(), "seq": seq})
+            .to_string(),
+        )
+    };
+    // Frame 4 and the terminal frame 6 never reached the log (e.g. the database was down).
+    for seq in [1, 2, 3, 5] {
+        app.state.runlog.event(id, seq, frame(seq));
+    }
+    app.state
+        .runlog
+        .finish(id, RunStatus::Completed, None, None);
+    app.state.runlog.flush(TIMEOUT).await;
+
+    let mut c = app.connect("assistant", "alice").await;
+    c.send_json(serde_json::json!({"type": "resume", "run_id": id.to_string(), "after_seq": 0}))
+        .await;
+    let mut got = Vec::new();
+    let error = loop {
+        let f = c
+            .next()
+            .await
+            .expect("frames, then an error: never silence");
+        if f["type"] == "error" {
+            break f;
+        }
+        got.push(f["seq"].as_u64().unwrap());
+    };
+    assert_eq!(got, [1, 2, 3, 5]);
+    assert_eq!(error["data"]["code"], "internal", "{error}");
+    let text = error["data"]["error"].as_str().unwrap();
+    assert!(
+        text.contains("incomplete") && text.contains("missing"),
+        "{text}"
+    );
+}
+
+#[sqlx::test]
+async fn a_blocked_run_log_never_makes_agent_lookups_wait(pool: PgPool) {
+    // The store gets one connection: were the run log on the same pool, its blocked writer
+    // would hold it and every agent lookup would time out.
+    let flows = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("flows");
+    flowgate::store::import::import_dir(&pool, &flows)
+        .await
+        .expect("flows/ imports");
+    let one = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .unwrap();
+    let store = flowgate::store::Store::Postgres(flowgate::store::postgres::PgStore::from_pool(
+        one,
+        Duration::from_secs(3),
+    ));
+    let engine = crate::common::spawn_engine(flowgate::engine::EngineConfig::for_tests()).await;
+    let mut config = flowgate::config::GatewayConfig::for_tests(engine.url());
+    config.runlog_wait = Duration::from_secs(30);
+    let app = crate::common::spawn_gateway(config, store, Some(engine)).await;
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE flowgate_run_event IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    // The writer is now stuck inside a transaction; runs still look their agents up and stream.
+    for i in 0..3 {
+        let mut c = app.connect("echo", "alice").await;
+        c.send_json(serde_json::json!({"message": format!("hi {i}")}))
+            .await;
+        let frames = c.collect_run().await;
+        assert_eq!(
+            frames.last().unwrap()["type"],
+            "flow_completed",
+            "{frames:?}"
+        );
+    }
+    lock.rollback().await.unwrap();
+}

@@ -159,6 +159,14 @@ async fn merged_chunks_keep_seq_coverage_exact() {
     let mut c = app.connect("assistant", "alice").await;
     c.send_json(json!({"message": "fast"})).await;
     let frames = c.collect_run().await;
+    let merged = frames
+        .iter()
+        .filter(|f| f.get("merged_seqs").is_some())
+        .count();
+    assert!(
+        merged > 0,
+        "no merge happened: the test would check nothing"
+    );
     let mut expected = 1;
     for f in &frames {
         let seq = f["seq"].as_u64().unwrap();

@@ -148,9 +148,9 @@ const RUN_ID: &str = "0b8f3c2e-5d4a-4e1b-9f6c-7a8b9c0d1e2f";
 
 #[test]
 fn every_engine_frame_of_the_original_traces_validates_as_the_gateway_relays_it() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/traces");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/traces");
     let mut files = 0;
-    for entry in std::fs::read_dir(&dir).expect("shared/traces exists") {
+    for entry in std::fs::read_dir(&dir).expect("tests/fixtures/traces exists") {
         let path = entry.unwrap().path();
         if path.extension().and_then(|e| e.to_str()) != Some("jsonl") {
             continue;
@@ -437,7 +437,7 @@ fn each_server_frame_example_of_the_protocol_doc_validates() {
 fn the_stored_workflow_samples_validate() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut checked = 0;
-    for dir in [root.join("flows"), root.join("../shared/samples")] {
+    for dir in [root.join("flows"), root.join("tests/fixtures/samples")] {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if !path.to_string_lossy().ends_with(".workflow.json") {

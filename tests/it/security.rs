@@ -338,20 +338,6 @@ async fn garbage_frames_get_invalid_request_and_the_socket_stays_usable() {
     );
 }
 
-/// Captures every log line (TRACE, all targets) of the current thread.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn tokens_never_appear_in_logs() {
     let capture = Capture::default();
@@ -390,7 +376,7 @@ async fn tokens_never_appear_in_logs() {
     let mut c = Client::connect_bearer(&app.ws_url("echo"), Some(&forged)).await;
     let _ = c.close_code().await;
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     assert!(
         logs.contains("run started"),
         "the capture works: {}",

@@ -458,6 +458,41 @@ fn files_store_rejects_bad_entries_naming_the_file_and_entry() {
 }
 
 #[tokio::test]
+async fn files_store_reads_workflow_files_as_validate_does() {
+    let index = |file: &str| {
+        format!(
+            r#"[{{"agent_id": "a", "owner": "o", "status": "Active", "name": "A", "published": "{file}"}}]"#
+        )
+    };
+    let echo = include_str!("../fixtures/samples/echo.workflow.json");
+    let value: serde_json::Value = serde_json::from_str(echo).unwrap();
+    // A `.json` file with a trailing comma is refused with its line and column, as `validate` does.
+    let dir = Scratch::new();
+    dir.write("agents.json", &index("a.workflow.json"));
+    dir.write("a.workflow.json", "{\"flow_definition\": {},\n}");
+    let text = FilesStore::open(&dir.0)
+        .expect_err("trailing comma")
+        .to_string();
+    assert!(
+        text.contains("a.workflow.json") && text.contains("not valid JSON"),
+        "{text}"
+    );
+    assert!(text.contains("line 2 column 1"), "{text}");
+    // A `.yaml` file is the YAML export shape, accepted by both.
+    let dir = Scratch::new();
+    dir.write("agents.json", &index("a.workflow.yaml"));
+    let yaml = flowgate::workflow::yaml::to_yaml(&value);
+    dir.write("a.workflow.yaml", &yaml);
+    let store = FilesStore::open(&dir.0).expect("a YAML workflow file");
+    let wf = store
+        .workflow("a", Version::Published)
+        .await
+        .expect("workflow")
+        .expect("published");
+    assert_eq!(wf.workflow, value);
+}
+
+#[tokio::test]
 async fn files_store_serves_the_selection_rule_rows() {
     let store = Store::Files(FilesStore::open(&flows_dir()).expect("flows"));
     let router = store.agent("router").await.expect("agent").expect("router");
@@ -582,4 +617,56 @@ async fn reimport_updates_only_the_rows_that_changed(pool: PgPool) {
     assert_eq!(published.md5, md5_of(&json!({"v": 2})));
     let agent = store.agent("a").await.expect("agent").expect("row");
     assert_eq!(agent.name, "A renamed");
+}
+
+#[sqlx::test]
+async fn postgres_lookups_are_reused_for_the_cache_ttl_and_seen_anew_after_it(pool: PgPool) {
+    let flows = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("flows");
+    flowgate::store::import::import_dir(&pool, &flows)
+        .await
+        .expect("flows/ imports");
+    let cached =
+        flowgate::store::postgres::PgStore::from_pool(pool.clone(), Duration::from_secs(3))
+            .with_cache_ttl(Duration::from_secs(3600));
+    let before = cached.agent_cached("echo").await.unwrap().unwrap();
+    let first = cached
+        .workflow_cached("echo", Version::Published)
+        .await
+        .unwrap()
+        .unwrap();
+    sqlx::query("UPDATE agent SET name = 'Renamed' WHERE agent_id = 'echo'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // Within the TTL: no database round trip, the same shared document.
+    assert_eq!(cached.agent_cached("echo").await.unwrap().unwrap(), before);
+    let again = cached
+        .workflow_cached("echo", Version::Published)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(std::sync::Arc::ptr_eq(&first, &again));
+    // Without a TTL (and after it) the change is seen.
+    let fresh = flowgate::store::postgres::PgStore::from_pool(pool.clone(), Duration::from_secs(3));
+    assert_eq!(
+        fresh.agent_cached("echo").await.unwrap().unwrap().name,
+        "Renamed"
+    );
+    let short = fresh.with_cache_ttl(Duration::from_millis(50));
+    assert_eq!(
+        short.agent_cached("echo").await.unwrap().unwrap().name,
+        "Renamed"
+    );
+    sqlx::query("UPDATE agent SET name = 'Again' WHERE agent_id = 'echo'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while short.agent_cached("echo").await.unwrap().unwrap().name != "Again" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the change was never seen"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -1,0 +1,37 @@
+//! The relay's context: everything a session and a run need (config, store, conversion cache,
+//! live runs, run log, token verifier, limits, metrics, shutdown token and task tracker). The
+//! HTTP layer builds it and hands sockets to the relay; the relay never reaches back into `http`.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Verifier;
+use crate::config::GatewayConfig;
+use crate::relay::cache::WorkflowCache;
+use crate::relay::registry::Registry;
+use crate::runlog::RunLog;
+use crate::store::Store;
+
+/// Shared, cheap-to-clone state of one gateway.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<GatewayConfig>,
+    pub store: Store,
+    pub verifier: Verifier,
+    pub cache: WorkflowCache,
+    /// Cancelled when the gateway starts shutting down.
+    pub shutdown: CancellationToken,
+    /// Every client session and every run.
+    pub sessions: TaskTracker,
+    /// Live runs of this gateway.
+    pub runs: Registry,
+    /// Where runs and their frames are recorded.
+    pub runlog: RunLog,
+    /// Upgrade rate per client address.
+    pub upgrade_limits: super::limits::PerAddress,
+    /// Client sockets open now.
+    pub open_sessions: Arc<std::sync::atomic::AtomicUsize>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
