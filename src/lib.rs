@@ -15,6 +15,7 @@ pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod close;
 pub mod config;
 pub mod demo;
 pub mod engine;

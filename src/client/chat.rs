@@ -152,24 +152,10 @@ fn close_suffix(code: Option<u16>, reason: &str) -> String {
     }
 }
 
-/// The meaning of a close code (docs/protocol.md section 10).
+/// The meaning of a close code (docs/protocol.md, "Close codes").
 pub fn close_code_meaning(code: u16) -> &'static str {
-    match code {
-        1000 => "normal closure",
-        1001 => "going away",
-        1002 => "protocol error",
-        1008 => "policy violation",
-        1009 => "message too big",
-        1011 => "internal error on the gateway",
-        1012 => "the gateway is restarting, try again later",
-        1013 => "the gateway is overloaded, try again later",
-        4401 => "unauthenticated",
-        4403 => "forbidden",
-        4404 => "agent not found",
-        4408 => "too slow or idle",
-        4429 => "rate limited",
-        _ => "unexpected code",
-    }
+    crate::close::CloseCode::from_code(code)
+        .map_or("unexpected code", crate::close::CloseCode::meaning)
 }
 
 /// Turn a gateway base URL into the run endpoint of `agent_id`.

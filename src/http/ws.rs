@@ -206,7 +206,7 @@ pub async fn upgrade(
                     tracing::warn!(open, "too many sessions: closing with 1013");
                     session::refuse(
                         socket,
-                        crate::relay::protocol::close::TRY_AGAIN,
+                        crate::close::CloseCode::TryAgain,
                         "overloaded: try again later",
                         state.config.client_write_timeout,
                     )

@@ -12,50 +12,72 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::protocol::{ErrorCode, close};
+use super::protocol::ErrorCode;
 
 pub type EngineSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// What went wrong talking to the engine.
+type WsError = tokio_tungstenite::tungstenite::Error;
+
+/// What went wrong talking to the engine. What a client is told is decided in one place,
+/// [`super::failure::verdict`]; OS and library texts stay in `source()`, for the log.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    /// flowgate's own sentence (a bad URL, the engine's HTTP status, no connection in time).
     #[error("the execution engine is unavailable: {0}")]
     Unavailable(String),
-    /// The engine could not be reached (an OS-level error; its text is for the log only).
-    #[error("the execution engine is unreachable: {0}")]
-    Unreachable(String),
+    /// The engine could not be reached (the cause is an OS-level error).
+    #[error("the execution engine is unreachable")]
+    Unreachable(#[source] WsError),
     #[error("the execution engine did not answer in time ({0})")]
     Timeout(String),
-    #[error("the execution engine broke the protocol: {0}")]
-    Protocol(String),
-    #[error("the connection to the execution engine was lost: {0}")]
-    Lost(String),
+    #[error("the execution engine broke the protocol: {what}")]
+    Protocol {
+        what: String,
+        #[source]
+        cause: Option<WsError>,
+    },
+    #[error("the connection to the execution engine was lost: {what}")]
+    Lost {
+        what: &'static str,
+        #[source]
+        cause: Option<WsError>,
+    },
 }
 
 impl EngineError {
-    /// The sentence a client sees: no OS error texts or addresses of the engine hop (those go
-    /// to the log).
-    pub fn client_message(&self) -> String {
-        match self {
-            EngineError::Unreachable(_) => {
-                "the execution engine is unavailable right now: try again later".to_owned()
-            }
-            EngineError::Lost(_) => "the connection to the execution engine was lost".to_owned(),
-            EngineError::Unavailable(_) | EngineError::Timeout(_) | EngineError::Protocol(_) => {
-                self.to_string()
-            }
+    pub fn protocol(what: impl Into<String>) -> EngineError {
+        EngineError::Protocol {
+            what: what.into(),
+            cause: None,
         }
     }
 
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            EngineError::Unavailable(_) | EngineError::Unreachable(_) => {
-                ErrorCode::EngineUnavailable
+    pub fn lost(what: &'static str, cause: Option<WsError>) -> EngineError {
+        EngineError::Lost { what, cause }
+    }
+
+    /// A failed read of the engine socket (during the handshake or the run).
+    pub fn of_read(e: WsError) -> EngineError {
+        use tokio_tungstenite::tungstenite::error::ProtocolError as P;
+        match e {
+            WsError::Protocol(P::ResetWithoutClosingHandshake) => {
+                EngineError::lost("the connection broke", Some(e))
             }
-            EngineError::Timeout(_) => ErrorCode::EngineTimeout,
-            EngineError::Protocol(_) => ErrorCode::EngineProtocolError,
-            EngineError::Lost(_) => ErrorCode::EngineLost,
+            WsError::Capacity(_) => EngineError::Protocol {
+                what: "an oversize frame (--max-engine-frame-bytes)".into(),
+                cause: Some(e),
+            },
+            WsError::Protocol(_) | WsError::Utf8(_) => EngineError::Protocol {
+                what: "a malformed WebSocket frame".into(),
+                cause: Some(e),
+            },
+            _ => EngineError::lost("the connection broke", Some(e)),
         }
+    }
+
+    /// The `data.code` of this error.
+    pub fn code(&self) -> ErrorCode {
+        super::failure::verdict(super::failure::Failure::Engine(self)).code
     }
 }
 
@@ -128,7 +150,7 @@ pub async fn open(
                 target.connect_timeout
             )));
         }
-        Ok(Err(e)) => return Err(describe_ws_error(&e)),
+        Ok(Err(e)) => return Err(describe_ws_error(e)),
         Ok(Ok(pair)) => pair,
     };
     let t = target.handshake_timeout;
@@ -146,8 +168,8 @@ pub async fn open(
         Err(e) => {
             // The engine gets a close frame (or the answer to its own) before the drop.
             let code = match &e {
-                EngineError::Protocol(_) => close::PROTOCOL_ERROR,
-                _ => close::NORMAL,
+                EngineError::Protocol { .. } => crate::close::CloseCode::ProtocolError,
+                _ => crate::close::CloseCode::Normal,
             };
             close(socket, code, target.close_timeout).await;
             Err(e)
@@ -158,10 +180,10 @@ pub async fn open(
 /// End the engine socket with a close handshake, bounded by `wait` in all: send our close frame
 /// (unless the engine already closed: then tungstenite has queued the answer, and flushing sends
 /// it), then read until the engine's close frame or the end of the connection.
-pub async fn close(mut socket: EngineSocket, code: u16, wait: Duration) {
+pub async fn close(mut socket: EngineSocket, code: crate::close::CloseCode, wait: Duration) {
     let deadline = tokio::time::Instant::now() + wait;
     let frame = CloseFrame {
-        code: CloseCode::from(code),
+        code: CloseCode::from(code.code()),
         reason: "".into(),
     };
     let sent = tokio::time::timeout_at(deadline, socket.send(Message::Close(Some(frame)))).await;
@@ -180,21 +202,20 @@ pub async fn close(mut socket: EngineSocket, code: u16, wait: Duration) {
     let _ = tokio::time::timeout_at(deadline, reply).await;
 }
 
-fn describe_ws_error(e: &tokio_tungstenite::tungstenite::Error) -> EngineError {
-    use tokio_tungstenite::tungstenite::Error as E;
-    match e {
-        E::Http(resp) => {
-            EngineError::Unavailable(format!("the engine answered HTTP {}", resp.status()))
-        }
-        E::Io(io) => EngineError::Unreachable(io.to_string()),
-        other => EngineError::Unreachable(other.to_string()),
+fn describe_ws_error(e: WsError) -> EngineError {
+    if let WsError::Http(resp) = &e {
+        return EngineError::Unavailable(format!("the engine answered HTTP {}", resp.status()));
     }
+    EngineError::Unreachable(e)
 }
 
 async fn send(socket: &mut EngineSocket, t: Duration, text: &str) -> Result<(), EngineError> {
     match tokio::time::timeout(t, socket.send(Message::text(text.to_owned()))).await {
         Err(_) => Err(EngineError::Timeout("sending a handshake frame".into())),
-        Ok(Err(e)) => Err(EngineError::Lost(e.to_string())),
+        Ok(Err(e)) => Err(EngineError::lost(
+            "a handshake frame could not be sent",
+            Some(e),
+        )),
         Ok(Ok(())) => Ok(()),
     }
 }
@@ -212,24 +233,25 @@ async fn expect_status(
                 )));
             }
             Ok(None) => {
-                return Err(EngineError::Protocol(format!(
+                return Err(EngineError::protocol(format!(
                     "the engine closed the connection before handshake `{want}`"
                 )));
             }
             Ok(Some(Err(e))) => {
-                return Err(EngineError::Protocol(format!(
-                    "error before handshake `{want}`: {e}"
-                )));
+                return Err(EngineError::Protocol {
+                    what: format!("a failed read before handshake `{want}`"),
+                    cause: Some(e),
+                });
             }
             Ok(Some(Ok(Message::Text(text)))) => break text,
             Ok(Some(Ok(Message::Close(_)))) => {
-                return Err(EngineError::Protocol(format!(
+                return Err(EngineError::protocol(format!(
                     "the engine closed the connection before handshake `{want}`"
                 )));
             }
             Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
             Ok(Some(Ok(_))) => {
-                return Err(EngineError::Protocol(format!(
+                return Err(EngineError::protocol(format!(
                     "a non-text frame instead of handshake `{want}`"
                 )));
             }
@@ -242,7 +264,7 @@ async fn expect_status(
     }
     match serde_json::from_str::<Status>(&text) {
         Ok(Status { status: Some(s) }) if s == want => Ok(()),
-        _ => Err(EngineError::Protocol(format!(
+        _ => Err(EngineError::protocol(format!(
             "expected handshake `{want}`, got {}",
             preview(&text)
         ))),

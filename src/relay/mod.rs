@@ -10,7 +10,9 @@
 
 pub mod cache;
 pub mod context;
+pub mod dialect;
 pub mod engine_client;
+pub mod failure;
 pub mod limits;
 pub mod protocol;
 pub mod registry;

@@ -42,32 +42,17 @@ impl ErrorCode {
     }
 
     /// The close code that follows this error, when the error ends the connection.
-    pub fn close_code(self) -> Option<u16> {
+    pub fn close_code(self) -> Option<CloseCode> {
         match self {
-            ErrorCode::Unauthenticated => Some(close::UNAUTHENTICATED),
-            ErrorCode::Forbidden => Some(close::FORBIDDEN),
-            ErrorCode::AgentNotFound => Some(close::AGENT_NOT_FOUND),
+            ErrorCode::Unauthenticated => Some(CloseCode::Unauthenticated),
+            ErrorCode::Forbidden => Some(CloseCode::Forbidden),
+            ErrorCode::AgentNotFound => Some(CloseCode::AgentNotFound),
             _ => None,
         }
     }
 }
 
-/// WebSocket close codes (docs/neuralabs.md section 5).
-pub mod close {
-    pub const NORMAL: u16 = 1000;
-    /// The client broke the WebSocket protocol (bad framing, invalid UTF-8 in a text frame).
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    pub const POLICY: u16 = 1008;
-    pub const TOO_BIG: u16 = 1009;
-    pub const INTERNAL: u16 = 1011;
-    pub const RESTART: u16 = 1012;
-    pub const TRY_AGAIN: u16 = 1013;
-    pub const UNAUTHENTICATED: u16 = 4401;
-    pub const FORBIDDEN: u16 = 4403;
-    pub const AGENT_NOT_FOUND: u16 = 4404;
-    pub const TOO_SLOW: u16 = 4408;
-    pub const RATE_LIMITED: u16 = 4429;
-}
+pub use crate::close::CloseCode;
 
 /// Is this frame text a run's terminal event (`flow_completed`, `flow_error`,
 /// `flow_cancelled`)?

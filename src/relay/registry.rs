@@ -23,6 +23,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::protocol::CloseCode;
+
 /// One stamped frame of a run.
 #[derive(Debug, Clone)]
 pub struct Frame {
@@ -33,8 +35,18 @@ pub struct Frame {
     pub chunk: bool,
     /// When the gateway got (or made) the frame: the start of its added latency.
     pub received: std::time::Instant,
-    /// `Some` on the run's terminal frame: the close code (if any) that follows it.
-    pub end: Option<Option<(u16, &'static str)>>,
+    /// `Some` on the run's terminal frame only: what follows it on the run's sockets.
+    pub end: Option<AfterEnd>,
+}
+
+/// What a socket does once it has written its run's terminal frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AfterEnd {
+    /// Stay open for the next run request.
+    #[default]
+    KeepOpen,
+    /// Close with this code and reason (the error ends the connection, e.g. `agent_not_found`).
+    Close(CloseCode, &'static str),
 }
 
 impl Frame {
@@ -63,7 +75,7 @@ impl Frame {
 struct Buf {
     frames: Vec<Frame>,
     finished: bool,
-    close_after: Option<(u16, &'static str)>,
+    close_after: AfterEnd,
     attached: usize,
 }
 
@@ -94,8 +106,8 @@ pub const ANONYMOUS_RUNS: &str = "anonymous";
 pub enum Follow {
     /// Frames with `seq` greater than the cursor, in order.
     Frames(Vec<Frame>),
-    /// The run is finished and every frame was delivered; close the socket with this code, if any.
-    End(Option<(u16, &'static str)>),
+    /// The run is finished and every frame was delivered.
+    End(AfterEnd),
 }
 
 impl RunShared {

@@ -24,8 +24,9 @@ use uuid::Uuid;
 
 use super::context::AppState;
 use super::engine_client::{self, EngineError, EngineSocket, EngineTarget, Handshake};
-use super::protocol::{self, ErrorCode, RunRequest, close};
-use super::registry::{Frame, RunShared};
+use super::failure::{self, Failure};
+use super::protocol::{self, CloseCode, ErrorCode, RunRequest};
+use super::registry::{AfterEnd, Frame, RunShared};
 use crate::auth::Identity;
 use crate::runlog::{Record, RunLog, RunStart, RunStatus};
 use crate::store::{StoreError, Version};
@@ -52,8 +53,9 @@ struct Emitter {
     shared: Arc<RunShared>,
     log: RunLog,
     finished: bool,
-    close_after: Option<(u16, &'static str)>,
-    outcome: (RunStatus, Option<&'static str>, Option<String>),
+    /// What follows the terminal frame on the run's sockets.
+    close_after: AfterEnd,
+    outcome: Outcome,
     /// Records the run log could not take yet (its buffer was full), in order.
     backlog: VecDeque<Record>,
     /// A record of this run was lost (the log stayed full past `--runlog-wait`).
@@ -155,6 +157,12 @@ impl Emitter {
         }
     }
 
+    /// End the run with the error frame [`failure::verdict`] gives for `failure`.
+    fn fail(&mut self, failure: Failure<'_>, extra: Value) {
+        let verdict = failure::verdict(failure);
+        self.terminal_error(verdict.code, &verdict.sentence, extra);
+    }
+
     fn terminal_error(&mut self, code: ErrorCode, message: &str, extra: Value) {
         let mut data = json!({"error": message, "code": code.as_str()});
         if let (Value::Object(d), Value::Object(e)) = (&mut data, extra) {
@@ -163,13 +171,45 @@ impl Emitter {
         if self.finished {
             return;
         }
-        self.close_after = code.close_code().map(|c| (c, code.as_str()));
+        self.close_after = code
+            .close_code()
+            .map_or(AfterEnd::KeepOpen, |c| AfterEnd::Close(c, code.as_str()));
         self.value(json!({"type": "flow_error", "timestamp": protocol::now_ts(), "data": data}));
-        self.outcome = (
-            RunStatus::Failed,
-            Some(code.as_str()),
-            Some(message.to_owned()),
-        );
+        self.outcome = Outcome::failed(code.as_str(), Some(message.to_owned()));
+    }
+}
+
+/// How a run ended, as the run log and the metrics record it.
+#[derive(Debug, Clone)]
+struct Outcome {
+    status: RunStatus,
+    /// The error code (`data.code`, or `flow_error` for the engine's own error).
+    code: Option<&'static str>,
+    message: Option<String>,
+}
+
+impl Outcome {
+    fn completed() -> Outcome {
+        Outcome {
+            status: RunStatus::Completed,
+            code: None,
+            message: None,
+        }
+    }
+
+    fn cancelled() -> Outcome {
+        Outcome {
+            status: RunStatus::Cancelled,
+            ..Outcome::completed()
+        }
+    }
+
+    fn failed(code: &'static str, message: Option<String>) -> Outcome {
+        Outcome {
+            status: RunStatus::Failed,
+            code: Some(code),
+            message,
+        }
     }
 }
 
@@ -219,8 +259,8 @@ pub async fn execute(state: AppState, spec: RunSpec, shared: Arc<RunShared>) {
         backlog: VecDeque::new(),
         log_incomplete: false,
         finished: false,
-        close_after: None,
-        outcome: (RunStatus::Completed, None, None),
+        close_after: AfterEnd::KeepOpen,
+        outcome: Outcome::completed(),
         agent_label: crate::metrics::UNKNOWN_AGENT.into(),
     };
     em.record(Record::Start(RunStart {
@@ -273,15 +313,19 @@ pub async fn execute(state: AppState, spec: RunSpec, shared: Arc<RunShared>) {
             None => cancelled(&mut em, &Progress::default()),
             Some(Err(e)) => {
                 state.metrics.engine_connect_failures.inc();
-                tracing::warn!(error = %e, "engine connection failed");
-                em.terminal_error(e.code(), &e.client_message(), json!({"partial_output": ""}));
+                tracing::warn!(error = %failure::chain(&e), "engine connection failed");
+                em.fail(Failure::Engine(&e), json!({"partial_output": ""}));
             }
             Some(Ok(socket)) => {
                 relay(&state, &spec, &mut em, socket, &cancel, &handshake).await;
             }
         }
     }
-    let (status, code, message) = em.outcome.clone();
+    let Outcome {
+        status,
+        code,
+        message,
+    } = em.outcome.clone();
     // The ending is logged after every frame of the run, and the run is over for the registry
     // only once the log has taken them (or the wait gave up and counted the loss).
     let wait = state.config.runlog_wait;
@@ -462,20 +506,9 @@ async fn prepare(state: &AppState, spec: &RunSpec, em: &mut Emitter) -> Option<P
 }
 
 fn store_error(em: &mut Emitter, e: &StoreError) {
-    tracing::warn!(error = %e, "store failure");
     // The database's own texts stay in the log.
-    let (code, message) = match e {
-        StoreError::Unavailable(_) => (
-            ErrorCode::StoreUnavailable,
-            "the workflow store is unavailable right now: try again later".to_owned(),
-        ),
-        StoreError::InvalidAgentId(_) => (ErrorCode::AgentNotFound, e.to_string()),
-        StoreError::Corrupt(_) => (
-            ErrorCode::Internal,
-            "this agent's stored workflow cannot be read (the gateway's log says why)".to_owned(),
-        ),
-    };
-    em.terminal_error(code, &message, json!({}));
+    tracing::warn!(error = %failure::chain(e), "store failure");
+    em.fail(Failure::Store(e), json!({}));
 }
 
 fn cancelled(em: &mut Emitter, progress: &Progress) {
@@ -489,7 +522,7 @@ fn cancelled(em: &mut Emitter, progress: &Progress) {
         }
     }));
     em.finished = true;
-    em.outcome = (RunStatus::Cancelled, None, None);
+    em.outcome = Outcome::cancelled();
 }
 
 /// Close the engine socket with a close handshake (bounded by `--engine-close-timeout`), in a
@@ -498,7 +531,7 @@ fn close_engine(state: &AppState, socket: EngineSocket) {
     let wait = state.config.engine_close_timeout;
     state
         .sessions
-        .spawn(engine_client::close(socket, close::NORMAL, wait));
+        .spawn(engine_client::close(socket, CloseCode::Normal, wait));
 }
 
 async fn relay(
@@ -595,26 +628,12 @@ async fn relay(
                 return;
             }
             Ok(Some(Err(e))) => {
-                use tokio_tungstenite::tungstenite::Error as E;
-                let err = match &e {
-                    E::Protocol(
-                        tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-                    ) => EngineError::Lost(e.to_string()),
-                    E::Capacity(_) => EngineError::Protocol(format!("oversize frame: {e}")),
-                    E::Protocol(_) | E::Utf8(_) => EngineError::Protocol(e.to_string()),
-                    _ => EngineError::Lost(e.to_string()),
-                };
-                if let EngineError::Lost(m) = &err {
-                    // An OS or library text: logged, not shown.
-                    tracing::warn!(error = %m, "engine connection error");
-                    lost(em, &progress, "the connection broke");
-                } else {
-                    em.terminal_error(
-                        err.code(),
-                        &err.to_string(),
-                        json!({"partial_output": progress.partial_output(&em.shared)}),
-                    );
-                }
+                let e = EngineError::of_read(e);
+                tracing::warn!(error = %failure::chain(&e), "engine connection error");
+                em.fail(
+                    Failure::Engine(&e),
+                    json!({"partial_output": progress.partial_output(&em.shared), "element_id": progress.current_element}),
+                );
                 return;
             }
             Ok(Some(Ok(Message::Text(t)))) => {
@@ -706,7 +725,7 @@ async fn relay(
                     .data
                     .and_then(|d| serde_json::from_str::<Value>(d.get()).ok())
                     .and_then(|d| d.get("error").and_then(Value::as_str).map(str::to_owned));
-                em.outcome = (RunStatus::Failed, Some("flow_error"), why);
+                em.outcome = Outcome::failed("flow_error", why);
             }
             em.finished = true;
             close_engine(state, socket);
@@ -729,11 +748,9 @@ async fn relay(
 }
 
 /// End the run with `engine_lost`; `why` is flowgate's own sentence (never an OS text).
-fn lost(em: &mut Emitter, progress: &Progress, why: &str) {
-    let msg = format!("the connection to the execution engine was lost: {why}");
-    em.terminal_error(
-        ErrorCode::EngineLost,
-        &msg,
+fn lost(em: &mut Emitter, progress: &Progress, why: &'static str) {
+    em.fail(
+        Failure::Engine(&EngineError::lost(why, None)),
         json!({"partial_output": progress.partial_output(&em.shared), "element_id": progress.current_element}),
     );
 }

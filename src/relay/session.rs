@@ -1,24 +1,37 @@
 //! One client WebSocket: reads client frames, starts runs, writes their frames, pings, closes.
 //!
+//! Design note. A [`Session`] owns the socket and waits on seven things at once (the
+//! authentication deadline, token expiry, shutdown, the shutdown grace, the followed run's next
+//! frames, the client's next message, the ping timer); each has one handler method that returns
+//! [`Step`]: go on, or end the session with an [`End`]. [`Session::end`] is the only exit: it
+//! lets go of the followed run (an [`Attached`] run is cancelled or left detached for a resume
+//! when it is dropped, whatever the reason) and then performs the close the `End` names,
+//! always completing the WebSocket close handshake within a timeout.
+//!
 //! Invariants: at most one run at a time per socket; a run's frames are written in the order the
-//! run produced them; every write has a timeout (`client_write_timeout`) and happens inside a
-//! `select!` branch body; the socket is closed with a code of docs/neuralabs.md section 5, never a
-//! reserved one. When the client goes away the current run is cancelled.
+//! run produced them, through the session's [`Dialect`]; every write has a timeout
+//! (`client_write_timeout`); the socket is closed with a code of docs/protocol.md, never a
+//! reserved one.
 
+use std::borrow::Cow;
+use std::ops::ControlFlow;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use std::sync::Arc;
-
 use futures_util::SinkExt;
-use serde_json::json;
+use tokio::time::{Instant, Sleep};
 use tracing::Instrument;
 use uuid::Uuid;
 
 use super::context::AppState;
-use super::protocol::{self, ClientFrame, ErrorCode, close};
-use super::registry::{Follow, Frame, RunShared};
+use super::dialect::{Dialect, NeuraLabs};
+use super::failure::{self, Failure};
+use super::protocol::{self, ClientFrame, CloseCode, ErrorCode, RunRequest};
+use super::registry::{AfterEnd, Follow, RunShared};
 use super::run::{self, RunSpec};
+use super::trace::TraceContext;
 use crate::auth::{AuthError, Identity};
 
 /// How the upgrade request authenticated.
@@ -31,313 +44,673 @@ pub enum Authn {
     Refused(AuthError),
 }
 
-/// The run this socket follows, and the last `seq` written to the client.
-struct ActiveRun {
+/// Serve one client socket in the native protocol until it closes.
+pub async fn serve(
+    state: AppState,
+    socket: WebSocket,
+    agent_id: String,
+    authn: Authn,
+    trace: TraceContext,
+) {
+    Session::serve(state, socket, NeuraLabs, agent_id, authn, trace).await;
+}
+
+/// Refuse a socket right after the upgrade (overload).
+pub async fn refuse(
+    mut socket: WebSocket,
+    code: CloseCode,
+    reason: &'static str,
+    write_timeout: Duration,
+) {
+    close_with(&mut socket, code, reason, write_timeout).await;
+}
+
+/// What a handler decides: go on, or end the session.
+type Step = ControlFlow<End>;
+
+/// How a session ends (see [`Session::end`]).
+#[derive(Debug)]
+enum End {
+    /// The connection is gone (or a write failed): nobody to tell.
+    Gone,
+    /// The client sent a close frame: answer it.
+    ClientClosed,
+    /// Close with `code`, after an error frame when there is one.
+    Close {
+        error: Option<(ErrorCode, Cow<'static, str>)>,
+        code: CloseCode,
+        reason: &'static str,
+    },
+}
+
+impl End {
+    fn close(code: CloseCode, reason: &'static str) -> End {
+        End::Close {
+            error: None,
+            code,
+            reason,
+        }
+    }
+
+    /// An error frame with `code`'s `data.code`, then the close code that goes with it.
+    fn refuse(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> End {
+        End::Close {
+            error: Some((code, message.into())),
+            code: code.close_code().unwrap_or(CloseCode::Normal),
+            reason: code.as_str(),
+        }
+    }
+
+    fn restart() -> End {
+        End::close(CloseCode::Restart, "server restart")
+    }
+
+    fn expired() -> End {
+        End::Close {
+            error: Some((
+                ErrorCode::Unauthenticated,
+                "the token has expired: reconnect (or send {\"type\":\"auth\"}) with a fresh token"
+                    .into(),
+            )),
+            code: CloseCode::Unauthenticated,
+            reason: "token expired",
+        }
+    }
+}
+
+/// The run a socket follows. Dropping it lets go of the run: the run goes on detached for
+/// `detach_grace` so a resume can pick it up, then it is cancelled (or at once with
+/// `cancel_on_disconnect`); a finished run is simply left.
+struct Attached {
     shared: Arc<RunShared>,
+    /// The last `seq` written to the client.
     cursor: u64,
     /// How far behind the socket was when it attached (a resume may start far behind); the
     /// hard limit is on falling further behind than that.
     lag_at_attach: usize,
+    state: AppState,
 }
 
-/// Serve one client socket until it closes.
-pub async fn serve(
-    state: AppState,
-    mut socket: WebSocket,
-    agent_id: String,
-    authn: Authn,
-    trace: super::trace::TraceContext,
-) {
-    let write_timeout = state.config.client_write_timeout;
-    let mut identity = match authn {
-        Authn::Ok(id) => Some(id),
-        Authn::Missing => None,
-        Authn::Refused(e) => {
-            let text = protocol::error_frame(ErrorCode::Unauthenticated, &e.to_string());
-            let _ = write(&mut socket, Message::Text(text.into()), write_timeout).await;
-            close_with(
-                &mut socket,
-                close::UNAUTHENTICATED,
-                "unauthenticated",
-                write_timeout,
-            )
-            .await;
+impl Drop for Attached {
+    fn drop(&mut self) {
+        if self.shared.detach() > 0 || self.shared.is_finished() {
             return;
         }
-    };
-    if let Some(id) = &identity {
-        tracing::Span::current().record("user_id", id.user_id.as_str());
+        let config = &self.state.config;
+        if config.cancel_on_disconnect {
+            tracing::info!(run_id = %self.shared.run_id, "client disconnected: cancelling its run");
+            self.shared.cancel.cancel();
+            return;
+        }
+        tracing::info!(run_id = %self.shared.run_id, grace = ?config.detach_grace, "client disconnected: run continues detached");
+        let grace = config.detach_grace;
+        let shutdown = self.state.shutdown.clone();
+        // A weak handle: a run that ends meanwhile frees its buffer without waiting for the grace.
+        let weak = Arc::downgrade(&self.shared);
+        self.state.sessions.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(grace) => {}
+                _ = shutdown.cancelled() => {}
+            }
+            if let Some(shared) = weak.upgrade()
+                && shared.attached() == 0
+                && !shared.is_finished()
+            {
+                tracing::info!(run_id = %shared.run_id, "nobody resumed the detached run: cancelling it");
+                shared.cancel.cancel();
+            }
+        });
     }
-    let mut run: Option<ActiveRun> = None;
-    let mut ping = tokio::time::interval_at(
-        tokio::time::Instant::now() + state.config.ping_interval,
-        state.config.ping_interval,
-    );
-    let shutdown = state.shutdown.clone();
-    // Created once: a fresh `cancelled()` per loop turn would lock the token on every frame.
-    let shutdown_wait = shutdown.cancelled();
-    tokio::pin!(shutdown_wait);
-    let mut draining = false;
-    let grace = tokio::time::sleep(Duration::MAX / 4);
-    tokio::pin!(grace);
-    let expiry = tokio::time::sleep(until_expiry(identity.as_ref()));
-    tokio::pin!(expiry);
-    // A socket without a token has `auth_timeout` to present one; until then it holds a place.
-    let auth_deadline = tokio::time::sleep(state.config.auth_timeout);
-    tokio::pin!(auth_deadline);
-    let mut expired = false;
-    let mut rate = super::limits::Bucket::new(
-        state.config.client_messages_per_second,
-        state.config.client_messages_per_second.saturating_mul(2),
-    );
-    // Liveness: anything from the client (a pong included) proves it is there.
-    let mut last_heard = tokio::time::Instant::now();
+}
 
-    loop {
-        tokio::select! {
-            _ = &mut auth_deadline, if identity.is_none() => {
-                tracing::info!("no token within --auth-timeout: closing with 4401");
-                let why = format!(
-                    "no token within {}: send {{\"type\":\"auth\",\"token\":\"<jwt>\"}} right after connecting, or connect with a token",
-                    humantime::format_duration(state.config.auth_timeout)
-                );
-                let text = protocol::error_frame(ErrorCode::Unauthenticated, &why);
-                let _ = write(&mut socket, Message::Text(text.into()), write_timeout).await;
-                close_with(&mut socket, close::UNAUTHENTICATED, "unauthenticated", write_timeout).await;
-                return;
-            }
-            _ = &mut expiry, if !expired && identity.is_some() => {
-                expired = true;
-                tracing::info!("the client's token expired");
-                if run.is_none() {
-                    expire(&mut socket, write_timeout).await;
-                    return;
+/// One client socket and what it knows.
+struct Session<D: Dialect> {
+    state: AppState,
+    socket: WebSocket,
+    dialect: D,
+    agent_id: String,
+    trace: TraceContext,
+    identity: Option<Identity>,
+    run: Option<Attached>,
+    /// When the token expires (reset by an `auth` frame).
+    expiry: Pin<Box<Sleep>>,
+    /// The token expired during a run: the socket closes with 4401 after it.
+    expired: bool,
+    /// Shutdown began: no new runs; the socket closes after its run or the grace.
+    draining: bool,
+    rate: super::limits::Bucket,
+    /// Liveness: anything from the client (a pong included) proves it is there.
+    last_heard: Instant,
+}
+
+impl<D: Dialect> Session<D> {
+    async fn serve(
+        state: AppState,
+        socket: WebSocket,
+        dialect: D,
+        agent_id: String,
+        authn: Authn,
+        trace: TraceContext,
+    ) {
+        let rate = super::limits::Bucket::new(
+            state.config.client_messages_per_second,
+            state.config.client_messages_per_second.saturating_mul(2),
+        );
+        let (identity, refused) = match authn {
+            Authn::Ok(id) => (Some(id), None),
+            Authn::Missing => (None, None),
+            Authn::Refused(e) => (None, Some(e)),
+        };
+        if let Some(id) = &identity {
+            tracing::Span::current().record("user_id", id.user_id.as_str());
+        }
+        let mut session = Session {
+            expiry: Box::pin(tokio::time::sleep(until_expiry(identity.as_ref()))),
+            state,
+            socket,
+            dialect,
+            agent_id,
+            trace,
+            identity,
+            run: None,
+            expired: false,
+            draining: false,
+            rate,
+            last_heard: Instant::now(),
+        };
+        let end = match refused {
+            Some(e) => End::refuse(ErrorCode::Unauthenticated, e.to_string()),
+            None => session.run_loop().await,
+        };
+        session.end(end).await;
+    }
+
+    /// Wait on everything at once and hand each event to its handler, until one ends the session.
+    async fn run_loop(&mut self) -> End {
+        let config = self.state.config.clone();
+        let mut ping =
+            tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
+        let shutdown = self.state.shutdown.clone();
+        // Created once: a fresh `cancelled()` per loop turn would lock the token on every frame.
+        let shutdown_wait = shutdown.cancelled();
+        tokio::pin!(shutdown_wait);
+        let grace = tokio::time::sleep(Duration::MAX / 4);
+        tokio::pin!(grace);
+        // A socket without a token has `auth_timeout` to present one; until then it holds a place.
+        let auth_deadline = tokio::time::sleep(config.auth_timeout);
+        tokio::pin!(auth_deadline);
+        loop {
+            let step = tokio::select! {
+                _ = &mut auth_deadline, if self.identity.is_none() => self.on_auth_deadline(),
+                _ = &mut self.expiry, if !self.expired && self.identity.is_some() => self.on_expiry(),
+                _ = &mut shutdown_wait, if !self.draining => {
+                    grace.as_mut().reset(Instant::now() + config.shutdown_grace);
+                    self.on_shutdown()
                 }
-                // The current run finishes; the socket closes with 4401 after it.
-            }
-            _ = &mut shutdown_wait, if !draining => {
-                draining = true;
-                if run.is_none() {
-                    close_with(&mut socket, close::RESTART, "server restart", write_timeout).await;
-                    return;
-                }
-                grace.as_mut().reset(tokio::time::Instant::now() + state.config.shutdown_grace);
-            }
-            _ = &mut grace, if draining => {
-                if let Some(r) = &run {
-                    tracing::info!(run_id = %r.shared.run_id, last_seq = r.cursor, "shutdown grace over: closing with 1012");
-                    r.shared.cancel.cancel();
-                }
-                close_with(&mut socket, close::RESTART, "server restart", write_timeout).await;
-                return;
-            }
-            follow = next_frames(&run, state.config.client_batch) => {
-                // `Some(close_after)` once the run is over for this socket: its terminal frame
-                // was just written (or the run finished with everything delivered).
-                let ended = match follow {
-                    Follow::Frames(batch) => {
-                        let r = run.as_mut().expect("next_frames only yields for a run");
-                        let lag = r.shared.lag(r.cursor);
-                        if lag > r.lag_at_attach.saturating_add(state.config.max_client_lag) {
-                            tracing::info!(lag, "client too far behind: closing with 4408 (it can resume)");
-                            leave(&state, &mut run);
-                            close_with(&mut socket, close::TOO_SLOW, "too slow: resume from the log", state.config.client_close_timeout).await;
-                            return;
-                        }
-                        let last = batch.last().map(|f| f.seq).unwrap_or(r.cursor);
-                        let end = batch.last().and_then(|f| f.end);
-                        let received: Vec<std::time::Instant> = batch.iter().map(|f| f.received).collect();
-                        let count = batch.len();
-                        let texts = if lag > state.config.merge_lag { merge_chunks(batch) } else { batch.into_iter().map(|f| f.text).collect() };
-                        let written = texts.len();
-                        if !write_batch(&mut socket, texts, write_timeout).await {
-                            tracing::info!("client too slow or gone");
-                            leave(&state, &mut run);
-                            close_with(&mut socket, close::TOO_SLOW, "too slow", state.config.client_close_timeout).await;
-                            return;
-                        }
-                        r.cursor = last;
-                        state.metrics.coalesced_chunks.inc_by((count - written) as u64);
-                        state.metrics.events_relayed.inc_by(written as u64);
-                        for t in received {
-                            state.metrics.event_added_latency.observe(t.elapsed().as_secs_f64());
-                        }
-                        end
-                    }
-                    Follow::End(close_after) => Some(close_after),
-                };
-                if let Some(close_after) = ended {
-                    if let Some(done) = run.take() { done.shared.detach(); }
-                    if expired {
-                        expire(&mut socket, write_timeout).await;
-                        return;
-                    }
-                    if let Some((code, reason)) = close_after {
-                        close_with(&mut socket, code, reason, write_timeout).await;
-                        return;
-                    }
-                    if draining {
-                        close_with(&mut socket, close::RESTART, "server restart", write_timeout).await;
-                        return;
-                    }
-                }
-            }
-            incoming = socket.recv() => {
-                last_heard = tokio::time::Instant::now();
-                if state.config.client_messages_per_second > 0
-                    && matches!(incoming, Some(Ok(Message::Text(_) | Message::Binary(_))))
-                    && !rate.take(std::time::Instant::now())
-                {
-                    tracing::warn!("client message flood: closing with 4429");
-                    leave(&state, &mut run);
-                    close_with(&mut socket, close::RATE_LIMITED, "rate limited", write_timeout).await;
-                    return;
-                }
-                let text = match incoming {
-                    None => {
-                        leave(&state, &mut run);
-                        return;
-                    }
-                    Some(Err(e)) => {
-                        leave(&state, &mut run);
-                        match ReadFailure::of(e) {
-                            ReadFailure::TooBig => {
-                                close_with(&mut socket, close::TOO_BIG, "message too big", write_timeout).await;
-                            }
-                            ReadFailure::Protocol(why) => {
-                                tracing::info!(error = %why, "client broke the WebSocket protocol: closing with 1002");
-                                close_with(&mut socket, close::PROTOCOL_ERROR, "protocol error", write_timeout).await;
-                            }
-                            ReadFailure::Gone => {}
-                        }
-                        return;
-                    }
-                    Some(Ok(Message::Close(_))) => {
-                        leave(&state, &mut run);
-                        answer_close(&mut socket, write_timeout).await;
-                        return;
-                    }
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Binary(_))) => {
-                        let text = protocol::error_frame(ErrorCode::InvalidRequest, "binary frames are not accepted: send JSON text frames");
-                        if !write(&mut socket, Message::Text(text.into()), write_timeout).await { leave(&state, &mut run); return; }
-                        continue;
-                    }
-                    Some(Ok(_)) => continue, // ping/pong: axum answers pings
-                };
-                let frame = match ClientFrame::parse(text.as_str()) {
-                    Ok(f) => f,
-                    Err(bad) => {
-                        let text = protocol::error_frame(ErrorCode::InvalidRequest, &bad.0);
-                        if !write(&mut socket, Message::Text(text.into()), write_timeout).await { leave(&state, &mut run); return; }
-                        continue;
-                    }
-                };
-                match frame {
-                    ClientFrame::Cancel => {
-                        if let Some(r) = &run { r.shared.cancel.cancel(); }
-                    }
-                    ClientFrame::Auth { token } => match state.verifier.verify(&token) {
-                        Ok(id) => {
-                            if identity.as_ref().is_some_and(|old| old.user_id != id.user_id) {
-                                let text = protocol::error_frame(ErrorCode::Forbidden, "a token refresh must be for the same user");
-                                let _ = write(&mut socket, Message::Text(text.into()), write_timeout).await;
-                                leave(&state, &mut run);
-                                close_with(&mut socket, close::FORBIDDEN, "forbidden", write_timeout).await;
-                                return;
-                            }
-                            tracing::Span::current().record("user_id", id.user_id.as_str());
-                            expiry.as_mut().reset(tokio::time::Instant::now() + until_expiry(Some(&id)));
-                            expired = false;
-                            identity = Some(id);
-                        }
-                        Err(e) => {
-                            let text = protocol::error_frame(ErrorCode::Unauthenticated, &e.to_string());
-                            let _ = write(&mut socket, Message::Text(text.into()), write_timeout).await;
-                            leave(&state, &mut run);
-                            close_with(&mut socket, close::UNAUTHENTICATED, "unauthenticated", write_timeout).await;
-                            return;
-                        }
-                    },
-                    ClientFrame::Resume { run_id, after_seq } => {
-                        let Some(id) = identity.clone() else {
-                            let text = protocol::error_frame(ErrorCode::Unauthenticated, "no token was presented: authenticate before resuming");
-                            let _ = write(&mut socket, Message::Text(text.into()), write_timeout).await;
-                            close_with(&mut socket, close::UNAUTHENTICATED, "unauthenticated", write_timeout).await;
-                            return;
-                        };
-                        if run.is_some() {
-                            let text = protocol::error_frame(ErrorCode::InvalidRequest, "a run is in progress on this socket: resume on a new connection");
-                            if !write(&mut socket, Message::Text(text.into()), write_timeout).await { leave(&state, &mut run); return; }
-                            continue;
-                        }
-                        // Boxed: rare and large (run log queries); inline it would size every session.
-                        match Box::pin(resume(&state, &mut socket, &id, run_id, after_seq, write_timeout)).await {
-                            Resumed::Live(shared) => {
-                                state.metrics.resumes.inc();
-                                tracing::info!(%run_id, after_seq, "client resumed a live run");
-                                let lag_at_attach = shared.lag(after_seq);
-                                run = Some(ActiveRun { shared, cursor: after_seq, lag_at_attach });
-                            }
-                            Resumed::Replayed => { state.metrics.resumes.inc(); }
-                            Resumed::SocketGone => return,
-                        }
-                    }
-                    ClientFrame::Run(request) => {
-                        let Some(id) = identity.clone() else {
-                            let text = protocol::error_frame(ErrorCode::Unauthenticated, "no token was presented: send `Authorization: Bearer <jwt>`, the `bearer, <jwt>` subprotocol, or `?token=`");
-                            let _ = write(&mut socket, Message::Text(text.into()), write_timeout).await;
-                            close_with(&mut socket, close::UNAUTHENTICATED, "unauthenticated", write_timeout).await;
-                            return;
-                        };
-                        if expired {
-                            expire(&mut socket, write_timeout).await;
-                            leave(&state, &mut run);
-                            return;
-                        }
-                        let refusal = if run.is_some() {
-                            Some("a run is already in progress on this socket: wait for its terminal event or send {\"type\":\"cancel\"}".to_owned())
-                        } else if draining {
-                            Some("the gateway is shutting down: reconnect and retry".to_owned())
-                        } else if request.agent_id.as_deref().is_some_and(|a| a != agent_id) {
-                            Some(format!("`agent_id` in the run request ({}) differs from the agent in the URL ({agent_id})", request.agent_id.as_deref().unwrap_or_default()))
-                        } else {
-                            None
-                        };
-                        if let Some(why) = refusal {
-                            let text = protocol::error_frame(ErrorCode::InvalidRequest, &why);
-                            if !write(&mut socket, Message::Text(text.into()), write_timeout).await { leave(&state, &mut run); return; }
-                            continue;
-                        }
-                        let (key, limit) = run_limit(&state, &id);
-                        if state.runs.running_for(key) >= limit {
-                            let why = if id.anonymous {
-                                format!("{limit} anonymous runs are in progress (--max-anonymous-runs): try again later, or sign in")
-                            } else {
-                                format!("user `{}` already has {limit} runs in progress (--max-runs-per-user)", id.user_id)
-                            };
-                            let text = protocol::error_frame(ErrorCode::TooManyRuns, &why);
-                            if !write(&mut socket, Message::Text(text.into()), write_timeout).await { leave(&state, &mut run); return; }
-                            continue;
-                        }
-                        run = Some(start_run(&state, &agent_id, id, *request, &trace));
-                    }
-                }
-            }
-            _ = ping.tick() => {
-                if last_heard.elapsed() > state.config.ping_interval * 2 {
-                    tracing::info!("client stopped answering pings: closing with 4408");
-                    leave(&state, &mut run);
-                    close_with(&mut socket, close::TOO_SLOW, "idle: no pong", write_timeout).await;
-                    return;
-                }
-                if !write(&mut socket, Message::Ping(Vec::new().into()), write_timeout).await {
-                    leave(&state, &mut run);
-                    return;
-                }
+                _ = &mut grace, if self.draining => self.on_grace_over(),
+                follow = next_frames(&self.run, config.client_batch) => self.on_follow(follow).await,
+                incoming = self.socket.recv() => self.on_incoming(incoming).await,
+                _ = ping.tick() => self.on_ping().await,
+            };
+            if let ControlFlow::Break(end) = step {
+                return end;
             }
         }
     }
+
+    /// The one exit: let go of the run (see [`Attached`]), then close as `end` says.
+    async fn end(mut self, end: End) {
+        drop(self.run.take());
+        let config = &self.state.config;
+        match end {
+            End::Gone => {}
+            End::ClientClosed => answer_close(&mut self.socket, config.client_write_timeout).await,
+            End::Close {
+                error,
+                code,
+                reason,
+            } => {
+                let timeout = if code == CloseCode::TooSlow {
+                    config.client_close_timeout
+                } else {
+                    config.client_write_timeout
+                };
+                if let Some((error, message)) = error {
+                    let text = self.dialect.error(error, &message);
+                    let _ = write(&mut self.socket, Message::Text(text), timeout).await;
+                }
+                close_with(&mut self.socket, code, reason, timeout).await;
+            }
+        }
+    }
+
+    fn on_auth_deadline(&mut self) -> Step {
+        tracing::info!("no token within --auth-timeout: closing with 4401");
+        let why = format!(
+            "no token within {}: send {{\"type\":\"auth\",\"token\":\"<jwt>\"}} right after connecting, or connect with a token",
+            humantime::format_duration(self.state.config.auth_timeout)
+        );
+        ControlFlow::Break(End::refuse(ErrorCode::Unauthenticated, why))
+    }
+
+    fn on_expiry(&mut self) -> Step {
+        self.expired = true;
+        tracing::info!("the client's token expired");
+        if self.run.is_none() {
+            return ControlFlow::Break(End::expired());
+        }
+        // The current run finishes; the socket closes with 4401 after it.
+        ControlFlow::Continue(())
+    }
+
+    fn on_shutdown(&mut self) -> Step {
+        self.draining = true;
+        if self.run.is_none() {
+            return ControlFlow::Break(End::restart());
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn on_grace_over(&mut self) -> Step {
+        if let Some(r) = &self.run {
+            tracing::info!(run_id = %r.shared.run_id, last_seq = r.cursor, "shutdown grace over: closing with 1012");
+            r.shared.cancel.cancel();
+        }
+        ControlFlow::Break(End::restart())
+    }
+
+    /// Frames of the followed run, or its end.
+    async fn on_follow(&mut self, follow: Follow) -> Step {
+        let after = match follow {
+            Follow::Frames(batch) => {
+                let config = &self.state.config;
+                let r = self
+                    .run
+                    .as_mut()
+                    .expect("next_frames only yields for a run");
+                let lag = r.shared.lag(r.cursor);
+                if lag > r.lag_at_attach.saturating_add(config.max_client_lag) {
+                    tracing::info!(
+                        lag,
+                        "client too far behind: closing with 4408 (it can resume)"
+                    );
+                    return ControlFlow::Break(End::close(
+                        CloseCode::TooSlow,
+                        "too slow: resume from the log",
+                    ));
+                }
+                let last = batch.last().map(|f| f.seq).unwrap_or(r.cursor);
+                let end = batch.last().and_then(|f| f.end);
+                let received: Vec<std::time::Instant> = batch.iter().map(|f| f.received).collect();
+                let count = batch.len();
+                let texts = self.dialect.encode(batch, lag > config.merge_lag);
+                let written = texts.len();
+                if !write_batch(&mut self.socket, texts, config.client_write_timeout).await {
+                    tracing::info!("client too slow or gone");
+                    return ControlFlow::Break(End::close(CloseCode::TooSlow, "too slow"));
+                }
+                r.cursor = last;
+                let metrics = &self.state.metrics;
+                metrics.coalesced_chunks.inc_by((count - written) as u64);
+                metrics.events_relayed.inc_by(written as u64);
+                for t in received {
+                    metrics
+                        .event_added_latency
+                        .observe(t.elapsed().as_secs_f64());
+                }
+                match end {
+                    Some(after) => after,
+                    None => return ControlFlow::Continue(()),
+                }
+            }
+            Follow::End(after) => after,
+        };
+        // The run is over for this socket: its terminal frame was just written (or the run
+        // finished with everything delivered).
+        drop(self.run.take());
+        if self.expired {
+            return ControlFlow::Break(End::expired());
+        }
+        if let AfterEnd::Close(code, reason) = after {
+            return ControlFlow::Break(End::close(code, reason));
+        }
+        if self.draining {
+            return ControlFlow::Break(End::restart());
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Whatever the socket read: a message, a close, an error or the end of the connection.
+    async fn on_incoming(&mut self, incoming: Option<Result<Message, axum::Error>>) -> Step {
+        self.last_heard = Instant::now();
+        let config = &self.state.config;
+        if config.client_messages_per_second > 0
+            && matches!(incoming, Some(Ok(Message::Text(_) | Message::Binary(_))))
+            && !self.rate.take(std::time::Instant::now())
+        {
+            tracing::warn!("client message flood: closing with 4429");
+            return ControlFlow::Break(End::close(CloseCode::RateLimited, "rate limited"));
+        }
+        let text = match incoming {
+            None => return ControlFlow::Break(End::Gone),
+            Some(Err(e)) => {
+                return ControlFlow::Break(match ReadFailure::of(e) {
+                    ReadFailure::TooBig => End::close(CloseCode::TooBig, "message too big"),
+                    ReadFailure::Protocol(why) => {
+                        tracing::info!(error = %why, "client broke the WebSocket protocol: closing with 1002");
+                        End::close(CloseCode::ProtocolError, "protocol error")
+                    }
+                    ReadFailure::Gone => End::Gone,
+                });
+            }
+            Some(Ok(Message::Close(_))) => return ControlFlow::Break(End::ClientClosed),
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Binary(_))) => {
+                return self
+                    .answer(
+                        ErrorCode::InvalidRequest,
+                        "binary frames are not accepted: send JSON text frames",
+                    )
+                    .await;
+            }
+            Some(Ok(_)) => return ControlFlow::Continue(()), // ping/pong: axum answers pings
+        };
+        match self.dialect.decode(text.as_str()) {
+            Ok(frame) => self.on_frame(frame).await,
+            Err(bad) => self.answer(ErrorCode::InvalidRequest, &bad.0).await,
+        }
+    }
+
+    async fn on_frame(&mut self, frame: ClientFrame) -> Step {
+        match frame {
+            ClientFrame::Cancel => {
+                if let Some(r) = &self.run {
+                    r.shared.cancel.cancel();
+                }
+                ControlFlow::Continue(())
+            }
+            ClientFrame::Auth { token } => self.on_auth(&token),
+            ClientFrame::Resume { run_id, after_seq } => self.on_resume(run_id, after_seq).await,
+            ClientFrame::Run(request) => self.on_run_request(*request).await,
+        }
+    }
+
+    /// A token (first, or a refresh for the same user).
+    fn on_auth(&mut self, token: &str) -> Step {
+        let id = match self.state.verifier.verify(token) {
+            Ok(id) => id,
+            Err(e) => {
+                return ControlFlow::Break(End::refuse(ErrorCode::Unauthenticated, e.to_string()));
+            }
+        };
+        if self
+            .identity
+            .as_ref()
+            .is_some_and(|old| old.user_id != id.user_id)
+        {
+            return ControlFlow::Break(End::refuse(
+                ErrorCode::Forbidden,
+                "a token refresh must be for the same user",
+            ));
+        }
+        tracing::Span::current().record("user_id", id.user_id.as_str());
+        self.expiry
+            .as_mut()
+            .reset(Instant::now() + until_expiry(Some(&id)));
+        self.expired = false;
+        self.identity = Some(id);
+        ControlFlow::Continue(())
+    }
+
+    async fn on_resume(&mut self, run_id: Uuid, after_seq: u64) -> Step {
+        let Some(id) = self.identity.clone() else {
+            return ControlFlow::Break(End::refuse(
+                ErrorCode::Unauthenticated,
+                "no token was presented: authenticate before resuming",
+            ));
+        };
+        if self.run.is_some() {
+            return self
+                .answer(
+                    ErrorCode::InvalidRequest,
+                    "a run is in progress on this socket: resume on a new connection",
+                )
+                .await;
+        }
+        // Boxed: rare and large (run log queries); inline it would size every session.
+        match Box::pin(self.resume(&id, run_id, after_seq)).await {
+            Resumed::Live(shared) => {
+                self.state.metrics.resumes.inc();
+                tracing::info!(%run_id, after_seq, "client resumed a live run");
+                let lag_at_attach = shared.lag(after_seq);
+                self.run = Some(Attached {
+                    shared,
+                    cursor: after_seq,
+                    lag_at_attach,
+                    state: self.state.clone(),
+                });
+                ControlFlow::Continue(())
+            }
+            Resumed::Replayed => {
+                self.state.metrics.resumes.inc();
+                ControlFlow::Continue(())
+            }
+            Resumed::Refused => ControlFlow::Continue(()),
+            Resumed::Gone => ControlFlow::Break(End::Gone),
+        }
+    }
+
+    async fn on_run_request(&mut self, request: RunRequest) -> Step {
+        let Some(id) = self.identity.clone() else {
+            return ControlFlow::Break(End::refuse(
+                ErrorCode::Unauthenticated,
+                "no token was presented: send `Authorization: Bearer <jwt>`, the `bearer, <jwt>` subprotocol, or `?token=`",
+            ));
+        };
+        if self.expired {
+            return ControlFlow::Break(End::expired());
+        }
+        let refusal = if self.run.is_some() {
+            Some("a run is already in progress on this socket: wait for its terminal event or send {\"type\":\"cancel\"}".to_owned())
+        } else if self.draining {
+            Some("the gateway is shutting down: reconnect and retry".to_owned())
+        } else if request
+            .agent_id
+            .as_deref()
+            .is_some_and(|a| a != self.agent_id)
+        {
+            Some(format!(
+                "`agent_id` in the run request ({}) differs from the agent in the URL ({})",
+                request.agent_id.as_deref().unwrap_or_default(),
+                self.agent_id
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
+            return self.answer(ErrorCode::InvalidRequest, &why).await;
+        }
+        let (key, limit) = run_limit(&self.state, &id);
+        if self.state.runs.running_for(key) >= limit {
+            let why = if id.anonymous {
+                format!(
+                    "{limit} anonymous runs are in progress (--max-anonymous-runs): try again later, or sign in"
+                )
+            } else {
+                format!(
+                    "user `{}` already has {limit} runs in progress (--max-runs-per-user)",
+                    id.user_id
+                )
+            };
+            return self.answer(ErrorCode::TooManyRuns, &why).await;
+        }
+        self.run = Some(self.start_run(id, request));
+        ControlFlow::Continue(())
+    }
+
+    async fn on_ping(&mut self) -> Step {
+        let config = &self.state.config;
+        if self.last_heard.elapsed() > config.ping_interval * 2 {
+            tracing::info!("client stopped answering pings: closing with 4408");
+            return ControlFlow::Break(End::close(CloseCode::TooSlow, "idle: no pong"));
+        }
+        let ping = Message::Ping(Vec::new().into());
+        if !write(&mut self.socket, ping, config.client_write_timeout).await {
+            return ControlFlow::Break(End::Gone);
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Answer with an error frame; the socket stays open (unless the write fails).
+    async fn answer(&mut self, code: ErrorCode, message: &str) -> Step {
+        let text = self.dialect.error(code, message);
+        if write(
+            &mut self.socket,
+            Message::Text(text),
+            self.state.config.client_write_timeout,
+        )
+        .await
+        {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(End::Gone)
+        }
+    }
+
+    fn start_run(&self, identity: Identity, request: RunRequest) -> Attached {
+        let state = &self.state;
+        let run_id = Uuid::new_v4();
+        let shared = state.runs.create(
+            run_id,
+            identity.user_id.clone(),
+            self.agent_id.clone(),
+            run_limit(state, &identity).0.to_owned(),
+        );
+        let span = tracing::info_span!("run", %run_id);
+        tracing::info!(%run_id, "run started");
+        let spec = RunSpec {
+            run_id,
+            agent_id: self.agent_id.clone(),
+            identity,
+            request,
+            requested_at: std::time::Instant::now(),
+            traceparent: self.trace.child_header(),
+        };
+        let task_state = state.clone();
+        let task_shared = shared.clone();
+        state.sessions.spawn(
+            async move {
+                run::execute(task_state.clone(), spec, task_shared).await;
+                // A finished run is resumed from the run log (which has every frame), so its
+                // buffer goes now: finished runs cost no gateway memory.
+                task_state.runs.remove(&run_id);
+            }
+            .instrument(span),
+        );
+        Attached {
+            shared,
+            cursor: 0,
+            lag_at_attach: 0,
+            state: state.clone(),
+        }
+    }
+
+    /// Resume `run_id` after `after_seq`: a live run is followed from the cursor; an ended one
+    /// is replayed from the run log up to its terminal event (or an error naming what is
+    /// missing).
+    async fn resume(&mut self, identity: &Identity, run_id: Uuid, after_seq: u64) -> Resumed {
+        let state = self.state.clone();
+        let not_yours = || format!("run `{run_id}` belongs to another user");
+        if let Some(shared) = state.runs.get(&run_id) {
+            if shared.user_id != identity.user_id {
+                return self.refuse_resume(ErrorCode::Forbidden, &not_yours()).await;
+            }
+            shared.attach();
+            return Resumed::Live(shared);
+        }
+        let unavailable = |e: crate::runlog::RunLogError| {
+            tracing::warn!(error = %failure::chain(&e), "run log unavailable for a resume");
+            failure::verdict(Failure::RunLog(&e))
+        };
+        let info = match state.runlog.run_owner(run_id).await {
+            Ok(Some(info)) => info,
+            Ok(None) => {
+                let msg = format!("run `{run_id}` is unknown");
+                return self.refuse_resume(ErrorCode::InvalidRequest, &msg).await;
+            }
+            Err(e) => {
+                let verdict = unavailable(e);
+                return self.refuse_resume(verdict.code, &verdict.sentence).await;
+            }
+        };
+        if info.user_id != identity.user_id {
+            return self.refuse_resume(ErrorCode::Forbidden, &not_yours()).await;
+        }
+        let frames = match state.runlog.replay(run_id, after_seq).await {
+            Ok(f) => f,
+            Err(e) => {
+                let verdict = unavailable(e);
+                return self.refuse_resume(verdict.code, &verdict.sentence).await;
+            }
+        };
+        tracing::info!(%run_id, after_seq, frames = frames.len(), "replaying a run from the log");
+        let texts: Vec<Utf8Bytes> = frames
+            .into_iter()
+            .filter_map(|b| String::from_utf8(b.to_vec()).ok().map(Utf8Bytes::from))
+            .collect();
+        // A finished run's replay ends with its terminal event, or says what is missing: a
+        // client must never wait for frames the log does not have.
+        let expected = info.last_seq.saturating_sub(after_seq);
+        let complete = if expected == 0 {
+            info.events_dropped == 0
+        } else {
+            texts.len() as u64 == expected
+                && texts
+                    .last()
+                    .is_some_and(|t| protocol::is_terminal_frame(t.as_str()))
+        };
+        let gap = info.status.is_finished() && !complete;
+        let texts = self.dialect.encode_logged(texts);
+        if !write_batch(&mut self.socket, texts, state.config.client_write_timeout).await {
+            return Resumed::Gone;
+        }
+        if gap {
+            state.metrics.runs_log_incomplete_replays.inc();
+            let msg = format!(
+                "the run log of run `{run_id}` is incomplete: frames after seq {after_seq} (up to at \
+                 least seq {}) are missing and cannot be replayed; the run has ended",
+                info.last_seq.max(after_seq + 1)
+            );
+            return self.refuse_resume(ErrorCode::Internal, &msg).await;
+        }
+        if !info.status.is_finished() {
+            let msg = format!(
+                "run `{run_id}` is not live on this gateway: its frames up to now were replayed"
+            );
+            return self.refuse_resume(ErrorCode::InvalidRequest, &msg).await;
+        }
+        Resumed::Replayed
+    }
+
+    /// Answer a resume with an error frame (the socket stays usable).
+    async fn refuse_resume(&mut self, code: ErrorCode, message: &str) -> Resumed {
+        match self.answer(code, message).await {
+            ControlFlow::Continue(()) => Resumed::Refused,
+            ControlFlow::Break(_) => Resumed::Gone,
+        }
+    }
+}
+
+/// What a resume did.
+enum Resumed {
+    /// The run is live here: follow it from the cursor.
+    Live(Arc<RunShared>),
+    /// The run had ended: its frames were replayed from the run log.
+    Replayed,
+    /// The resume was answered with an error frame (unknown run, another user's, log down…).
+    Refused,
+    /// The socket failed while answering.
+    Gone,
 }
 
 /// The run limit a caller counts against: its own (`--max-runs-per-user`), or for anonymous
@@ -368,263 +741,12 @@ fn until_expiry(identity: Option<&Identity>) -> Duration {
     Duration::from_secs(id.expires_at.saturating_sub(now))
 }
 
-/// The token expired: tell the client and close with 4401.
-async fn expire(socket: &mut WebSocket, write_timeout: Duration) {
-    let text = protocol::error_frame(
-        ErrorCode::Unauthenticated,
-        "the token has expired: reconnect (or send {\"type\":\"auth\"}) with a fresh token",
-    );
-    let _ = write(socket, Message::Text(text.into()), write_timeout).await;
-    close_with(
-        socket,
-        close::UNAUTHENTICATED,
-        "token expired",
-        write_timeout,
-    )
-    .await;
-}
-
-/// Refuse a socket right after the upgrade (overload).
-pub async fn refuse(
-    mut socket: WebSocket,
-    code: u16,
-    reason: &'static str,
-    write_timeout: Duration,
-) {
-    close_with(&mut socket, code, reason, write_timeout).await;
-}
-
-fn start_run(
-    state: &AppState,
-    agent_id: &str,
-    identity: Identity,
-    request: protocol::RunRequest,
-    trace: &super::trace::TraceContext,
-) -> ActiveRun {
-    let run_id = Uuid::new_v4();
-    let shared = state.runs.create(
-        run_id,
-        identity.user_id.clone(),
-        agent_id.to_owned(),
-        run_limit(state, &identity).0.to_owned(),
-    );
-    let span = tracing::info_span!("run", %run_id);
-    tracing::info!(%run_id, "run started");
-    let spec = RunSpec {
-        run_id,
-        agent_id: agent_id.to_owned(),
-        identity,
-        request,
-        requested_at: std::time::Instant::now(),
-        traceparent: trace.child_header(),
-    };
-    let task_state = state.clone();
-    let task_shared = shared.clone();
-    state.sessions.spawn(
-        async move {
-            run::execute(task_state.clone(), spec, task_shared).await;
-            // A finished run is resumed from the run log (which has every frame), so its buffer
-            // goes now: finished runs cost no gateway memory.
-            task_state.runs.remove(&run_id);
-        }
-        .instrument(span),
-    );
-    ActiveRun {
-        shared,
-        cursor: 0,
-        lag_at_attach: 0,
-    }
-}
-
 /// The next frames of the followed run; pending forever when there is none.
-async fn next_frames(run: &Option<ActiveRun>, max: usize) -> Follow {
+async fn next_frames(run: &Option<Attached>, max: usize) -> Follow {
     match run {
         Some(r) => r.shared.next_after(r.cursor, max).await,
         None => std::future::pending().await,
     }
-}
-
-/// The client stopped following its run (socket gone or dropped): the run goes on detached for
-/// `detach_grace` so a resume can pick it up, then it is cancelled (or at once with
-/// `cancel_on_disconnect`).
-fn leave(state: &AppState, run: &mut Option<ActiveRun>) {
-    let Some(r) = run.take() else { return };
-    if r.shared.detach() > 0 || r.shared.is_finished() {
-        return;
-    }
-    let shared = r.shared;
-    if state.config.cancel_on_disconnect {
-        tracing::info!(run_id = %shared.run_id, "client disconnected: cancelling its run");
-        shared.cancel.cancel();
-        return;
-    }
-    tracing::info!(run_id = %shared.run_id, grace = ?state.config.detach_grace, "client disconnected: run continues detached");
-    let grace = state.config.detach_grace;
-    let shutdown = state.shutdown.clone();
-    // A weak handle: a run that ends meanwhile frees its buffer without waiting for the grace.
-    let weak = Arc::downgrade(&shared);
-    drop(shared);
-    state.sessions.spawn(async move {
-        tokio::select! {
-            _ = tokio::time::sleep(grace) => {}
-            _ = shutdown.cancelled() => {}
-        }
-        if let Some(shared) = weak.upgrade()
-            && shared.attached() == 0
-            && !shared.is_finished()
-        {
-            tracing::info!(run_id = %shared.run_id, "nobody resumed the detached run: cancelling it");
-            shared.cancel.cancel();
-        }
-    });
-}
-
-enum Resumed {
-    Live(Arc<RunShared>),
-    Replayed,
-    SocketGone,
-}
-
-/// Resume `run_id` after `after_seq`: a live run is followed from the cursor; a finished one is
-/// replayed from the run log up to its terminal event.
-async fn resume(
-    state: &AppState,
-    socket: &mut WebSocket,
-    identity: &Identity,
-    run_id: Uuid,
-    after_seq: u64,
-    write_timeout: Duration,
-) -> Resumed {
-    /// Answer the resume with an error frame (the socket stays usable).
-    async fn refuse(socket: &mut WebSocket, code: ErrorCode, msg: String, t: Duration) -> Resumed {
-        let frame = Message::Text(protocol::error_frame(code, &msg).into());
-        if write(socket, frame, t).await {
-            Resumed::Replayed
-        } else {
-            Resumed::SocketGone
-        }
-    }
-    let not_yours = || format!("run `{run_id}` belongs to another user");
-    if let Some(shared) = state.runs.get(&run_id) {
-        if shared.user_id != identity.user_id {
-            return refuse(socket, ErrorCode::Forbidden, not_yours(), write_timeout).await;
-        }
-        shared.attach();
-        return Resumed::Live(shared);
-    }
-    let unavailable = |e: crate::runlog::RunLogError| {
-        tracing::warn!(error = %e, "run log unavailable for a resume");
-        "the run log is unavailable right now: try the resume again later".to_owned()
-    };
-    let info = match state.runlog.run_owner(run_id).await {
-        Ok(Some(info)) => info,
-        Ok(None) => {
-            let msg = format!("run `{run_id}` is unknown");
-            return refuse(socket, ErrorCode::InvalidRequest, msg, write_timeout).await;
-        }
-        Err(e) => {
-            return refuse(
-                socket,
-                ErrorCode::StoreUnavailable,
-                unavailable(e),
-                write_timeout,
-            )
-            .await;
-        }
-    };
-    if info.user_id != identity.user_id {
-        return refuse(socket, ErrorCode::Forbidden, not_yours(), write_timeout).await;
-    }
-    let frames = match state.runlog.replay(run_id, after_seq).await {
-        Ok(f) => f,
-        Err(e) => {
-            return refuse(
-                socket,
-                ErrorCode::StoreUnavailable,
-                unavailable(e),
-                write_timeout,
-            )
-            .await;
-        }
-    };
-    tracing::info!(%run_id, after_seq, frames = frames.len(), "replaying a run from the log");
-    let texts: Vec<Utf8Bytes> = frames
-        .into_iter()
-        .filter_map(|b| String::from_utf8(b.to_vec()).ok().map(Utf8Bytes::from))
-        .collect();
-    // A finished run's replay ends with its terminal event, or says what is missing: a client
-    // must never wait for frames the log does not have.
-    let expected = info.last_seq.saturating_sub(after_seq);
-    let complete = if expected == 0 {
-        info.events_dropped == 0
-    } else {
-        texts.len() as u64 == expected
-            && texts
-                .last()
-                .is_some_and(|t| protocol::is_terminal_frame(t.as_str()))
-    };
-    let gap = info.status.is_finished() && !complete;
-    if !write_batch(socket, texts, write_timeout).await {
-        return Resumed::SocketGone;
-    }
-    if gap {
-        state.metrics.runs_log_incomplete_replays.inc();
-        let msg = format!(
-            "the run log of run `{run_id}` is incomplete: frames after seq {after_seq} (up to at \
-             least seq {}) are missing and cannot be replayed; the run has ended",
-            info.last_seq.max(after_seq + 1)
-        );
-        return refuse(socket, ErrorCode::Internal, msg, write_timeout).await;
-    }
-    if !info.status.is_finished() {
-        let msg = format!(
-            "run `{run_id}` is not live on this gateway: its frames up to now were replayed"
-        );
-        return refuse(socket, ErrorCode::InvalidRequest, msg, write_timeout).await;
-    }
-    Resumed::Replayed
-}
-
-/// Merge consecutive `llm_chunk` frames of the same element into one (for a lagging client).
-/// The merged frame has the `seq` of the last one and `merged_seqs: [first, last]`.
-fn merge_chunks(batch: Vec<Frame>) -> Vec<Utf8Bytes> {
-    let parts: Vec<Option<(String, String)>> = batch.iter().map(Frame::chunk_parts).collect();
-    let mut out = Vec::with_capacity(batch.len());
-    let mut i = 0;
-    while i < batch.len() {
-        let Some((element, first)) = &parts[i] else {
-            out.push(batch[i].text.clone());
-            i += 1;
-            continue;
-        };
-        let mut j = i + 1;
-        let mut content = first.clone();
-        while let Some(Some((e, c))) = parts.get(j)
-            && e == element
-        {
-            content.push_str(c);
-            j += 1;
-        }
-        if j == i + 1 {
-            out.push(batch[i].text.clone());
-        } else {
-            let run_id = serde_json::from_str::<serde_json::Value>(batch[i].text.as_str())
-                .ok()
-                .and_then(|v| v.get("run_id").cloned())
-                .unwrap_or_default();
-            let merged = json!({
-                "type": "llm_chunk",
-                "timestamp": protocol::now_ts(),
-                "data": {"element_id": element, "content": content},
-                "run_id": run_id,
-                "seq": batch[j - 1].seq,
-                "merged_seqs": [batch[i].seq, batch[j - 1].seq],
-            });
-            out.push(Utf8Bytes::from(merged.to_string()));
-        }
-        i = j;
-    }
-    out
 }
 
 /// Write frames with one flush, bounded by `timeout` as a whole.
@@ -673,10 +795,15 @@ async fn write(socket: &mut WebSocket, msg: Message, timeout: Duration) -> bool 
 /// reply (reading and dropping whatever it still sends), all within `timeout`. Dropping the
 /// socket right after the send would leave the browser without a clean close (1006) whenever its
 /// reply reaches a socket we no longer read.
-async fn close_with(socket: &mut WebSocket, code: u16, reason: &'static str, timeout: Duration) {
+async fn close_with(
+    socket: &mut WebSocket,
+    code: CloseCode,
+    reason: &'static str,
+    timeout: Duration,
+) {
     let deadline = tokio::time::Instant::now() + timeout;
     let frame = CloseFrame {
-        code,
+        code: code.code(),
         reason: Utf8Bytes::from_static(reason),
     };
     let sent = tokio::time::timeout_at(deadline, socket.send(Message::Close(Some(frame)))).await;

@@ -1,0 +1,147 @@
+//! The seam between the run core and a client protocol.
+//!
+//! A session reads client frames through a [`Dialect`]'s decoder (frames → run request, cancel,
+//! resume, auth) and writes every frame through its encoder (a run's stamped frames → the
+//! protocol's frames). The run never knows which protocol its followers speak: it stamps
+//! `run_id`/`seq` once, and each session encodes for its own socket.
+//!
+//! The native NeuraLabs protocol ([`NeuraLabs`]) is the identity encoding: the run's bytes are
+//! written as they are (no re-serialising on the hot path); only a lagging client gets
+//! consecutive `llm_chunk` frames merged.
+
+use axum::extract::ws::Utf8Bytes;
+use serde_json::json;
+
+use super::protocol::{self, BadFrame, ClientFrame, ErrorCode};
+use super::registry::Frame;
+
+/// A client protocol: how client frames are read and how frames are written.
+pub trait Dialect: Send + 'static {
+    /// Read one client text frame.
+    fn decode(&mut self, text: &str) -> Result<ClientFrame, BadFrame>;
+
+    /// The frames to write for a batch of a run's frames, in order. `lagging` is true when the
+    /// client is more than `--merge-lag` frames behind (the dialect may merge frames then).
+    fn encode(&mut self, batch: Vec<Frame>, lagging: bool) -> Vec<Utf8Bytes>;
+
+    /// The frames to write for frames replayed from the run log (a run's stamped frames, in
+    /// `seq` order).
+    fn encode_logged(&mut self, texts: Vec<Utf8Bytes>) -> Vec<Utf8Bytes>;
+
+    /// An error the session answers itself (outside any run), e.g. a refused request.
+    fn error(&mut self, code: ErrorCode, message: &str) -> Utf8Bytes;
+}
+
+/// The native protocol of docs/protocol.md.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NeuraLabs;
+
+impl Dialect for NeuraLabs {
+    fn decode(&mut self, text: &str) -> Result<ClientFrame, BadFrame> {
+        ClientFrame::parse(text)
+    }
+
+    fn encode(&mut self, batch: Vec<Frame>, lagging: bool) -> Vec<Utf8Bytes> {
+        if lagging {
+            merge_chunks(batch)
+        } else {
+            batch.into_iter().map(|f| f.text).collect()
+        }
+    }
+
+    fn encode_logged(&mut self, texts: Vec<Utf8Bytes>) -> Vec<Utf8Bytes> {
+        texts
+    }
+
+    fn error(&mut self, code: ErrorCode, message: &str) -> Utf8Bytes {
+        protocol::error_frame(code, message).into()
+    }
+}
+
+/// Merge consecutive `llm_chunk` frames of the same element into one (for a lagging client).
+/// The merged frame has the `seq` of the last one and `merged_seqs: [first, last]`.
+fn merge_chunks(batch: Vec<Frame>) -> Vec<Utf8Bytes> {
+    let parts: Vec<Option<(String, String)>> = batch.iter().map(Frame::chunk_parts).collect();
+    let mut out = Vec::with_capacity(batch.len());
+    let mut i = 0;
+    while i < batch.len() {
+        let Some((element, first)) = &parts[i] else {
+            out.push(batch[i].text.clone());
+            i += 1;
+            continue;
+        };
+        let mut j = i + 1;
+        let mut content = first.clone();
+        while let Some(Some((e, c))) = parts.get(j)
+            && e == element
+        {
+            content.push_str(c);
+            j += 1;
+        }
+        if j == i + 1 {
+            out.push(batch[i].text.clone());
+        } else {
+            let run_id = serde_json::from_str::<serde_json::Value>(batch[i].text.as_str())
+                .ok()
+                .and_then(|v| v.get("run_id").cloned())
+                .unwrap_or_default();
+            let merged = json!({
+                "type": "llm_chunk",
+                "timestamp": protocol::now_ts(),
+                "data": {"element_id": element, "content": content},
+                "run_id": run_id,
+                "seq": batch[j - 1].seq,
+                "merged_seqs": [batch[i].seq, batch[j - 1].seq],
+            });
+            out.push(Utf8Bytes::from(merged.to_string()));
+        }
+        i = j;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(seq: u64, text: &str, chunk: bool) -> Frame {
+        Frame {
+            seq,
+            text: Utf8Bytes::from(text.to_owned()),
+            chunk,
+            received: std::time::Instant::now(),
+            end: None,
+        }
+    }
+
+    fn chunk(seq: u64, element: &str, content: &str) -> Frame {
+        let text = json!({"type": "llm_chunk", "data": {"element_id": element, "content": content}, "run_id": "r", "seq": seq});
+        frame(seq, &text.to_string(), true)
+    }
+
+    #[test]
+    fn the_native_encoding_is_the_identity_unless_the_client_lags() {
+        let batch = vec![chunk(1, "a", "x"), chunk(2, "a", "y")];
+        let texts: Vec<Utf8Bytes> = batch.iter().map(|f| f.text.clone()).collect();
+        assert_eq!(NeuraLabs.encode(batch.clone(), false), texts);
+        let merged = NeuraLabs.encode(batch, true);
+        assert_eq!(merged.len(), 1);
+        let v: serde_json::Value = serde_json::from_str(merged[0].as_str()).unwrap();
+        assert_eq!(v["data"]["content"], "xy");
+        assert_eq!(v["seq"], 2);
+        assert_eq!(v["merged_seqs"], json!([1, 2]));
+    }
+
+    #[test]
+    fn merging_keeps_other_frames_and_other_elements_apart() {
+        let batch = vec![
+            chunk(1, "a", "x"),
+            frame(2, r#"{"type":"element_completed","seq":2}"#, false),
+            chunk(3, "a", "y"),
+            chunk(4, "b", "z"),
+        ];
+        let out = NeuraLabs.encode(batch.clone(), true);
+        let expected: Vec<Utf8Bytes> = batch.iter().map(|f| f.text.clone()).collect();
+        assert_eq!(out, expected);
+    }
+}
