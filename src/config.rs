@@ -1,9 +1,9 @@
 //! The gateway's one typed configuration ([`GatewayConfig`]) and the [`Secret`] type.
 //!
 //! Every field is a clap flag with an environment fallback; its doc comment is the user's
-//! documentation (the README's config table is generated from these definitions and checked by
-//! `tests/it/readme.rs`). Tests build values with [`GatewayConfig::for_tests`] and never touch
-//! the environment. The engine's settings live in [`crate::engine::EngineConfig`].
+//! documentation (the tables of `docs/configuration.md` are generated from these definitions and
+//! checked by `tests/it/readme.rs`). Tests build values with [`GatewayConfig::for_tests`] and
+//! never touch the environment. The engine's settings live in [`crate::engine::EngineConfig`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
