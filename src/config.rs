@@ -183,8 +183,8 @@ pub struct GatewayConfig {
     #[arg(long, env = "FLOWGATE_MAX_ANONYMOUS_RUNS", default_value_t = 32)]
     pub max_anonymous_runs: usize,
 
-    /// Run-log records buffered for the Postgres writer; a record that finds it full is
-    /// dropped and counted (the run goes on).
+    /// Run-log records buffered for the Postgres writer. When it is full, a run waits for room
+    /// (at most `--runlog-wait`) and reads nothing from its engine meanwhile.
     #[arg(long, env = "FLOWGATE_RUNLOG_BUFFER", default_value_t = DEFAULT_RUNLOG_BUFFER)]
     pub runlog_buffer: usize,
 

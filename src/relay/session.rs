@@ -3,7 +3,9 @@
 //! Invariants: at most one run at a time per socket; a run's frames are written in the order the
 //! run produced them; every write has a timeout (`client_write_timeout`) and happens inside a
 //! `select!` branch body; the socket is closed with a code of docs/neuralabs.md section 5, never a
-//! reserved one. When the client goes away the current run is cancelled.
+//! reserved one. When the client goes away the current run goes on detached for `--detach-grace`
+//! (so a `resume` can pick it up) and is cancelled after it, or at once with
+//! `--cancel-on-disconnect`.
 
 use std::time::Duration;
 
