@@ -1,9 +1,9 @@
 //! The gateway's one typed configuration ([`GatewayConfig`]) and the [`Secret`] type.
 //!
 //! Every field is a clap flag with an environment fallback; its doc comment is the user's
-//! documentation (the README's config table is generated from these definitions and checked by
-//! `tests/it/readme.rs`). Tests build values with [`GatewayConfig::for_tests`] and never touch
-//! the environment. The engine's settings live in [`crate::engine::EngineConfig`].
+//! documentation (the tables of `docs/configuration.md` are generated from these definitions and
+//! checked by `tests/it/readme.rs`). Tests build values with [`GatewayConfig::for_tests`] and
+//! never touch the environment. The engine's settings live in [`crate::engine::EngineConfig`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -183,8 +183,8 @@ pub struct GatewayConfig {
     #[arg(long, env = "FLOWGATE_MAX_ANONYMOUS_RUNS", default_value_t = 32)]
     pub max_anonymous_runs: usize,
 
-    /// Run-log records buffered for the Postgres writer; a record that finds it full is
-    /// dropped and counted (the run goes on).
+    /// Run-log records buffered for the Postgres writer. When it is full, a run waits for room
+    /// (at most `--runlog-wait`) and reads nothing from its engine meanwhile.
     #[arg(long, env = "FLOWGATE_RUNLOG_BUFFER", default_value_t = DEFAULT_RUNLOG_BUFFER)]
     pub runlog_buffer: usize,
 

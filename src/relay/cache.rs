@@ -1,8 +1,9 @@
 //! The workflow cache: the converted engine payload per (agent, version), reused only while the
-//! stored document is *equal* to the one it was converted from. Every run still reads the stored
-//! row (one indexed query), so an update is visible to the very next run; what the cache saves is
-//! the conversion, validation and rendering. Bounded: at most `capacity` entries (an arbitrary
-//! entry is evicted when full). The lock is never held across an await.
+//! stored document is *equal* to the one it was converted from. Every run still asks the store for
+//! the stored document (the Postgres store reuses an answer for `--store-cache-ttl`, the files
+//! store rechecks its folder once a second), so an update is visible within that time; what
+//! this cache saves is the conversion, validation and rendering. Bounded: at most `capacity`
+//! entries (an arbitrary entry is evicted when full). The lock is never held across an await.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
