@@ -81,13 +81,41 @@ struct Buf {
 
 type Counts = Arc<Mutex<HashMap<String, usize>>>;
 
+/// Why a run was cancelled: the `reason` of its `flow_cancelled` frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelReason {
+    /// The client sent `{"type":"cancel"}`.
+    Client,
+    /// The client disconnected and the gateway runs with `--cancel-on-disconnect`.
+    Disconnected,
+    /// The client disconnected and nobody resumed the run within `--detach-grace`.
+    NotResumed,
+    /// The gateway is shutting down (`--shutdown-grace` is over, or the run was detached).
+    Shutdown,
+}
+
+impl CancelReason {
+    pub fn sentence(self) -> &'static str {
+        match self {
+            CancelReason::Client => "cancelled by the client",
+            CancelReason::Disconnected => "the client disconnected (--cancel-on-disconnect)",
+            CancelReason::NotResumed => {
+                "the client disconnected and did not resume within --detach-grace"
+            }
+            CancelReason::Shutdown => "the gateway is shutting down",
+        }
+    }
+}
+
 /// The shared state of one live run.
 #[derive(Debug)]
 pub struct RunShared {
     pub run_id: Uuid,
     pub user_id: String,
     pub agent_id: String,
+    /// Cancelled by [`RunShared::cancel`] (which records why); the run task waits on it.
     pub cancel: CancellationToken,
+    cancel_reason: std::sync::OnceLock<CancelReason>,
     buf: Mutex<Buf>,
     notify: Notify,
     /// The per-user count of runs in progress this run is part of (until it ends).
@@ -113,6 +141,20 @@ pub enum Follow {
 impl RunShared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Buf> {
         self.buf.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Cancel the run; the first reason given is the one its `flow_cancelled` frame states.
+    pub fn cancel(&self, why: CancelReason) {
+        let _ = self.cancel_reason.set(why);
+        self.cancel.cancel();
+    }
+
+    /// Why the run was cancelled.
+    pub fn cancel_reason(&self) -> CancelReason {
+        self.cancel_reason
+            .get()
+            .copied()
+            .unwrap_or(CancelReason::Client)
     }
 
     /// Append a frame (called by the run only, in `seq` order).
@@ -265,6 +307,7 @@ impl Registry {
             user_id,
             agent_id,
             cancel: CancellationToken::new(),
+            cancel_reason: std::sync::OnceLock::new(),
             buf: Mutex::new(Buf {
                 attached: 1,
                 ..Buf::default()

@@ -518,7 +518,7 @@ fn cancelled(em: &mut Emitter, progress: &Progress) {
         "data": {
             "element_id": progress.current_element,
             "partial_output": progress.partial_output(&em.shared),
-            "reason": "cancelled by the client",
+            "reason": em.shared.cancel_reason().sentence(),
         }
     }));
     em.finished = true;

@@ -29,7 +29,7 @@ use super::context::AppState;
 use super::dialect::{Dialect, NeuraLabs};
 use super::failure::{self, Failure};
 use super::protocol::{self, ClientFrame, CloseCode, ErrorCode, RunRequest};
-use super::registry::{AfterEnd, Follow, RunShared};
+use super::registry::{AfterEnd, CancelReason, Follow, RunShared};
 use super::run::{self, RunSpec};
 use super::trace::TraceContext;
 use crate::auth::{AuthError, Identity};
@@ -139,7 +139,7 @@ impl Drop for Attached {
         let config = &self.state.config;
         if config.cancel_on_disconnect {
             tracing::info!(run_id = %self.shared.run_id, "client disconnected: cancelling its run");
-            self.shared.cancel.cancel();
+            self.shared.cancel(CancelReason::Disconnected);
             return;
         }
         tracing::info!(run_id = %self.shared.run_id, grace = ?config.detach_grace, "client disconnected: run continues detached");
@@ -148,16 +148,16 @@ impl Drop for Attached {
         // A weak handle: a run that ends meanwhile frees its buffer without waiting for the grace.
         let weak = Arc::downgrade(&self.shared);
         self.state.sessions.spawn(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(grace) => {}
-                _ = shutdown.cancelled() => {}
-            }
+            let why = tokio::select! {
+                _ = tokio::time::sleep(grace) => CancelReason::NotResumed,
+                _ = shutdown.cancelled() => CancelReason::Shutdown,
+            };
             if let Some(shared) = weak.upgrade()
                 && shared.attached() == 0
                 && !shared.is_finished()
             {
-                tracing::info!(run_id = %shared.run_id, "nobody resumed the detached run: cancelling it");
-                shared.cancel.cancel();
+                tracing::info!(run_id = %shared.run_id, reason = why.sentence(), "cancelling a detached run");
+                shared.cancel(why);
             }
         });
     }
@@ -314,7 +314,7 @@ impl<D: Dialect> Session<D> {
     fn on_grace_over(&mut self) -> Step {
         if let Some(r) = &self.run {
             tracing::info!(run_id = %r.shared.run_id, last_seq = r.cursor, "shutdown grace over: closing with 1012");
-            r.shared.cancel.cancel();
+            r.shared.cancel(CancelReason::Shutdown);
         }
         ControlFlow::Break(End::restart())
     }
@@ -425,7 +425,7 @@ impl<D: Dialect> Session<D> {
         match frame {
             ClientFrame::Cancel => {
                 if let Some(r) = &self.run {
-                    r.shared.cancel.cancel();
+                    r.shared.cancel(CancelReason::Client);
                 }
                 ControlFlow::Continue(())
             }
