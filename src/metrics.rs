@@ -1,7 +1,8 @@
 //! Prometheus metrics of a gateway (`GET /metrics`, text exposition format).
 //!
-//! Owned by the gateway's state; the relay and the accept loop record into it. Labels are bounded: `agent` is
-//! the id of an agent the store knows, at most `--metrics-max-agents` distinct ids (the rest are
+//! Owned by the gateway's state; the relay, the accept loop and the run log's writer record into
+//! it (the run log's counters are read at `/metrics` time). Labels are bounded: `agent` is the
+//! id of an agent the store knows, at most `--metrics-max-agents` distinct ids (the rest are
 //! counted under [`OTHER_AGENTS`]); runs of agents that do not exist (or whose lookup failed) are
 //! counted under [`UNKNOWN_AGENT`], so no client can create series. `status` and `code` come
 //! from fixed sets.
@@ -38,6 +39,11 @@ pub struct Metrics {
     pub runlog_events_written: Gauge<u64, AtomicU64>,
     pub runlog_events_dropped: Gauge<u64, AtomicU64>,
     pub runlog_write_lag_ms_max: Gauge<u64, AtomicU64>,
+    /// Frames the run log has accepted and not yet committed (read from its counters at
+    /// `/metrics` time; always 0 with the in-memory log, which stores on acceptance).
+    pub runlog_events_pending: Gauge<u64, AtomicU64>,
+    /// Duration of each run-log batch write to Postgres (observed by the writer).
+    pub runlog_batch_write_seconds: Histogram,
     pub workflow_cache_hits: Gauge<u64, AtomicU64>,
     pub connections_refused: Family<Labels, Counter>,
     pub runlog_waits: Counter,
@@ -156,6 +162,20 @@ impl Metrics {
             "Longest delay between a frame and its run-log commit, in milliseconds",
             runlog_write_lag_ms_max.clone(),
         );
+        let runlog_events_pending = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "runlog_events_pending",
+            "Frames the run log has accepted and not yet committed to Postgres: the writer's lag (0 with the in-memory log)",
+            runlog_events_pending.clone(),
+        );
+        // 0.5 ms … 16 s: a local commit takes about a millisecond; a batch that exhausts its
+        // attempts takes write_attempts × the store timeout.
+        let runlog_batch_write_seconds = Histogram::new(exponential_buckets(0.000_5, 2.0, 16));
+        registry.register(
+            "runlog_batch_write_seconds",
+            "Time the run-log writer took to write one batch to Postgres (one transaction, begin to commit; retries included)",
+            runlog_batch_write_seconds.clone(),
+        );
         let workflow_cache_hits = Gauge::<u64, AtomicU64>::default();
         registry.register(
             "workflow_cache_hits",
@@ -176,6 +196,8 @@ impl Metrics {
             runlog_events_written,
             runlog_events_dropped,
             runlog_write_lag_ms_max,
+            runlog_events_pending,
+            runlog_batch_write_seconds,
             workflow_cache_hits,
             connections_refused,
             runlog_waits,

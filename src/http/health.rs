@@ -74,6 +74,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let m = &state.metrics;
     m.runlog_events_written.set(stats.events_written);
     m.runlog_events_dropped.set(stats.events_dropped);
+    m.runlog_events_pending.set(stats.events_pending);
     m.runlog_write_lag_ms_max.set(stats.write_lag_ms_max);
     m.workflow_cache_hits.set(state.cache.hits());
     (

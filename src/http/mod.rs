@@ -98,6 +98,7 @@ impl Gateway {
         };
         let verifier =
             Verifier::from_config(&config.auth).map_err(|e| StartError::Auth(e.to_string()))?;
+        let metrics = Arc::new(crate::metrics::Metrics::new(config.metrics_max_agents));
         let runlog = match &store {
             Store::Postgres(pg) => {
                 let log_config = PgRunLogConfig {
@@ -117,9 +118,13 @@ impl Gateway {
                     .acquire_timeout(config.store_timeout)
                     .connect_lazy_with((*pg.pool().connect_options()).clone());
                 RunLog::Postgres(
-                    PgRunLog::spawn(runlog_pool, log_config)
-                        .await
-                        .map_err(|e| StartError::RunLog(e.to_string()))?,
+                    PgRunLog::spawn_with_metrics(
+                        runlog_pool,
+                        log_config,
+                        Some(metrics.runlog_batch_write_seconds.clone()),
+                    )
+                    .await
+                    .map_err(|e| StartError::RunLog(e.to_string()))?,
                 )
             }
             Store::Files(_) => RunLog::Memory(MemoryRunLog::new(MemoryRunLogConfig {
@@ -131,7 +136,6 @@ impl Gateway {
             config.upgrades_per_second,
             config.upgrades_per_second.saturating_mul(2),
         );
-        let metrics = Arc::new(crate::metrics::Metrics::new(config.metrics_max_agents));
         let state = AppState {
             config: Arc::new(config),
             store,

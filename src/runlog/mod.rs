@@ -170,7 +170,10 @@ pub struct RunLogStats {
     pub events_written: u64,
     /// Frames not stored (buffer full, per-run cap, or a failed write).
     pub events_dropped: u64,
-    /// Write transactions committed (Postgres) .
+    /// Frames accepted and not yet committed: the writer's lag (Postgres; always 0 in memory,
+    /// where a frame is stored when it is accepted).
+    pub events_pending: u64,
+    /// Write transactions committed (Postgres).
     pub batches: u64,
     /// Longest time between `event()` and its frame being committed, in milliseconds.
     pub write_lag_ms_max: u64,

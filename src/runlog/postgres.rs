@@ -7,6 +7,9 @@
 //! the order runs → frames → `last_seq` → endings. The sweep only fails runs whose instance has
 //! not heartbeated for `stale_after`; starting a gateway never touches other instances' runs.
 //! Pruning deletes finished runs older than `retention`, `prune_batch` runs per heartbeat tick.
+//! A frame counts as pending (the writer's lag, [`RunLogStats::events_pending`]) from the moment
+//! it is queued until its batch is written or given up; each batch write is timed into the
+//! histogram given to [`PgRunLog::spawn_with_metrics`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use prometheus_client::metrics::histogram::Histogram;
 use sqlx::{PgPool, Row};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -99,6 +103,10 @@ struct Shared {
 struct Counters {
     written: AtomicU64,
     dropped: AtomicU64,
+    /// Frames queued and not yet written or given up. Raised before a frame is sent to the
+    /// writer (and lowered again if the send fails), lowered by the writer once the frame's
+    /// batch is done: it never goes below zero.
+    pending: AtomicU64,
     batches: AtomicU64,
     lag_ms_max: AtomicU64,
     write_errors: AtomicU64,
@@ -137,6 +145,16 @@ impl PgRunLog {
     /// Register this gateway instance and start the writer and heartbeat tasks. The pool must
     /// be migrated (`store::postgres::migrate`).
     pub async fn spawn(pool: PgPool, config: PgRunLogConfig) -> Result<PgRunLog, RunLogError> {
+        PgRunLog::spawn_with_metrics(pool, config, None).await
+    }
+
+    /// [`Self::spawn`], timing each batch write into `write_seconds` (the gateway's
+    /// `flowgate_runlog_batch_write_seconds`).
+    pub async fn spawn_with_metrics(
+        pool: PgPool,
+        config: PgRunLogConfig,
+        write_seconds: Option<Histogram>,
+    ) -> Result<PgRunLog, RunLogError> {
         let instance_id = Uuid::new_v4();
         heartbeat(&pool, instance_id, config.write_timeout).await?;
         let (tx, rx) = mpsc::channel(config.buffer.max(1));
@@ -148,6 +166,7 @@ impl PgRunLog {
             config,
             instance_id,
             Arc::clone(&counters),
+            write_seconds,
         ));
         let shared = Arc::new(Shared {
             pool: pool.clone(),
@@ -174,7 +193,7 @@ impl PgRunLog {
         let Some(msg) = self.message(&record) else {
             return Ok(()); // above the per-run cap: counted
         };
-        match self.shared.tx.try_send(msg) {
+        match self.try_queue(msg) {
             Ok(()) => {
                 self.sent(&record);
                 Ok(())
@@ -193,12 +212,15 @@ impl PgRunLog {
         let Some(msg) = self.message(&record) else {
             return true;
         };
+        let frame = is_frame(&msg);
+        self.count_pending(frame);
         match self.shared.tx.send_timeout(msg, timeout).await {
             Ok(()) => {
                 self.sent(&record);
                 true
             }
             Err(_) => {
+                self.uncount_pending(frame);
                 match record {
                     Record::Event { run_id, .. } => {
                         self.count_drop(run_id, "run log buffer stayed full")
@@ -298,7 +320,7 @@ impl PgRunLog {
             frame,
             queued: Instant::now(),
         };
-        if self.shared.tx.try_send(msg).is_err() {
+        if self.try_queue(msg).is_err() {
             self.count_drop(run_id, "run log buffer full");
         }
     }
@@ -380,6 +402,7 @@ impl PgRunLog {
         RunLogStats {
             events_written: c.written.load(Ordering::Relaxed),
             events_dropped: c.dropped.load(Ordering::Relaxed),
+            events_pending: c.pending.load(Ordering::Relaxed),
             batches: c.batches.load(Ordering::Relaxed),
             write_lag_ms_max: c.lag_ms_max.load(Ordering::Relaxed),
             write_errors: c.write_errors.load(Ordering::Relaxed),
@@ -419,6 +442,36 @@ impl PgRunLog {
         *count += 1;
     }
 
+    /// `try_send`, counting a frame as pending while it is queued. A refused message is
+    /// dropped (callers keep their [`Record`]).
+    fn try_queue(&self, msg: Msg) -> Result<(), mpsc::error::TrySendError<()>> {
+        use mpsc::error::TrySendError;
+        let frame = is_frame(&msg);
+        self.count_pending(frame);
+        self.shared.tx.try_send(msg).map_err(|e| {
+            self.uncount_pending(frame);
+            match e {
+                TrySendError::Full(_) => TrySendError::Full(()),
+                TrySendError::Closed(_) => TrySendError::Closed(()),
+            }
+        })
+    }
+
+    /// Before a frame is sent: the writer may take it (and lower the count) before the send
+    /// returns.
+    fn count_pending(&self, frame: bool) {
+        if frame {
+            self.shared.counters.pending.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The frame counted by [`Self::count_pending`] was not queued after all.
+    fn uncount_pending(&self, frame: bool) {
+        if frame {
+            self.shared.counters.pending.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     /// `try_send`, or when the buffer is full, a task that waits for room (bounded).
     fn send_reliably(&self, msg: Msg) {
         match self.shared.tx.try_send(msg) {
@@ -447,6 +500,7 @@ async fn writer(
     config: PgRunLogConfig,
     instance_id: Uuid,
     counters: Arc<Counters>,
+    write_seconds: Option<Histogram>,
 ) {
     let max = config.batch_max.max(1);
     let mut batch = Vec::with_capacity(max);
@@ -483,12 +537,23 @@ async fn writer(
             }
         }
         if !written.is_empty() {
+            let frames = written.events.len() as u64;
+            let began = Instant::now();
             write_isolating(&pool, &config, instance_id, written, &counters).await;
+            if let Some(histogram) = &write_seconds {
+                histogram.observe(began.elapsed().as_secs_f64());
+            }
+            // Written or given up (and counted as dropped): no longer pending either way.
+            counters.pending.fetch_sub(frames, Ordering::Relaxed);
         }
         for done in barriers {
             let _ = done.send(());
         }
     }
+}
+
+fn is_frame(msg: &Msg) -> bool {
+    matches!(msg, Msg::Event { .. })
 }
 
 /// One batch, split by statement.

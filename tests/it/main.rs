@@ -23,6 +23,7 @@ mod runlog;
 mod runs;
 mod schema_check;
 mod security;
+mod slow_database;
 mod store;
 mod workflow;
 

@@ -82,6 +82,8 @@ async fn check_replay_and_finish(log: RunLog) {
     assert_eq!(log.run_owner(Uuid::new_v4()).await.expect("owner"), None);
     assert_eq!(log.stats().events_dropped, 0);
     assert_eq!(log.stats().events_written, 40);
+    // Read after the writer caught up (Postgres), or stored on arrival (memory): nothing waits.
+    assert_eq!(log.stats().events_pending, 0);
 }
 
 #[sqlx::test]
@@ -265,6 +267,8 @@ async fn a_full_buffer_counts_drops_instead_of_blocking(pool: PgPool) {
         dropped >= 200 - 8,
         "only {dropped} frames were counted as dropped"
     );
+    // Nothing can be written yet: every frame not dropped waits (the writer's lag).
+    assert_eq!(log.stats().events_pending, 200 - dropped);
 
     drop(held);
     log.flush(Duration::from_secs(10)).await;
@@ -272,6 +276,7 @@ async fn a_full_buffer_counts_drops_instead_of_blocking(pool: PgPool) {
     log.flush(Duration::from_secs(10)).await;
     let stats = log.stats();
     assert_eq!(stats.events_written + stats.events_dropped, 200);
+    assert_eq!(stats.events_pending, 0);
     let info = RunLog::Postgres(log)
         .run_owner(id)
         .await
