@@ -563,7 +563,16 @@ async fn relay(
     loop {
         // Backpressure: while the run log's buffer is full, read nothing more from the engine
         // (TCP pushes back on it) instead of dropping frames; a log that stays full ends the run.
-        if !em.backlog.is_empty() && !em.drain_log(state, state.config.runlog_wait).await {
+        if !em.backlog.is_empty() {
+            let waiting_since = tokio::time::Instant::now();
+            let drained = em.drain_log(state, state.config.runlog_wait).await;
+            // Time spent waiting for the log is not the engine's silence.
+            let waited = waiting_since.elapsed();
+            deadline += waited;
+            last_heard += waited;
+            if drained {
+                continue;
+            }
             em.terminal_error(
                 ErrorCode::StoreUnavailable,
                 "the run log could not keep up (the database is too slow): the run was stopped",
