@@ -17,6 +17,7 @@
 //!
 //! Numbers are printed, never asserted (docs/style.md 13): a missed target says `MISSED`.
 
+pub mod error;
 pub mod procs;
 pub mod report;
 pub mod session;
@@ -37,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::relay::engine_client::EngineTarget;
 use crate::secret::Secret;
 use crate::workflow::FlowFormat;
+pub use error::BenchError;
 use procs::ChildProc;
 pub use report::Report;
 use report::{Added, ConfigEcho, CpuReport, PathReport, RssReport};
@@ -249,20 +251,6 @@ impl BenchArgs {
             .chain(args.into_iter().map(Into::into));
         Wrapper::try_parse_from(argv).map(|w| w.args)
     }
-}
-
-/// Why a benchmark could not run (its numbers are never an error).
-#[derive(Debug, thiserror::Error)]
-pub enum BenchError {
-    #[error("invalid arguments: {0}")]
-    Args(String),
-    #[error("setup failed: {0}")]
-    Setup(String),
-    #[error("the benchmark workflow cannot be used: {0}")]
-    Workflow(String),
-    /// `--database-url` problems (the message names the flag and the password-free URL).
-    #[error("{0}")]
-    Database(String),
 }
 
 /// `flowgate bench`: run, print the report, exit 0 when there were no errors and no lost events

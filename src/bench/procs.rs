@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::process::{Child, Command};
 
-use super::BenchError;
+use super::error::BenchError;
 
 /// One started child process; killed when dropped.
 pub struct ChildProc {

@@ -80,7 +80,7 @@ pub struct LlmEndpointConfig {
     /// OpenAI-compatible endpoint for `llm_text` (e.g. `http://127.0.0.1:8080/v1`; the engine
     /// posts to `{base}/chat/completions` with `stream: true`). Plain `http://` only: this build
     /// has no TLS, an `https://` URL is refused at startup. Unset: the scripted model is used.
-    #[arg(long = "llm-base-url", value_name = "URL", env = "FLOWGATE_ENGINE_LLM_BASE_URL", value_parser = super::openai::base_url)]
+    #[arg(long = "llm-base-url", value_name = "URL", env = "FLOWGATE_ENGINE_LLM_BASE_URL", value_parser = super::target::base_url)]
     pub base_url: Option<String>,
 
     /// Name of the environment variable holding the endpoint's API key (sent as

@@ -25,26 +25,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use chrono::{DateTime, FixedOffset, Utc};
 use serde_json::{Map, Value, json};
 
-use super::executor::{Emitter, Failure, Route, RunEnv};
 use super::flow::{Node, preview, py_repr, py_str};
+use super::run::{Emitter, Failure, Outcome, Route, RunEnv};
 use super::{llm, openai, rest};
-
-/// What an element produced.
-#[derive(Debug, Default)]
-pub struct Outcome {
-    pub outputs: Map<String, Value>,
-    /// For branching elements: which control children may run.
-    pub route: Option<Route>,
-}
-
-impl Outcome {
-    fn outputs(outputs: Map<String, Value>) -> Outcome {
-        Outcome {
-            outputs,
-            route: None,
-        }
-    }
-}
 
 type ElementResult = Result<Outcome, Failure>;
 

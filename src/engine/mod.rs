@@ -2,14 +2,31 @@
 //!
 //! Owns `GET /ws/execute/{flow_id}`: the 4-step handshake of docs/neuralabs.md section 3 (flow frame
 //! as YAML or JSON) and the socket loop (`server`), the flow model (`flow`), the depth-first
-//! executor of section 4 (`executor`), the element library (`elements`, `rest`), the scripted
-//! streaming LLM (`llm`), the OpenAI-compatible streaming client used with `--llm-base-url`
-//! (`openai`) and the fault modes tests use (`fault`).
+//! executor of section 4 (`executor`), what an element sees of its run (`run`), the element
+//! library (`elements`, `rest`), the scripted streaming LLM (`llm`), the OpenAI-compatible
+//! streaming client used with `--llm-base-url` (`openai`), the plain `http://` URLs both clients
+//! and the flags accept (`target`), the engine's counters (`stats`) and the fault modes tests use
+//! (`fault`). This file is the entry point ([`Engine`], [`serve`]) and re-exports, nothing else.
 //! Used by tests, benchmarks, the demo and the compose stack.
+//!
+//! Dependencies point one way, from the entry point down to the leaves (tests/it/layout.rs
+//! checks that the files form no cycle):
+//!
+//! ```text
+//! mod      -> server, config, fault, stats
+//! server   -> executor, run, flow, config, fault, stats
+//! executor -> elements, run, flow, stats
+//! elements -> rest, openai, llm, run, flow
+//! rest     -> target, run, llm, flow
+//! openai   -> target, config
+//! run      -> config
+//! config   -> target, fault
+//! leaves: flow, llm, target, fault, stats
+//! ```
 //!
 //! Invariants: exactly one terminal event per run (`flow_completed` or `flow_error`); a run
 //! stops before its next element or LLM chunk once its socket is gone; the config frame is
-//! only read for run identity (`run`), it never switches anything on.
+//! only read for run identity (its `run` object), it never switches anything on.
 
 pub mod config;
 pub mod elements;
@@ -19,26 +36,20 @@ pub mod flow;
 pub mod llm;
 pub mod openai;
 pub mod rest;
+pub mod run;
 pub mod server;
+pub mod stats;
+pub mod target;
 
 pub use config::EngineConfig;
 pub use fault::Fault;
+pub use stats::EngineStats;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// Counters tests and operators can read while the engine runs.
-#[derive(Debug, Default)]
-pub struct EngineStats {
-    /// Elements that sent `element_started`, over all runs.
-    pub elements_started: AtomicUsize,
-    /// Runs whose executor has finished (terminal event sent, failed, or stopped).
-    pub runs_ended: AtomicUsize,
-}
 
 /// A bound, not yet serving engine. `build` binds; `run` serves until `shutdown` is cancelled.
 pub struct Engine {

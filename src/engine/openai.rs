@@ -5,7 +5,7 @@
 //! `Authorization: Bearer <key>` when a key is configured and the JSON body
 //! `{model, messages: [{role: "user", content: <rendered prompt>}], temperature, max_tokens,
 //! stream: true}`. There is no TLS in this build: an `https://` base URL is refused when the
-//! flags are parsed ([`base_url`]) and again here.
+//! flags are parsed ([`super::target::base_url`]) and again here.
 //!
 //! The response is a `text/event-stream` (content-length, chunked or close-delimited body):
 //! every `data: {json}` line with a non-empty `choices[0].delta.content` is one chunk, in order;
@@ -30,7 +30,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::config::LlmEndpointConfig;
-use super::rest::{Target, parse_url};
+use super::target::{Target, parse_base};
 
 /// Longest piece of a body quoted in an error message (characters).
 const QUOTE_CHARS: usize = 200;
@@ -72,32 +72,11 @@ pub enum LlmError {
     LineTooLong(usize),
 }
 
-/// Value parser of `--llm-base-url`: a plain `http://host[:port][/path]` URL.
-pub fn base_url(url: &str) -> Result<String, String> {
-    check_base(url)
-        .map(|_| url.to_owned())
-        .map_err(|e| match e {
-            LlmError::BadUrl { reason, .. } => reason,
-            other => other.to_string(),
-        })
-}
-
 fn check_base(url: &str) -> Result<Target, LlmError> {
-    let bad = |reason: &str| LlmError::BadUrl {
+    parse_base(url).map_err(|reason| LlmError::BadUrl {
         url: url.to_owned(),
-        reason: reason.to_owned(),
-    };
-    if url.starts_with("https://") {
-        return Err(bad(
-            "https:// is not supported: this engine build has no TLS; use an http:// endpoint \
-             (for example a local proxy in front of the TLS one)",
-        ));
-    }
-    let target = parse_url(url).map_err(|e| bad(&e))?;
-    if target.path.contains('?') {
-        return Err(bad("the base URL must not have a query"));
-    }
-    Ok(target)
+        reason,
+    })
 }
 
 /// What one `llm_text` element asks for.
@@ -551,15 +530,6 @@ fn api_message(value: &Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base_urls_must_be_plain_http() {
-        assert!(base_url("http://127.0.0.1:8080/v1").is_ok());
-        let err = base_url("https://api.openai.com/v1").unwrap_err();
-        assert!(err.contains("no TLS"), "{err}");
-        assert!(base_url("ftp://x/").is_err());
-        assert!(base_url("http://h/v1?x=1").is_err());
-    }
 
     #[test]
     fn api_messages_come_from_the_error_object() {

@@ -15,57 +15,10 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::elements::Outcome;
-use super::executor::{Emitter, Failure, RunEnv};
 use super::flow::Node;
 use super::llm::text_of;
-
-/// Where a plain `http://` URL points (also used by [`super::openai`]).
-pub(super) struct Target {
-    pub(super) host: String,
-    pub(super) port: u16,
-    /// Path and query, at least `/`.
-    pub(super) path: String,
-}
-
-/// Parse a plain `http://` URL; `https://` and URLs with user info are refused.
-pub(super) fn parse_url(url: &str) -> Result<Target, String> {
-    // A space or a control character (CR LF) would end the request line and inject headers or
-    // a second request into the allowed host.
-    if let Some(bad) = url.chars().find(|c| c.is_control() || c.is_whitespace()) {
-        return Err(format!(
-            "the URL contains {bad:?}: spaces and control characters must be percent-encoded"
-        ));
-    }
-    let rest = match url.strip_prefix("http://") {
-        Some(r) => r,
-        None if url.starts_with("https://") => {
-            return Err("https URLs are not supported by the reference engine's rest_api".into());
-        }
-        None => return Err(format!("'{url}' is not an http:// URL")),
-    };
-    let (authority, path) = match rest.find(['/', '?']) {
-        Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_owned()),
-        Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
-        None => (rest, "/".to_owned()),
-    };
-    if authority.contains('@') || authority.is_empty() {
-        return Err(format!("'{url}' has no usable host"));
-    }
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) => (
-            h,
-            p.parse()
-                .map_err(|_| format!("'{url}' has an invalid port"))?,
-        ),
-        None => (authority, 80),
-    };
-    Ok(Target {
-        host: host.to_ascii_lowercase(),
-        port,
-        path,
-    })
-}
+use super::run::{Emitter, Failure, Outcome, RunEnv};
+use super::target::{Target, parse_url};
 
 /// Is the target in `--rest-allow-hosts`? Entries are `host:port`; an entry without a port
 /// allows port 80 only (never every port of the host).
@@ -250,21 +203,6 @@ mod tests {
         assert!(allowed(&["example.com".into()], &t80));
         assert!(parse_url("https://example.com/").is_err());
         assert!(parse_url("http://user@host/").is_err());
-    }
-
-    #[test]
-    fn urls_that_would_inject_into_the_request_are_refused() {
-        for url in [
-            "http://example.com/a\r\nX-Injected: 1",
-            "http://example.com/a HTTP/1.1\r\n\r\nGET /admin",
-            "http://example.com/a b",
-            "http://example.com/\u{0}",
-        ] {
-            let err = parse_url(url)
-                .err()
-                .unwrap_or_else(|| panic!("{url:?} accepted"));
-            assert!(err.contains("percent-encoded"), "{err}");
-        }
     }
 
     #[test]

@@ -24,10 +24,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::executor::{Emitter, Executor, RunEnv, epoch_secs};
+use super::config::EngineConfig;
+use super::executor::Executor;
 use super::fault::Fault;
 use super::flow::Flow;
-use super::{EngineConfig, EngineStats};
+use super::run::{Emitter, RunEnv, epoch_secs};
+use super::stats::EngineStats;
 
 /// Shared state of the engine's server. Cheap to clone.
 #[derive(Clone)]

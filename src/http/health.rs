@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde_json::json;
 
-use super::AppState;
+use crate::relay::context::AppState;
 
 pub async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))

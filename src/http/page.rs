@@ -18,8 +18,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::AppState;
 use crate::auth::Identity;
+use crate::relay::context::AppState;
 
 /// The Content-Security-Policy of the page and its assets.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
-use super::AppState;
+use crate::relay::context::AppState;
 use crate::relay::session::{self, Authn};
 
 /// Where the token came from.

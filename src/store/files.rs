@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{AgentRecord, StoreError, StoredWorkflow, Version};
+use super::model::{AgentRecord, StoreError, StoredWorkflow, Version};
 use crate::workflow::document::{self, DocFormat};
 
 /// The index file of a flows folder.

@@ -14,8 +14,8 @@ use std::time::Duration;
 use serde_json::Value;
 use sqlx::PgPool;
 
-use super::StoreError;
 use super::files::{FilesStore, FolderAgent};
+use super::model::{StoreError, StoredWorkflow};
 use super::postgres::{bounded, connect_pool, migrate};
 use crate::secret::Secret;
 
@@ -154,7 +154,7 @@ async fn import_agents(
         .bind(&r.description)
         .fetch_optional(&mut *tx);
         let agent_change = change(bounded(timeout, query).await?);
-        let mut row = async |table: Table, workflow: Option<&super::StoredWorkflow>| {
+        let mut row = async |table: Table, workflow: Option<&StoredWorkflow>| {
             let Some(w) = workflow else {
                 return Ok(RowChange::Absent);
             };

@@ -1,91 +1,18 @@
 //! Where agents and their workflows come from: Postgres (`postgres`) or a local folder (`files`).
 //!
 //! Owns the selection rule of docs/neuralabs.md section 1 (`status = 'Active'` → published, else draft),
-//! the import of an `agents.json` folder into Postgres (`import`), and the original's `md5`.
+//! the import of an `agents.json` folder into Postgres (`import`), and the original's `md5`; the
+//! rows both stores return and their error live in `model`.
 //! Called by the relay once per run (through the workflow cache) and by `/readyz`.
 //! Every SQL value is a bound parameter; the files store never leaves its folder.
 
 pub mod files;
 pub mod import;
 pub mod md5;
+pub mod model;
 pub mod postgres;
 
-use serde_json::Value;
-
-/// Which stored workflow row a run uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Version {
-    /// `published_agent.workflow`.
-    Published,
-    /// `unpublished_agent.workflow` (owner only).
-    Draft,
-}
-
-impl Version {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Version::Published => "published",
-            Version::Draft => "draft",
-        }
-    }
-}
-
-/// The `agent` row (the columns flowgate uses).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentRecord {
-    pub agent_id: String,
-    pub owner: String,
-    /// `Active` or `Not Published`.
-    pub status: String,
-    pub name: String,
-    pub description: Option<String>,
-}
-
-impl AgentRecord {
-    /// The version a run gets when it does not ask for one.
-    pub fn default_version(&self) -> Version {
-        if self.status == "Active" {
-            Version::Published
-        } else {
-            Version::Draft
-        }
-    }
-}
-
-/// A stored workflow row.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredWorkflow {
-    pub workflow: Value,
-    pub md5: String,
-    /// `last_edited_time` as RFC 3339 text when known (cache key together with `md5`).
-    pub last_edited: Option<String>,
-}
-
-/// Failures of the store, classified for the client.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The database cannot be reached or timed out (`store_unavailable`).
-    #[error("the workflow store is unavailable: {0}")]
-    Unavailable(String),
-    /// The agent id is not acceptable (e.g. path traversal for the files store).
-    #[error("invalid agent id: {0}")]
-    InvalidAgentId(String),
-    /// The stored data is unreadable (bad JSON file, …).
-    #[error("the stored data is unreadable: {0}")]
-    Corrupt(String),
-}
-
-impl StoreError {
-    /// What went wrong, without the category prefix of `Display`.
-    pub fn detail(&self) -> &str {
-        match self {
-            StoreError::Unavailable(m) | StoreError::InvalidAgentId(m) | StoreError::Corrupt(m) => {
-                m
-            }
-        }
-    }
-}
+pub use model::{AgentRecord, StoreError, StoredWorkflow, Version};
 
 /// Longest agent id (the `agent.agent_id VARCHAR(64)` of the NeuraLabs schema).
 pub const MAX_AGENT_ID_CHARS: usize = 64;

@@ -13,7 +13,7 @@ use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Row};
 
-use super::{AgentRecord, StoreError, StoredWorkflow, Version};
+use super::model::{AgentRecord, StoreError, StoredWorkflow, Version};
 
 /// The embedded migrations of `migrations/` (agent tables, run log tables).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();

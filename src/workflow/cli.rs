@@ -10,8 +10,9 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
+use super::FlowFormat;
 use super::document::{self, DocFormat};
-use super::{Finding, FlowFormat, Severity};
+use super::finding::{Finding, Severity};
 
 /// What a subcommand prints and how it exits.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::Finding;
+use super::finding::Finding;
 
 /// How a workflow document is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -2,40 +2,25 @@
 //!
 //! Owns: parsing both stored shapes of docs/neuralabs.md section 1 (`stored`), normalization to
 //! canonical type names and the engine's `{nodes, connections, start_element}` object
-//! (`normalize`), validation with JSON pointers (`validate`), the YAML 1.1-safe emitter (`yaml`),
-//! and the flow hash. Called by the gateway's relay (per run, through the workflow cache) and by
-//! the `convert` / `validate` subcommands.
+//! (`normalize`), validation with JSON pointers (`validate`) reported as findings (`finding`), the
+//! YAML 1.1-safe emitter (`yaml`), and the flow hash. Called by the gateway's relay (per run,
+//! through the workflow cache) and by the `convert` / `validate` subcommands.
 //!
 //! Invariant: `convert` never contacts anything and never panics; the same stored document always
 //! gives byte-identical output.
 
 pub mod cli;
 pub mod document;
+pub mod finding;
 pub mod normalize;
 pub mod stored;
 pub mod validate;
 pub mod yaml;
 
+pub use finding::{Finding, Severity};
+
 use serde::Serialize;
 use serde_json::Value;
-
-/// How serious a validation finding is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    /// Blocks the run (`invalid_workflow`).
-    Error,
-    /// Logged and shown by the CLI; the run goes ahead.
-    Warning,
-}
-
-/// One validation finding: where (JSON pointer into the *stored* document) and what.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Finding {
-    pub pointer: String,
-    pub message: String,
-    pub severity: Severity,
-}
 
 /// A successfully converted workflow.
 #[derive(Debug, Clone)]

@@ -16,8 +16,8 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
+use super::finding::{Finding, Severity};
 use super::stored::{self, Shape, describe, push, push_index};
-use super::{Finding, Severity};
 
 /// The element types the engine knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

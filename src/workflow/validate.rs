@@ -10,9 +10,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde_json::{Map, Value};
 
+use super::finding::{Finding, Severity};
 use super::normalize::{ElementType, NodeInfo, Normalized};
 use super::stored::{describe, push, push_index};
-use super::{Finding, Severity};
 
 struct Out(Vec<Finding>);
 

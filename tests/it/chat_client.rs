@@ -28,6 +28,8 @@ enum Step {
     Close(u16),
     /// Send nothing more but keep the socket open.
     Hang,
+    /// Tell the test that the script got here.
+    Reached(std::sync::Arc<tokio::sync::Notify>),
 }
 
 /// What the fake gateway saw.
@@ -138,6 +140,7 @@ async fn fake_gateway(
                     let _ = tokio::time::timeout(LIMIT, ws.next()).await;
                     return seen;
                 }
+                Step::Reached(reached) => reached.notify_one(),
             }
         }
         // Drain until the client closes.
@@ -353,11 +356,13 @@ async fn refused_upgrade_reports_the_http_status() {
 
 #[tokio::test]
 async fn interrupt_sends_cancel_and_waits_for_flow_cancelled() {
+    let answering = std::sync::Arc::new(tokio::sync::Notify::new());
     let script = vec![
         Step::Expect("run"),
         event("flow_started", json!({"flow_id": "f"})),
         started("Assistant", "llm_text"),
         chunk("partial"),
+        Step::Reached(answering.clone()),
         Step::Expect("cancel"),
         event("flow_cancelled", json!({"flow_id": "f"})),
     ];
@@ -366,8 +371,8 @@ async fn interrupt_sends_cancel_and_waits_for_flow_cancelled() {
     let trigger = interrupt.clone();
     let a = args(&url, "assistant");
     let (run, ()) = tokio::join!(run_chat(&a, "go", &interrupt), async move {
-        // Ctrl-C once the answer has started.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Ctrl-C once the answer has started (its first chunk is sent).
+        answering.notified().await;
         trigger.cancel();
     });
     let seen = gateway.await.unwrap();

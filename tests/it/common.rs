@@ -24,6 +24,39 @@ pub const SECRET: &str = "test-secret";
 /// How long a test waits for any one frame before failing.
 pub const FRAME_WAIT: Duration = Duration::from_secs(10);
 
+/// Poll `check` every 10 ms until it yields `Some`, and return that; fail naming `what` after
+/// `within`. Tests wait on state with this (or [`wait_until`]), never with a fixed sleep.
+pub async fn wait_for<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Poll `check` every 10 ms until it holds; fail naming `what` after `within`.
+pub async fn wait_until<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    wait_for(what, within, || {
+        let holds = check();
+        async move { holds.await.then_some(()) }
+    })
+    .await
+}
+
 pub fn token(sub: &str) -> String {
     flowgate::auth::mint_hs256(&Secret::new(SECRET), sub, Duration::from_secs(600))
 }
@@ -90,6 +123,23 @@ impl TestApp {
     }
     pub async fn connect(&self, agent: &str, user: &str) -> Client {
         Client::connect_bearer(&self.ws_url(agent), Some(&token(user))).await
+    }
+
+    /// The run log's record of a run once it has ended (completed, failed or cancelled),
+    /// waiting at most [`FRAME_WAIT`] for that.
+    pub async fn ended_run(&self, run_id: &str) -> flowgate::runlog::RunInfo {
+        let id = uuid::Uuid::parse_str(run_id).expect("a run id");
+        let what = format!("run {run_id} ending in the run log");
+        wait_for(&what, FRAME_WAIT, || async move {
+            let info = self
+                .state
+                .runlog
+                .run_owner(id)
+                .await
+                .expect("the run log answers");
+            info.filter(|i| i.status.is_finished())
+        })
+        .await
     }
 }
 

@@ -15,6 +15,7 @@ mod engine_llm;
 mod faults;
 mod first_contact;
 mod hardening;
+mod layout;
 mod ops;
 mod outage;
 mod page;

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use flowgate::engine::EngineConfig;
+use flowgate::runlog::RunState;
 use serde_json::{Value, json};
 
 use crate::common::*;
@@ -97,8 +98,9 @@ async fn a_detached_run_is_cancelled_when_nobody_resumes_it_within_the_grace() {
     let frames = read_until_seq(&mut c, 20).await;
     let run_id = frames[0]["run_id"].as_str().unwrap().to_owned();
     drop(c);
-    // The whole run would take 4 s; the grace is 0.3 s.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The whole run would take 4 s; the grace is 0.3 s: it ends on its own, cancelled.
+    let ended = app.ended_run(&run_id).await;
+    assert_eq!(ended.status, RunState::Cancelled, "{ended:?}");
     let mut c2 = app.connect("assistant", "alice").await;
     c2.send_json(json!({"type": "resume", "run_id": run_id, "after_seq": 0}))
         .await;
@@ -109,6 +111,8 @@ async fn a_detached_run_is_cancelled_when_nobody_resumes_it_within_the_grace() {
         "{:#?}",
         replay.last()
     );
+    let chunks = replay.iter().filter(|f| f["type"] == "llm_chunk").count();
+    assert!(chunks < 400, "the run streamed to its end: {chunks} chunks");
 }
 
 #[tokio::test]
@@ -122,11 +126,14 @@ async fn a_detached_run_keeps_going_within_the_grace() {
     let frames = read_until_seq(&mut c, 20).await;
     let run_id = frames[0]["run_id"].as_str().unwrap().to_owned();
     drop(c);
-    tokio::time::sleep(Duration::from_millis(800)).await; // the run finishes meanwhile
+    // Nobody is attached, and the run goes on to its end within the grace.
+    let ended = app.ended_run(&run_id).await;
+    assert_eq!(ended.status, RunState::Completed, "{ended:?}");
     let mut c2 = app.connect("assistant", "alice").await;
     c2.send_json(json!({"type": "resume", "run_id": run_id, "after_seq": 0}))
         .await;
     let replay = c2.collect_run().await;
+    assert_run_stamps(&replay);
     assert_eq!(replay.last().unwrap()["type"], "flow_completed");
 }
 
@@ -138,7 +145,8 @@ async fn cancel_on_disconnect_stops_the_run_at_once() {
     let frames = read_until_seq(&mut c, 20).await;
     let run_id = frames[0]["run_id"].as_str().unwrap().to_owned();
     drop(c);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ended = app.ended_run(&run_id).await;
+    assert_eq!(ended.status, RunState::Cancelled, "{ended:?}");
     let mut c2 = app.connect("assistant", "alice").await;
     c2.send_json(json!({"type": "resume", "run_id": run_id, "after_seq": 0}))
         .await;
@@ -290,7 +298,11 @@ async fn a_client_that_stops_reading_is_closed_with_4408_and_can_resume_from_the
     .await;
     let mut c = app.connect("assistant", "alice").await;
     c.send_json(json!({"message": "flood me"})).await;
-    tokio::time::sleep(Duration::from_secs(2)).await; // not reading
+    // Not reading for 2 s is the behaviour under test (time is the stimulus, there is no state
+    // to wait on without reading): the gateway gives up on the client within 0.5 s (its lag
+    // passes max_client_lag, or a write blocks for client_write_timeout) and closes with 4408,
+    // holding the close for up to client_close_timeout (5 s). What it did is asserted below.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let mut frames = Vec::new();
     while let Some(f) = c.next().await {
         frames.push(f);
@@ -305,10 +317,33 @@ async fn a_client_that_stops_reading_is_closed_with_4408_and_can_resume_from_the
     );
     let last = frames.last().unwrap()["seq"].as_u64().unwrap();
     let run_id = frames[0]["run_id"].as_str().unwrap().to_owned();
-    let mut c2 = app.connect("assistant", "alice").await;
-    c2.send_json(json!({"type": "resume", "run_id": run_id, "after_seq": last}))
-        .await;
-    frames.extend(c2.collect_run().await);
+    // The run goes on without the client; once it has ended, the rest comes from the log (a
+    // resume while it still streams would race max_client_lag again).
+    let ended = app.ended_run(&run_id).await;
+    assert_eq!(ended.status, RunState::Completed, "{ended:?}");
+    assert!(ended.last_seq > last, "the run went on after the close");
+    // The gateway writes a replay within client_write_timeout (0.5 s here) or drops the socket;
+    // a client too slow for that (this one checks every frame against the schema) resumes again
+    // from its last frame, and every resume must bring frames.
+    for resumes in 1.. {
+        let after = frames.last().unwrap()["seq"].as_u64().unwrap();
+        let mut c2 = app.connect("assistant", "alice").await;
+        c2.send_json(json!({"type": "resume", "run_id": run_id, "after_seq": after}))
+            .await;
+        let more = c2.collect_run().await;
+        assert!(
+            !more.is_empty(),
+            "resume {resumes} after seq {after} brought nothing"
+        );
+        frames.extend(more);
+        if frames.last().is_some_and(is_terminal) {
+            break;
+        }
+        assert!(
+            resumes < 20,
+            "still no terminal event after {resumes} resumes"
+        );
+    }
     assert_run_stamps(&frames);
     assert_eq!(frames.last().unwrap()["type"], "flow_completed");
 }
@@ -357,13 +392,14 @@ async fn cancel_before_the_engine_handshake_finishes_is_flow_cancelled_at_once()
 
 #[tokio::test]
 async fn a_client_that_stops_answering_pings_is_closed_with_4408() {
-    let app = spawn_app_with(EngineConfig::for_tests(), |c| {
-        c.ping_interval = Duration::from_millis(200)
-    })
-    .await;
+    let ping = Duration::from_millis(200);
+    let app = spawn_app_with(EngineConfig::for_tests(), |c| c.ping_interval = ping).await;
     let mut c = app.connect("echo", "alice").await;
-    // Not reading: tungstenite only answers pings while the socket is read.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Not reading (tungstenite only answers pings while the socket is read) for 6 ping intervals
+    // is the behaviour under test; reading would answer them, so there is no state to wait on.
+    // The gateway closes once nothing came for 2 intervals (checked at each ping, so within 3)
+    // and then waits client_write_timeout (5 s) for the reply: the close frame is there to read.
+    tokio::time::sleep(ping * 6).await;
     assert_eq!(c.close_code().await, Some(4408));
 }
 

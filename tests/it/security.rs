@@ -135,8 +135,12 @@ async fn sessions_beyond_the_limit_are_closed_with_1013() {
     let app = spawn_app_with(EngineConfig::for_tests(), |c| c.max_sessions = 2).await;
     let _a = app.connect("echo", "alice").await;
     let _b = app.connect("echo", "alice").await;
-    // Let the first two sessions register.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The upgrade answer comes before the session counts itself: wait until both do.
+    let open = &app.state.open_sessions;
+    wait_until("two open sessions", FRAME_WAIT, || async move {
+        open.load(std::sync::atomic::Ordering::SeqCst) == 2
+    })
+    .await;
     let mut third = app.connect("echo", "alice").await;
     assert_eq!(third.close_code().await, Some(1013));
 }
