@@ -525,7 +525,9 @@ pub async fn direct_streaming(
         let mut ws = match opened {
             Ok(ws) => ws,
             Err(e) => {
-                tally.error(format!("engine:{}", e.code().as_str()), e.to_string());
+                let verdict =
+                    crate::relay::failure::verdict(crate::relay::failure::Failure::Engine(&e));
+                tally.error(format!("engine:{}", verdict.label()), e.to_string());
                 tally.lost_runs += 1;
                 tokio::time::sleep(plan.retry_pause).await;
                 continue;

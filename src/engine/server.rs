@@ -30,6 +30,7 @@ use super::fault::Fault;
 use super::flow::Flow;
 use super::run::{Emitter, RunEnv, epoch_secs};
 use super::stats::EngineStats;
+use crate::close::CloseCode;
 
 /// Shared state of the engine's server. Cheap to clone.
 #[derive(Clone)]
@@ -164,9 +165,9 @@ impl Conn {
     }
 
     /// Send a close frame, then wait (bounded) for the gateway's reply.
-    async fn close(mut self, code: u16, reason: &str) {
+    async fn close(mut self, code: CloseCode, reason: &str) {
         let frame = CloseFrame {
-            code,
+            code: code.code(),
             reason: reason.into(),
         };
         let write = self.socket.send(Message::Close(Some(frame)));
@@ -220,10 +221,13 @@ impl Conn {
                 let mut conn = self;
                 let _ = tokio::time::timeout(conn.config.close_timeout, conn.socket.recv()).await;
             }
-            RecvError::Timeout => self.close(4408, "handshake step timed out").await,
-            RecvError::TooBig => self.close(1009, "frame too big").await,
-            RecvError::Binary => self.close(1008, "text frames only").await,
-            RecvError::Shutdown => self.close(1012, "engine shutting down").await,
+            RecvError::Timeout => {
+                self.close(CloseCode::TooSlow, "handshake step timed out")
+                    .await
+            }
+            RecvError::TooBig => self.close(CloseCode::TooBig, "frame too big").await,
+            RecvError::Binary => self.close(CloseCode::Policy, "text frames only").await,
+            RecvError::Shutdown => self.close(CloseCode::Restart, "engine shutting down").await,
         }
     }
 
@@ -236,7 +240,8 @@ impl Conn {
             "data": {"flow_id": flow_id, "error": error},
         });
         if self.send_text(frame.to_string()).await {
-            self.close(1008, "invalid handshake input").await;
+            self.close(CloseCode::Policy, "invalid handshake input")
+                .await;
         }
     }
 }
@@ -335,13 +340,15 @@ async fn session(socket: WebSocket, flow_id: String, state: AppState) {
             tracing::info!(flow_id, "fault: sending a wrong handshake frame");
             if conn.send_text(status_frame("busy", "Not ready")).await {
                 let _ = conn.recv_text().await;
-                conn.close(1011, "bad handshake").await;
+                conn.close(CloseCode::Internal, "bad handshake").await;
             }
             return;
         }
         Err(Early::Fault(_)) => {
             tracing::info!(flow_id, "fault: refusing the handshake");
-            return conn.close(1011, "refusing the handshake").await;
+            return conn
+                .close(CloseCode::Internal, "refusing the handshake")
+                .await;
         }
     };
     let Accepted {
@@ -435,7 +442,7 @@ async fn stream_run(
             },
             _ = state.shutdown.cancelled() => {
                 cancel.cancel();
-                return conn.close(1012, "engine shutting down").await;
+                return conn.close(CloseCode::Restart, "engine shutting down").await;
             }
         }
     }
@@ -443,7 +450,7 @@ async fn stream_run(
         tracing::info!(flow_id, "fault: ending without a close frame");
         return;
     }
-    conn.close(1000, "flow finished").await;
+    conn.close(CloseCode::Normal, "flow finished").await;
 }
 
 /// Keep the socket open, sending nothing, until the gateway closes it or the engine stops.

@@ -12,8 +12,6 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::protocol::ErrorCode;
-
 pub type EngineSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 type WsError = tokio_tungstenite::tungstenite::Error;
@@ -73,11 +71,6 @@ impl EngineError {
             },
             _ => EngineError::lost("the connection broke", Some(e)),
         }
-    }
-
-    /// The `data.code` of this error.
-    pub fn code(&self) -> ErrorCode {
-        super::failure::verdict(super::failure::Failure::Engine(self)).code
     }
 }
 

@@ -496,6 +496,13 @@ impl<D: Dialect> Session<D> {
                 ControlFlow::Continue(())
             }
             Resumed::Refused => ControlFlow::Continue(()),
+            Resumed::TooSlow => {
+                tracing::info!(%run_id, "client too slow for its replay: closing with 4408 (it can resume)");
+                ControlFlow::Break(End::close(
+                    CloseCode::TooSlow,
+                    "too slow: resume from the log",
+                ))
+            }
             Resumed::Gone => ControlFlow::Break(End::Gone),
         }
     }
@@ -670,9 +677,18 @@ impl<D: Dialect> Session<D> {
                     .is_some_and(|t| protocol::is_terminal_frame(t.as_str()))
         };
         let gap = info.status.is_finished() && !complete;
-        let texts = self.dialect.encode_logged(texts);
-        if !write_batch(&mut self.socket, texts, state.config.client_write_timeout).await {
-            return Resumed::Gone;
+        // Written in batches of --client-batch frames, each within --client-write-timeout (a
+        // long replay is not one write): a client that cannot keep up gets 4408 and can resume
+        // from its last frame.
+        let mut texts = self.dialect.encode_logged(texts).into_iter().peekable();
+        while texts.peek().is_some() {
+            let batch: Vec<Utf8Bytes> = texts
+                .by_ref()
+                .take(state.config.client_batch.max(1))
+                .collect();
+            if !write_batch(&mut self.socket, batch, state.config.client_write_timeout).await {
+                return Resumed::TooSlow;
+            }
         }
         if gap {
             state.metrics.runs_log_incomplete_replays.inc();
@@ -709,6 +725,8 @@ enum Resumed {
     Replayed,
     /// The resume was answered with an error frame (unknown run, another user's, log down…).
     Refused,
+    /// A batch of the replay could not be written within `--client-write-timeout`.
+    TooSlow,
     /// The socket failed while answering.
     Gone,
 }

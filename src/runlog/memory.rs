@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use uuid::Uuid;
 
-use super::{RunInfo, RunLogStats, RunStart, RunState, RunStatus};
+use super::record::{Record, RunInfo, RunLogStats, RunStart, RunState, RunStatus};
 
 /// Limits of the in-memory run log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,16 +69,16 @@ impl MemoryRunLog {
     }
 
     /// Apply one record (never waits).
-    pub fn apply(&self, record: super::Record) {
+    pub fn apply(&self, record: Record) {
         match record {
-            super::Record::Start(run) => self.start(run),
-            super::Record::Prepared {
+            Record::Start(run) => self.start(run),
+            Record::Prepared {
                 run_id,
                 version,
                 hash,
             } => self.prepared(run_id, &version, &hash),
-            super::Record::Event { run_id, seq, frame } => self.event(run_id, seq, frame),
-            super::Record::Finish {
+            Record::Event { run_id, seq, frame } => self.event(run_id, seq, frame),
+            Record::Finish {
                 run_id,
                 status,
                 code,

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
-use super::{
+use super::record::{
     GATEWAY_LOST, Record, RunInfo, RunLogError, RunLogStats, RunStart, RunState, RunStatus,
 };
 

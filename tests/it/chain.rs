@@ -140,6 +140,7 @@ async fn cancel_mid_stream_ends_with_flow_cancelled_and_the_text_so_far() {
     assert_run_stamps(&frames);
     let last = frames.last().unwrap();
     assert_eq!(last["type"], "flow_cancelled", "{last}");
+    assert_eq!(last["data"]["reason"], "cancelled by the client");
     let chunks = frames.iter().filter(|f| f["type"] == "llm_chunk").count();
     assert!(chunks < 200, "the stream was not stopped ({chunks} chunks)");
     assert_eq!(

@@ -111,6 +111,10 @@ async fn a_detached_run_is_cancelled_when_nobody_resumes_it_within_the_grace() {
         "{:#?}",
         replay.last()
     );
+    assert_eq!(
+        replay.last().unwrap()["data"]["reason"],
+        "the client disconnected and did not resume within --detach-grace"
+    );
     let chunks = replay.iter().filter(|f| f["type"] == "llm_chunk").count();
     assert!(chunks < 400, "the run streamed to its end: {chunks} chunks");
 }
@@ -153,6 +157,10 @@ async fn cancel_on_disconnect_stops_the_run_at_once() {
     let replay = c2.collect_run().await;
     let last = replay.last().unwrap();
     assert_eq!(last["type"], "flow_cancelled", "{last}");
+    assert_eq!(
+        last["data"]["reason"],
+        "the client disconnected (--cancel-on-disconnect)"
+    );
     let chunks = replay.iter().filter(|f| f["type"] == "llm_chunk").count();
     assert!(
         chunks < 100,
