@@ -20,6 +20,7 @@ pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod http;
+pub mod logfmt;
 pub mod metrics;
 pub mod relay;
 pub mod runlog;

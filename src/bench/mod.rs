@@ -450,7 +450,7 @@ impl Database {
         use crate::store::StoreError;
         use crate::store::import::{ImportError, RowChange, import_dir};
         let why = |e: &StoreError| match e {
-            StoreError::Unavailable(m) => m.clone(),
+            StoreError::Unavailable { what, .. } => what.clone(),
             other => other.to_string(),
         };
         progress(&format!("database: connecting to {}", self.shown));

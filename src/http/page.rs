@@ -174,7 +174,7 @@ pub async fn agents(State(state): State<AppState>, BearerUser(identity): BearerU
     let records = match listed {
         Ok(Ok(records)) => records,
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "cannot list agents");
+            tracing::warn!(error = %crate::logfmt::chain(&e), "cannot list agents");
             return json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",

@@ -6,8 +6,6 @@
 //! reads. The cause — a database, socket or OS error, an address of the engine hop — stays in
 //! the error's `source()` chain and reaches the log only ([`chain`]), never a client.
 
-use std::error::Error as StdError;
-
 use super::engine_client::EngineError;
 use super::protocol::{CloseCode, ErrorCode};
 use crate::runlog::RunLogError;
@@ -44,14 +42,14 @@ impl Verdict {
 /// What `failure` means on the wire: its code and the client's sentence.
 pub fn verdict(failure: Failure<'_>) -> Verdict {
     let (code, sentence) = match failure {
-        Failure::Store(StoreError::Unavailable(_)) => (
+        Failure::Store(StoreError::Unavailable { .. }) => (
             ErrorCode::StoreUnavailable,
             "the workflow store is unavailable right now: try again later".to_owned(),
         ),
         Failure::Store(e @ StoreError::InvalidAgentId(_)) => {
             (ErrorCode::AgentNotFound, e.to_string())
         }
-        Failure::Store(StoreError::Corrupt(_)) => (
+        Failure::Store(StoreError::Corrupt { .. }) => (
             ErrorCode::Internal,
             "this agent's stored workflow cannot be read (the gateway's log says why)".to_owned(),
         ),
@@ -73,17 +71,7 @@ pub fn verdict(failure: Failure<'_>) -> Verdict {
     Verdict { code, sentence }
 }
 
-/// An error and its causes, `a: b: c`, for a log line.
-pub fn chain(e: &dyn StdError) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        next = cause.source();
-    }
-    out
-}
+pub use crate::logfmt::chain;
 
 #[cfg(test)]
 mod tests {
@@ -120,17 +108,26 @@ mod tests {
 
     #[test]
     fn store_failures_keep_database_texts_out_of_the_sentence() {
-        let e = StoreError::Unavailable("password authentication failed".into());
+        let e = StoreError::unavailable("password authentication failed");
         let v = verdict(Failure::Store(&e));
         assert_eq!(v.code, ErrorCode::StoreUnavailable);
         assert!(!v.sentence.contains("password"));
+        let e = StoreError::Unavailable {
+            what: "the database did not answer".into(),
+            cause: Some(sqlx::Error::PoolTimedOut),
+        };
+        assert!(!verdict(Failure::Store(&e)).sentence.contains("pool"));
+        assert!(chain(&e).contains("pool timed out"), "{}", chain(&e));
         let e = StoreError::InvalidAgentId("`../x`: not allowed".into());
         assert_eq!(verdict(Failure::Store(&e)).code, ErrorCode::AgentNotFound);
         assert_eq!(
             verdict(Failure::Store(&e)).close(),
             Some(CloseCode::AgentNotFound)
         );
-        let e = RunLogError::Unavailable("timeout".into());
+        let e = RunLogError::Unavailable {
+            what: "no answer within 5s".into(),
+            cause: None,
+        };
         assert_eq!(
             verdict(Failure::RunLog(&e)).code,
             ErrorCode::StoreUnavailable

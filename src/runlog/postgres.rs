@@ -370,8 +370,10 @@ impl PgRunLog {
             user_id: row.try_get("user_id").map_err(corrupt)?,
             version: row.try_get("version").map_err(corrupt)?,
             workflow_hash: row.try_get("workflow_hash").map_err(corrupt)?,
-            status: RunState::parse(&status)
-                .ok_or_else(|| RunLogError::Corrupt(format!("unknown run status {status:?}")))?,
+            status: RunState::parse(&status).ok_or_else(|| RunLogError::Corrupt {
+                what: format!("unknown run status {status:?}"),
+                cause: None,
+            })?,
             last_seq: u64::try_from(last_seq).unwrap_or(0),
             error_code: row.try_get("error_code").map_err(corrupt)?,
             error_message: row.try_get("error_message").map_err(corrupt)?,
@@ -913,7 +915,7 @@ async fn heartbeat_loop(
             _ = tick.tick() => {}
         }
         if let Err(e) = heartbeat(&pool, instance_id, config.write_timeout).await {
-            tracing::warn!(error = %e, "run log heartbeat failed");
+            tracing::warn!(error = %crate::logfmt::chain(&e), "run log heartbeat failed");
             continue;
         }
         match sweep_lost_runs(
@@ -929,7 +931,7 @@ async fn heartbeat_loop(
                 runs = n,
                 "runs of a lost gateway marked failed (gateway_lost)"
             ),
-            Err(e) => tracing::warn!(error = %e, "run log sweep failed"),
+            Err(e) => tracing::warn!(error = %crate::logfmt::chain(&e), "run log sweep failed"),
         }
         match prune(
             &pool,
@@ -941,7 +943,7 @@ async fn heartbeat_loop(
         {
             Ok(0) => {}
             Ok(n) => tracing::info!(runs = n, "old runs deleted from the run log"),
-            Err(e) => tracing::warn!(error = %e, "run log pruning failed"),
+            Err(e) => tracing::warn!(error = %crate::logfmt::chain(&e), "run log pruning failed"),
         }
     }
 }
@@ -996,13 +998,20 @@ async fn bounded<T>(
 ) -> Result<T, RunLogError> {
     match tokio::time::timeout(timeout, fut).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(RunLogError::Unavailable(e.to_string())),
-        Err(_) => Err(RunLogError::Unavailable(format!(
-            "no answer within {timeout:?}"
-        ))),
+        Ok(Err(e)) => Err(RunLogError::Unavailable {
+            what: "the database failed".into(),
+            cause: Some(e),
+        }),
+        Err(_) => Err(RunLogError::Unavailable {
+            what: format!("no answer within {timeout:?}"),
+            cause: None,
+        }),
     }
 }
 
 fn corrupt(e: sqlx::Error) -> RunLogError {
-    RunLogError::Corrupt(e.to_string())
+    RunLogError::Corrupt {
+        what: "a row does not decode".into(),
+        cause: Some(e),
+    }
 }

@@ -146,10 +146,18 @@ pub struct RunLogStats {
 /// Failures of the run log's readers.
 #[derive(Debug, thiserror::Error)]
 pub enum RunLogError {
-    /// The database failed or did not answer in time.
-    #[error("the run log is unavailable: {0}")]
-    Unavailable(String),
+    /// The database failed (the `source()`) or did not answer in time.
+    #[error("the run log is unavailable: {what}")]
+    Unavailable {
+        what: String,
+        #[source]
+        cause: Option<sqlx::Error>,
+    },
     /// A stored row is unreadable.
-    #[error("the run log holds unreadable data: {0}")]
-    Corrupt(String),
+    #[error("the run log holds unreadable data: {what}")]
+    Corrupt {
+        what: String,
+        #[source]
+        cause: Option<sqlx::Error>,
+    },
 }

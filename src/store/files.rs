@@ -284,7 +284,7 @@ fn load_dir(dir: &Path) -> Result<Catalog, StoreError> {
     // Times are taken before reading, so a change during the read is noticed next time.
     let index_modified = std::fs::metadata(&index).and_then(|m| m.modified()).ok();
     let text = std::fs::read_to_string(&index)
-        .map_err(|e| StoreError::Corrupt(format!("{}: cannot read: {e}", index.display())))?;
+        .map_err(|e| StoreError::corrupt(format!("{}: cannot read: {e}", index.display())))?;
     let mut catalog = load(&index, &text, |name| {
         let path = dir.join(name);
         let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
@@ -317,7 +317,7 @@ fn load(
 ) -> Result<Catalog, StoreError> {
     let at = index.display();
     let entries: Vec<Value> = serde_json::from_str(text)
-        .map_err(|e| StoreError::Corrupt(format!("{at}: not a JSON list of agents: {e}")))?;
+        .map_err(|e| StoreError::corrupt(format!("{at}: not a JSON list of agents: {e}")))?;
     let mut catalog = Catalog::default();
     let mut cache: BTreeMap<String, StoredWorkflow> = BTreeMap::new();
     for (i, raw) in entries.into_iter().enumerate() {
@@ -325,7 +325,7 @@ fn load(
             Some(id) => format!("{at}: entry {} (agent_id {id:?})", i + 1),
             None => format!("{at}: entry {}", i + 1),
         };
-        let bad = |why: String| StoreError::Corrupt(format!("{label}: {why}"));
+        let bad = |why: String| StoreError::corrupt(format!("{label}: {why}"));
         let entry: Entry = serde_json::from_value(raw).map_err(|e| bad(e.to_string()))?;
         check_name(&entry.agent_id).map_err(|e| bad(format!("agent_id {e}")))?;
         if entry.agent_id.chars().count() > MAX_AGENT_ID_CHARS {

@@ -58,24 +58,48 @@ pub struct StoredWorkflow {
 /// Failures of the store, classified for the client.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database cannot be reached or timed out (`store_unavailable`).
-    #[error("the workflow store is unavailable: {0}")]
-    Unavailable(String),
+    /// The database cannot be reached or timed out (`store_unavailable`). `what` is a plain
+    /// sentence (no password, no server source lines); the database's own error, when there is
+    /// one, is the `source()`, for the log.
+    #[error("the workflow store is unavailable: {what}")]
+    Unavailable {
+        what: String,
+        #[source]
+        cause: Option<sqlx::Error>,
+    },
     /// The agent id is not acceptable (e.g. path traversal for the files store).
     #[error("invalid agent id: {0}")]
     InvalidAgentId(String),
-    /// The stored data is unreadable (bad JSON file, …).
-    #[error("the stored data is unreadable: {0}")]
-    Corrupt(String),
+    /// The stored data is unreadable (bad JSON file, a row that does not decode, …).
+    #[error("the stored data is unreadable: {what}")]
+    Corrupt {
+        what: String,
+        #[source]
+        cause: Option<sqlx::Error>,
+    },
 }
 
 impl StoreError {
-    /// What went wrong, without the category prefix of `Display`.
+    pub fn unavailable(what: impl Into<String>) -> StoreError {
+        StoreError::Unavailable {
+            what: what.into(),
+            cause: None,
+        }
+    }
+
+    pub fn corrupt(what: impl Into<String>) -> StoreError {
+        StoreError::Corrupt {
+            what: what.into(),
+            cause: None,
+        }
+    }
+
+    /// What went wrong, without the category prefix of `Display` (and without the cause).
     pub fn detail(&self) -> &str {
         match self {
-            StoreError::Unavailable(m) | StoreError::InvalidAgentId(m) | StoreError::Corrupt(m) => {
-                m
-            }
+            StoreError::Unavailable { what, .. }
+            | StoreError::InvalidAgentId(what)
+            | StoreError::Corrupt { what, .. } => what,
         }
     }
 }

@@ -200,13 +200,13 @@ pub async fn connect_pool(
 ) -> Result<PgPool, StoreError> {
     let scheme = url.expose().split_once("://").map(|(s, _)| s);
     if !matches!(scheme, Some("postgres" | "postgresql")) {
-        return Err(StoreError::Unavailable(
-            "not a PostgreSQL URL: it must start with postgres:// or postgresql://".to_owned(),
+        return Err(StoreError::unavailable(
+            "not a PostgreSQL URL: it must start with postgres:// or postgresql://",
         ));
     }
     let options: PgConnectOptions = url.expose().parse().map_err(|_| {
         // The parse error may quote the URL (and its password): keep it out of messages.
-        StoreError::Unavailable("the database URL is not valid".to_owned())
+        StoreError::unavailable("the database URL is not valid")
     })?;
     // One direct connection first: an unreachable database fails fast with its real cause
     // (e.g. "connection refused") instead of a pool timeout.
@@ -224,8 +224,8 @@ pub async fn migrate(pool: &PgPool, timeout: Duration) -> Result<(), StoreError>
     match tokio::time::timeout(timeout, MIGRATOR.run(pool)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(sqlx::migrate::MigrateError::Execute(e))) => Err(classify(e)),
-        Ok(Err(e)) => Err(StoreError::Unavailable(format!("migrations failed: {e}"))),
-        Err(_) => Err(StoreError::Unavailable("migrations timed out".to_owned())),
+        Ok(Err(e)) => Err(StoreError::unavailable(format!("migrations failed: {e}"))),
+        Err(_) => Err(StoreError::unavailable("migrations timed out")),
     }
 }
 
@@ -236,7 +236,7 @@ pub(crate) async fn bounded<T>(
 ) -> Result<T, StoreError> {
     match tokio::time::timeout(timeout, fut).await {
         Ok(result) => result.map_err(classify),
-        Err(_) => Err(StoreError::Unavailable(format!(
+        Err(_) => Err(StoreError::unavailable(format!(
             "the database did not answer within {timeout:?}"
         ))),
     }
@@ -252,14 +252,26 @@ pub(crate) fn classify(e: sqlx::Error) -> StoreError {
         | sqlx::Error::TypeNotFound { .. } => corrupt(e),
         // The server's own sentence (sqlx's text adds "error returned from database:" and the
         // line of the server's source file).
-        sqlx::Error::Database(db) => StoreError::Unavailable(db.message().to_owned()),
-        sqlx::Error::Io(io) => StoreError::Unavailable(crate::startup::plain_io(&io)),
-        other => StoreError::Unavailable(other.to_string()),
+        sqlx::Error::Database(ref db) => StoreError::Unavailable {
+            what: db.message().to_owned(),
+            cause: Some(e),
+        },
+        sqlx::Error::Io(ref io) => StoreError::Unavailable {
+            what: crate::startup::plain_io(io),
+            cause: Some(e),
+        },
+        other => StoreError::Unavailable {
+            what: other.to_string(),
+            cause: Some(other),
+        },
     }
 }
 
 fn corrupt(e: sqlx::Error) -> StoreError {
-    StoreError::Corrupt(e.to_string())
+    StoreError::Corrupt {
+        what: e.to_string(),
+        cause: Some(e),
+    }
 }
 
 /// Postgres text cannot hold NUL: such an id can name no agent, and binding it would be a server
