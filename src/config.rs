@@ -205,6 +205,23 @@ pub struct GatewayConfig {
     #[arg(long, env = "FLOWGATE_RUNLOG_LINGER", default_value = "10ms", value_parser = duration)]
     pub runlog_linger: Duration,
 
+    /// Most run-log records the Postgres writer puts in one transaction.
+    #[arg(long, env = "FLOWGATE_RUNLOG_BATCH", default_value_t = crate::runlog::DEFAULT_BATCH_MAX)]
+    pub runlog_batch: usize,
+
+    /// Attempts of a run-log batch the database fails before its records are given up (counted
+    /// in `flowgate_runlog_events_dropped`); a batch the database refuses is retried run by run.
+    #[arg(long, env = "FLOWGATE_RUNLOG_WRITE_ATTEMPTS", default_value_t = crate::runlog::DEFAULT_WRITE_ATTEMPTS)]
+    pub runlog_write_attempts: u32,
+
+    /// Pause between two attempts of a failed run-log batch.
+    #[arg(long, env = "FLOWGATE_RUNLOG_RETRY_DELAY", default_value = "200ms", value_parser = duration)]
+    pub runlog_retry_delay: Duration,
+
+    /// Most expired runs deleted per heartbeat (`--runlog-retention`; keeps each delete short).
+    #[arg(long, env = "FLOWGATE_RUNLOG_PRUNE_BATCH", default_value_t = crate::runlog::DEFAULT_PRUNE_BATCH)]
+    pub runlog_prune_batch: usize,
+
     /// Runs kept by the in-memory run log (files store); oldest finished runs are evicted.
     #[arg(long, env = "FLOWGATE_RUNLOG_MEMORY_RUNS", default_value_t = 1000)]
     pub runlog_memory_runs: usize,
@@ -349,6 +366,10 @@ impl GatewayConfig {
             runlog_wait: Duration::from_secs(10),
             runlog_linger: Duration::from_millis(10),
             runlog_memory_runs: 1000,
+            runlog_batch: crate::runlog::DEFAULT_BATCH_MAX,
+            runlog_write_attempts: crate::runlog::DEFAULT_WRITE_ATTEMPTS,
+            runlog_retry_delay: Duration::from_millis(200),
+            runlog_prune_batch: crate::runlog::DEFAULT_PRUNE_BATCH,
             heartbeat_interval: Duration::from_secs(10),
             client_write_timeout: Duration::from_secs(5),
             client_close_timeout: Duration::from_secs(5),
@@ -398,6 +419,16 @@ mod tests {
             crate::runlog::PgRunLogConfig::default().retention
         );
         assert_eq!(parsed.runlog_linger, tests.runlog_linger);
+        let log = crate::runlog::PgRunLogConfig::default();
+        assert_eq!(parsed.runlog_linger, log.linger);
+        assert_eq!(parsed.runlog_batch, log.batch_max);
+        assert_eq!(parsed.runlog_batch, tests.runlog_batch);
+        assert_eq!(parsed.runlog_write_attempts, log.write_attempts);
+        assert_eq!(parsed.runlog_write_attempts, tests.runlog_write_attempts);
+        assert_eq!(parsed.runlog_retry_delay, log.retry_delay);
+        assert_eq!(parsed.runlog_retry_delay, tests.runlog_retry_delay);
+        assert_eq!(parsed.runlog_prune_batch, log.prune_batch);
+        assert_eq!(parsed.runlog_prune_batch, tests.runlog_prune_batch);
         assert_eq!(parsed.runlog_wait, tests.runlog_wait);
         assert_eq!(parsed.runlog_db_connections, tests.runlog_db_connections);
         assert_eq!(parsed.store_cache_ttl, tests.store_cache_ttl);

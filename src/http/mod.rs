@@ -109,7 +109,10 @@ impl Gateway {
                     write_timeout: config.store_timeout,
                     max_events_per_run: config.max_run_frames as u64,
                     retention: config.runlog_retention,
-                    ..PgRunLogConfig::default()
+                    batch_max: config.runlog_batch.max(1),
+                    write_attempts: config.runlog_write_attempts.max(1),
+                    retry_delay: config.runlog_retry_delay,
+                    prune_batch: config.runlog_prune_batch.max(1),
                 };
                 // A pool of its own, to the same database: the run log's writes and the
                 // store's lookups never queue behind each other.

@@ -34,7 +34,8 @@ use uuid::Uuid;
 
 pub use memory::{MemoryRunLog, MemoryRunLogConfig};
 pub use postgres::{
-    DEFAULT_BUFFER, DEFAULT_RETENTION, PgRunLog, PgRunLogConfig, prune, sweep_lost_runs,
+    DEFAULT_BATCH_MAX, DEFAULT_BUFFER, DEFAULT_PRUNE_BATCH, DEFAULT_RETENTION,
+    DEFAULT_WRITE_ATTEMPTS, PgRunLog, PgRunLogConfig, prune, sweep_lost_runs,
 };
 pub use record::{
     GATEWAY_LOST, Record, RunInfo, RunLogError, RunLogStats, RunStart, RunState, RunStatus,

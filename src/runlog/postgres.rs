@@ -61,21 +61,27 @@ pub struct PgRunLogConfig {
 pub const DEFAULT_BUFFER: usize = 8192;
 /// Default of [`PgRunLogConfig::retention`] (and of the gateway's `--runlog-retention`).
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default of [`PgRunLogConfig::batch_max`] (`--runlog-batch`).
+pub const DEFAULT_BATCH_MAX: usize = 512;
+/// Default of [`PgRunLogConfig::write_attempts`] (`--runlog-write-attempts`).
+pub const DEFAULT_WRITE_ATTEMPTS: u32 = 3;
+/// Default of [`PgRunLogConfig::prune_batch`] (`--runlog-prune-batch`).
+pub const DEFAULT_PRUNE_BATCH: usize = 200;
 
 impl Default for PgRunLogConfig {
     fn default() -> Self {
         PgRunLogConfig {
             buffer: DEFAULT_BUFFER,
-            batch_max: 512,
+            batch_max: DEFAULT_BATCH_MAX,
             linger: Duration::from_millis(10),
             max_events_per_run: 100_000,
             write_timeout: Duration::from_secs(5),
-            write_attempts: 3,
+            write_attempts: DEFAULT_WRITE_ATTEMPTS,
             retry_delay: Duration::from_millis(200),
             heartbeat_interval: Duration::from_secs(10),
             stale_after: Duration::from_secs(60),
             retention: DEFAULT_RETENTION,
-            prune_batch: 200,
+            prune_batch: DEFAULT_PRUNE_BATCH,
         }
     }
 }
