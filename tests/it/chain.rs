@@ -174,11 +174,7 @@ async fn unknown_agent_is_agent_not_found_and_closes_4404() {
 #[tokio::test]
 async fn bad_token_gets_unauthenticated_and_4401() {
     let app = spawn_app().await;
-    let forged = flowgate::auth::mint_hs256(
-        &flowgate::config::Secret::new("wrong"),
-        "alice",
-        Duration::from_secs(60),
-    );
+    let forged = forged_token("alice");
     let mut c = Client::connect_bearer(&app.ws_url("echo"), Some(&forged)).await;
     let f = c.next().await.expect("error frame");
     assert_eq!(f["type"], "error");

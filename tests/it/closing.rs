@@ -88,11 +88,7 @@ async fn shutdown_closes_idle_sockets_with_1012_and_a_completed_handshake() {
 #[tokio::test]
 async fn refusals_send_their_44xx_close_frame_and_complete_the_handshake() {
     let app = spawn_app().await;
-    let forged = flowgate::auth::mint_hs256(
-        &flowgate::config::Secret::new("wrong"),
-        "alice",
-        Duration::from_secs(60),
-    );
+    let forged = forged_token("alice");
     let mut c = Client::connect_bearer(&app.ws_url("echo"), Some(&forged)).await;
     let f = c.next().await.expect("error frame");
     assert_eq!(f["data"]["code"], "unauthenticated");

@@ -363,6 +363,24 @@ impl Client {
     }
 }
 
+/// The run ended with `flow_completed`.
+pub fn assert_completed(frames: &[Value]) {
+    assert_eq!(
+        frames.last().unwrap()["type"],
+        "flow_completed",
+        "{frames:?}"
+    );
+}
+
+/// A well-formed token for `user`, signed with a key no gateway here uses.
+pub fn forged_token(user: &str) -> String {
+    flowgate::auth::mint_hs256(
+        &flowgate::config::Secret::new("wrong"),
+        user,
+        Duration::from_secs(60),
+    )
+}
+
 pub fn is_terminal(f: &Value) -> bool {
     matches!(
         f["type"].as_str(),

@@ -254,11 +254,7 @@ async fn the_demo_prints_its_key_and_flowgate_token_mints_for_other_users_with_i
     let mut c = Client::connect_bearer(&url, Some(bob.trim())).await;
     c.send_json(json!({"message": "hi from bob"})).await;
     let frames = c.collect_run().await;
-    assert_eq!(
-        frames.last().unwrap()["type"],
-        "flow_completed",
-        "{frames:?}"
-    );
+    assert_completed(&frames);
 }
 
 #[tokio::test]

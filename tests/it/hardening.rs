@@ -174,11 +174,7 @@ async fn a_socket_without_a_token_must_authenticate_within_the_auth_timeout() {
     c.send_json(serde_json::json!({"message": "still here"}))
         .await;
     let frames = c.collect_run().await;
-    assert_eq!(
-        frames.last().unwrap()["type"],
-        "flow_completed",
-        "{frames:?}"
-    );
+    assert_completed(&frames);
 }
 
 #[tokio::test]
