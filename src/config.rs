@@ -117,9 +117,10 @@ pub struct GatewayConfig {
     #[arg(long, env = "FLOWGATE_STORE_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub store_timeout: Duration,
 
-    /// How long an agent row or stored workflow read from Postgres is reused (0 = every run
-    /// asks the database): a run of an unchanged agent then needs no database round trip, and
-    /// a change (publish, edit, owner) is seen within this time.
+    /// How long an agent row or stored workflow read from Postgres is reused as it is (0 =
+    /// every run asks the database); during the next period it is still used while one
+    /// background query renews it. A run of an unchanged agent then never waits for the
+    /// database, and a change (publish, edit, owner) is seen within twice this time.
     #[arg(long, env = "FLOWGATE_STORE_CACHE_TTL", default_value = "1s", value_parser = duration)]
     pub store_cache_ttl: Duration,
 

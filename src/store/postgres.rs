@@ -25,23 +25,45 @@ pub struct PgStore {
     timeout: Duration,
     /// Recent answers, so that a run of an unchanged agent needs no database round trip.
     cache: Arc<Mutex<ReadCache>>,
-    /// How long an answer is reused (`--store-cache-ttl`; zero: every lookup asks the database).
+    /// How long an answer is fresh (`--store-cache-ttl`; zero: every lookup asks the database).
     cache_ttl: Duration,
 }
 
-/// Answers of the last `cache_ttl`, at most [`ReadCache::MAX_ENTRIES`] of each kind (cleared
-/// when full: a flood of agent ids cannot grow it).
+/// Answers of the database, at most [`ReadCache::MAX_ENTRIES`] of each kind (cleared when full:
+/// a flood of agent ids cannot grow it).
+///
+/// Design note. An answer younger than the TTL is used as it is. One between one and two TTLs
+/// old is still used, and a single background query renews it: with steady traffic no run ever
+/// waits for the database, and a change is seen within two TTLs at most. Older answers (or a
+/// renewal that failed) are fetched by the run itself, so an unreachable database is reported,
+/// never hidden behind an old answer.
 #[derive(Debug, Default)]
 struct ReadCache {
-    agents: HashMap<String, Fetched<AgentRecord>>,
-    workflows: HashMap<(String, Version), Fetched<Arc<StoredWorkflow>>>,
+    agents: HashMap<String, Cached<AgentRecord>>,
+    workflows: HashMap<(String, Version), Cached<Arc<StoredWorkflow>>>,
 }
 
-/// An answer of the database (`None`: no such row) and when it was read.
-type Fetched<T> = (Instant, Option<T>);
+/// An answer of the database (`None`: no such row), when it was read, and whether a background
+/// renewal is in flight.
+#[derive(Debug, Clone)]
+struct Cached<T> {
+    at: Instant,
+    value: Option<T>,
+    renewing: bool,
+}
 
 impl ReadCache {
     const MAX_ENTRIES: usize = 4096;
+}
+
+/// What the cache says about a key.
+enum Hit<T> {
+    /// Use this answer.
+    Use(Option<T>),
+    /// Use this answer and renew it in the background.
+    Renew(Option<T>),
+    /// Ask the database now.
+    Miss,
 }
 
 impl PgStore {
@@ -66,7 +88,8 @@ impl PgStore {
         }
     }
 
-    /// Reuse each answer for `ttl`: a changed agent or workflow is seen within `ttl`.
+    /// Reuse each answer for `ttl`, and renew it in the background during the next `ttl`: a
+    /// changed agent or workflow is seen within `2 × ttl`.
     pub fn with_cache_ttl(mut self, ttl: Duration) -> PgStore {
         self.cache_ttl = ttl;
         self
@@ -76,52 +99,113 @@ impl PgStore {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The agent row, from the cache when it is fresh.
+    /// The agent row, from the cache when it is recent (see [`ReadCache`]).
     pub async fn agent_cached(&self, agent_id: &str) -> Result<Option<AgentRecord>, StoreError> {
-        if !self.cache_ttl.is_zero()
-            && let Some((at, record)) = self.cache().agents.get(agent_id)
-            && at.elapsed() < self.cache_ttl
-        {
-            return Ok(record.clone());
-        }
-        let record = self.agent(agent_id).await?;
-        if !self.cache_ttl.is_zero() {
-            let mut cache = self.cache();
-            if cache.agents.len() >= ReadCache::MAX_ENTRIES {
-                cache.agents.clear();
-            }
-            cache
-                .agents
-                .insert(agent_id.to_owned(), (Instant::now(), record.clone()));
-        }
-        Ok(record)
+        let key = agent_id.to_owned();
+        self.cached(
+            |c| &mut c.agents,
+            key,
+            |store, key| async move { store.agent(&key).await },
+        )
+        .await
     }
 
-    /// The stored workflow, shared, from the cache when it is fresh (the same `Arc` each time,
-    /// so the relay's conversion cache recognises it without comparing documents).
+    /// The stored workflow, shared, from the cache when it is recent (the same `Arc` until it
+    /// is renewed, so the relay's conversion cache recognises it without comparing documents).
     pub async fn workflow_cached(
         &self,
         agent_id: &str,
         version: Version,
     ) -> Result<Option<Arc<StoredWorkflow>>, StoreError> {
         let key = (agent_id.to_owned(), version);
-        if !self.cache_ttl.is_zero()
-            && let Some((at, workflow)) = self.cache().workflows.get(&key)
-            && at.elapsed() < self.cache_ttl
-        {
-            return Ok(workflow.clone());
+        self.cached(
+            |c| &mut c.workflows,
+            key,
+            |store, (agent_id, version)| async move {
+                Ok(store.workflow(&agent_id, version).await?.map(Arc::new))
+            },
+        )
+        .await
+    }
+
+    /// One lookup through the cache: `entries` picks the map, `fetch` asks the database.
+    async fn cached<K, T, F, Fut>(
+        &self,
+        entries: fn(&mut ReadCache) -> &mut HashMap<K, Cached<T>>,
+        key: K,
+        fetch: F,
+    ) -> Result<Option<T>, StoreError>
+    where
+        K: std::hash::Hash + Eq + Clone + Send + 'static,
+        T: Clone + Send + 'static,
+        F: Fn(PgStore, K) -> Fut,
+        Fut: Future<Output = Result<Option<T>, StoreError>> + Send + 'static,
+    {
+        if self.cache_ttl.is_zero() {
+            return fetch(self.clone(), key).await;
         }
-        let workflow = self.workflow(agent_id, version).await?.map(Arc::new);
-        if !self.cache_ttl.is_zero() {
+        let hit = {
             let mut cache = self.cache();
-            if cache.workflows.len() >= ReadCache::MAX_ENTRIES {
-                cache.workflows.clear();
+            match entries(&mut cache).get_mut(&key) {
+                Some(e) if e.at.elapsed() < self.cache_ttl => Hit::Use(e.value.clone()),
+                Some(e) if e.at.elapsed() < self.cache_ttl * 2 && e.renewing => {
+                    Hit::Use(e.value.clone())
+                }
+                Some(e) if e.at.elapsed() < self.cache_ttl * 2 => {
+                    e.renewing = true;
+                    Hit::Renew(e.value.clone())
+                }
+                _ => Hit::Miss,
             }
-            cache
-                .workflows
-                .insert(key, (Instant::now(), workflow.clone()));
+        };
+        match hit {
+            Hit::Use(value) => Ok(value),
+            Hit::Renew(value) => {
+                // Bounded by the store's query timeout; the answer lands in the cache.
+                let renewal = fetch(self.clone(), key.clone());
+                let store = self.clone();
+                tokio::spawn(async move {
+                    let answer = renewal.await;
+                    let mut cache = store.cache();
+                    let map = entries(&mut cache);
+                    match answer {
+                        Ok(value) => store.insert(map, key, value),
+                        // The next lookup past two TTLs asks the database itself.
+                        Err(_) => {
+                            if let Some(e) = map.get_mut(&key) {
+                                e.renewing = false;
+                            }
+                        }
+                    }
+                });
+                Ok(value)
+            }
+            Hit::Miss => {
+                let value = fetch(self.clone(), key.clone()).await?;
+                let mut cache = self.cache();
+                self.insert(entries(&mut cache), key, value.clone());
+                Ok(value)
+            }
         }
-        Ok(workflow)
+    }
+
+    fn insert<K: std::hash::Hash + Eq, T>(
+        &self,
+        map: &mut HashMap<K, Cached<T>>,
+        key: K,
+        value: Option<T>,
+    ) {
+        if map.len() >= ReadCache::MAX_ENTRIES {
+            map.clear();
+        }
+        map.insert(
+            key,
+            Cached {
+                at: Instant::now(),
+                value,
+                renewing: false,
+            },
+        );
     }
 
     /// The underlying pool (shared with the run log).

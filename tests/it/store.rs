@@ -670,3 +670,48 @@ async fn postgres_lookups_are_reused_for_the_cache_ttl_and_seen_anew_after_it(po
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[sqlx::test]
+async fn an_answer_past_its_ttl_is_used_once_more_while_it_is_renewed_in_the_background(
+    pool: PgPool,
+) {
+    let flows = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("flows");
+    flowgate::store::import::import_dir(&pool, &flows)
+        .await
+        .expect("flows/ imports");
+    let ttl = Duration::from_secs(1);
+    let store = flowgate::store::postgres::PgStore::from_pool(pool.clone(), Duration::from_secs(3))
+        .with_cache_ttl(ttl);
+    let read_at = tokio::time::Instant::now();
+    let before = store.agent_cached("echo").await.unwrap().unwrap();
+    sqlx::query("UPDATE agent SET name = 'Renewed' WHERE agent_id = 'echo'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // Past one TTL (and well before two): the run is answered from the cache at once...
+    tokio::time::sleep_until(read_at + ttl + Duration::from_millis(50)).await;
+    let stale = store.agent_cached("echo").await.unwrap().unwrap();
+    assert!(
+        read_at.elapsed() < ttl * 2,
+        "the machine was too slow to check"
+    );
+    assert_eq!(stale, before, "answered from the cache, without waiting");
+    // ...and the background renewal brings the change in without another run waiting.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = store.agent_cached("echo").await.unwrap().unwrap();
+        if now.name == "Renewed" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the renewal never landed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        read_at.elapsed() < ttl * 2,
+        "seen within two TTLs (it took {:?})",
+        read_at.elapsed()
+    );
+}
