@@ -20,6 +20,7 @@
 pub mod error;
 pub mod procs;
 pub mod report;
+pub mod scrape;
 pub mod session;
 pub mod stats;
 
@@ -1100,6 +1101,24 @@ async fn drive(
         .await
     };
 
+    // The run log's own count of runs that lost records (the bench's clients cannot see that).
+    let runs_log_incomplete = match scrape::counter(
+        gw_addr,
+        "flowgate_runs_log_incomplete_total",
+        args.connect_timeout,
+    )
+    .await
+    {
+        Ok(n) => Some(n),
+        Err(e) => {
+            notes.push(format!(
+                "runs with an incomplete run log not measured ({e}); with --admin-listen, read \
+                 flowgate_runs_log_incomplete_total there"
+            ));
+            None
+        }
+    };
+
     // The direct clients, against the engine or (nginx phase) through nginx.
     let direct_target = |base_url: String| {
         Arc::new(DirectTarget {
@@ -1251,6 +1270,7 @@ async fn drive(
         nginx_rss,
         errors,
         lost_runs,
+        runs_log_incomplete,
         targets: Vec::new(),
         notes,
     };

@@ -42,6 +42,9 @@ pub struct Report {
     pub errors: u64,
     /// Runs with lost events in all paths (must be 0).
     pub lost_runs: u64,
+    /// The gateway's `flowgate_runs_log_incomplete_total` after its phase: runs whose run log
+    /// lost records (must be 0). `None` when its `/metrics` could not be read.
+    pub runs_log_incomplete: Option<u64>,
     pub targets: Vec<Target>,
     /// Anything the reader should know about this run (limits hit, parts skipped).
     pub notes: Vec<String>,
@@ -232,6 +235,11 @@ pub fn targets(r: &Report) -> Vec<Target> {
             format!("{} errors, {} lost runs", r.errors, r.lost_runs),
             clean,
         )),
+    ));
+    out.push(Target::new(
+        "runs with an incomplete run log",
+        "0",
+        r.runs_log_incomplete.map(|n| (n.to_string(), n == 0)),
     ));
     if r.mode == "idle" {
         out.push(Target::new(
@@ -453,6 +461,14 @@ impl Report {
             String::new(),
             target_of("errors and lost events"),
         );
+        row(
+            "runs with an incomplete run log",
+            self.runs_log_incomplete
+                .map_or_else(|| "—".into(), |n| n.to_string()),
+            String::new(),
+            String::new(),
+            target_of("runs with an incomplete run log"),
+        );
         if let Some(n) = &self.nginx {
             self.nginx_table(&mut s, n);
         }
@@ -618,6 +634,7 @@ mod tests {
             nginx_rss: None,
             errors: 0,
             lost_runs: 0,
+            runs_log_incomplete: Some(0),
             targets: Vec::new(),
             notes: Vec::new(),
         };

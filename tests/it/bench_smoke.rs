@@ -39,6 +39,8 @@ async fn streaming_bench_reports_both_paths_without_errors() {
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["errors"], 0, "{:#}", json);
     assert_eq!(json["lost_runs"], 0, "{:#}", json);
+    // Read from the gateway's /metrics: a number, not "not measured".
+    assert_eq!(json["runs_log_incomplete"], 0, "{:#}", json);
     for path in ["gateway", "direct"] {
         let p = &json[path];
         assert!(p["runs_ok"].as_u64().unwrap() >= 3, "{path}: {p:#}");
@@ -61,7 +63,7 @@ async fn streaming_bench_reports_both_paths_without_errors() {
     );
     assert!(json["gateway_cpu"]["cpu_seconds_per_million_events"].is_f64());
     let targets = json["targets"].as_array().unwrap();
-    assert_eq!(targets.len(), 5, "{targets:#?}");
+    assert_eq!(targets.len(), 6, "{targets:#?}");
     for t in targets {
         assert!(
             matches!(t["status"].as_str(), Some("met" | "MISSED")),
@@ -156,6 +158,7 @@ async fn streaming_bench_on_postgres_writes_the_run_log_there(pool: sqlx::PgPool
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["errors"], 0, "{:#}", json);
     assert_eq!(json["lost_runs"], 0, "{:#}", json);
+    assert_eq!(json["runs_log_incomplete"], 0, "{:#}", json);
     let gw = &json["gateway"];
     assert!(gw["frames"].as_u64().unwrap() > 0, "{gw:#}");
     assert!(json["direct"]["frames"].as_u64().unwrap() > 0, "{json:#}");
