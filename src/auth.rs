@@ -457,7 +457,14 @@ impl Verifier {
     }
 
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        self.verify_as(token, None)
+    }
+
+    /// [`Verifier::verify`], reading the user from `user_claim` instead of `--jwt-user-claim`
+    /// (a route whose clients' tokens name the user differently, e.g. `adk`'s `id`).
+    pub fn verify_as(&self, token: &str, user_claim: Option<&str>) -> Result<Identity, AuthError> {
         let inner = &*self.inner;
+        let user_claim = user_claim.unwrap_or(&inner.user_claim);
         if matches!(inner.keys, Keys::None) {
             return Err(AuthError::NotConfigured);
         }
@@ -495,13 +502,13 @@ impl Verifier {
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &entry.key, &validation)
             .map_err(|e| classify(&e))?;
         let claims = data.claims;
-        let user_id = user_id(&claims, &inner.user_claim)
+        let user_id = user_id(&claims, user_claim)
             .or_else(|| {
-                (inner.user_id_fallback && inner.user_claim != "user_id")
+                (inner.user_id_fallback && user_claim != "user_id")
                     .then(|| user_id(&claims, "user_id"))
                     .flatten()
             })
-            .ok_or_else(|| AuthError::NoSubject(inner.user_claim.clone()))?;
+            .ok_or_else(|| AuthError::NoSubject(user_claim.to_owned()))?;
         check_user_id(&user_id)?;
         let expires_at = claims
             .get("exp")
@@ -515,12 +522,14 @@ impl Verifier {
     }
 }
 
+/// The user id in `claim`: a non-empty string, or a whole number read as its decimal string
+/// (OMNI2 tokens carry a numeric user id).
 fn user_id(claims: &Map<String, Value>, claim: &str) -> Option<String> {
-    claims
-        .get(claim)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
+    match claims.get(claim)? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) if n.is_u64() || n.is_i64() => Some(n.to_string()),
+        _ => None,
+    }
 }
 
 /// Map a `jsonwebtoken` error to a message that names no part of the token.

@@ -315,10 +315,59 @@ pub struct GatewayConfig {
     #[arg(long, env = "FLOWGATE_METRICS_MAX_AGENTS", default_value_t = DEFAULT_METRICS_MAX_AGENTS)]
     pub metrics_max_agents: usize,
 
+    /// Client protocols served (comma list): `neuralabs` (the native protocol, always on) and
+    /// `adk` (the WebSocket `/ws/{client_id}` of barka/ovara frontends, docs/dialects.md; needs
+    /// `--adk-agent-id`).
+    #[arg(
+        long,
+        env = "FLOWGATE_DIALECTS",
+        value_delimiter = ',',
+        value_enum,
+        default_value = "neuralabs"
+    )]
+    pub dialects: Vec<DialectId>,
+
+    /// The agent the `adk` route runs (its clients name none).
+    #[arg(long, env = "FLOWGATE_ADK_AGENT_ID")]
+    pub adk_agent_id: Option<String>,
+
+    /// The token claim holding the user id on the `adk` route (barka's tokens carry `id`,
+    /// `email`, `role` and no `sub`); a numeric claim is read as its decimal string.
+    #[arg(long, env = "FLOWGATE_ADK_JWT_USER_CLAIM", default_value = DEFAULT_ADK_USER_CLAIM)]
+    pub adk_jwt_user_claim: String,
+
+    /// Messages (user and answer texts) remembered per conversation for the dialects whose
+    /// clients send only the new message; 0 remembers nothing.
+    #[arg(long, env = "FLOWGATE_HISTORY_MESSAGES", default_value_t = DEFAULT_HISTORY_MESSAGES)]
+    pub history_messages: usize,
+
+    /// Most conversations remembered at once (the oldest is forgotten first); each text is kept
+    /// up to 32 KiB.
+    #[arg(long, env = "FLOWGATE_HISTORY_CONVERSATIONS", default_value_t = DEFAULT_HISTORY_CONVERSATIONS)]
+    pub history_conversations: usize,
+
     /// Log output format.
     #[arg(long, env = "FLOWGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
+
+/// A client protocol (`--dialects`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DialectId {
+    /// The native protocol (docs/protocol.md) at `/api/chat/execute/{agent_id}`.
+    Neuralabs,
+    /// barka/ovara (Google ADK style) at `/ws/{client_id}`.
+    Adk,
+}
+
+/// Default of `--adk-jwt-user-claim`.
+pub const DEFAULT_ADK_USER_CLAIM: &str = "id";
+
+/// Default of `--history-messages`.
+pub const DEFAULT_HISTORY_MESSAGES: usize = 10;
+
+/// Default of `--history-conversations`.
+pub const DEFAULT_HISTORY_CONVERSATIONS: usize = 10_000;
 
 /// Default of `--runlog-buffer`: the run log's own default.
 pub const DEFAULT_RUNLOG_BUFFER: usize = crate::runlog::DEFAULT_BUFFER;
@@ -386,6 +435,11 @@ impl GatewayConfig {
             max_connections: 12_000,
             max_connections_per_address: 256,
             metrics_max_agents: DEFAULT_METRICS_MAX_AGENTS,
+            dialects: vec![DialectId::Neuralabs],
+            adk_agent_id: None,
+            adk_jwt_user_claim: DEFAULT_ADK_USER_CLAIM.into(),
+            history_messages: DEFAULT_HISTORY_MESSAGES,
+            history_conversations: DEFAULT_HISTORY_CONVERSATIONS,
             log_format: LogFormat::Text,
         }
     }
@@ -433,6 +487,10 @@ mod tests {
         assert_eq!(parsed.runlog_wait, tests.runlog_wait);
         assert_eq!(parsed.runlog_db_connections, tests.runlog_db_connections);
         assert_eq!(parsed.store_cache_ttl, tests.store_cache_ttl);
+        assert_eq!(parsed.dialects, tests.dialects);
+        assert_eq!(parsed.adk_jwt_user_claim, tests.adk_jwt_user_claim);
+        assert_eq!(parsed.history_messages, tests.history_messages);
+        assert_eq!(parsed.history_conversations, tests.history_conversations);
         assert_eq!(parsed.max_connections, tests.max_connections);
         assert_eq!(
             parsed.max_connections_per_address,

@@ -98,6 +98,14 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     // A local demo: caps that fit any open-file limit (no warning about lowering them).
     config.max_connections = 1_000;
     config.max_sessions = 900;
+    // Every client protocol, on the sample agent that streams. The demo's tokens name the user
+    // in `sub` (barka's carry `id`, the default of --adk-jwt-user-claim).
+    config.dialects = vec![
+        crate::config::DialectId::Neuralabs,
+        crate::config::DialectId::Adk,
+    ];
+    config.adk_agent_id = Some("assistant".into());
+    config.adk_jwt_user_claim = "sub".into();
     let gateway = match Gateway::with_store(config, Store::Files(store)).await {
         Ok(g) => g,
         Err(e) => {
@@ -118,6 +126,10 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     println!();
     println!("  Terminal:   export FLOWGATE_URL=ws://{addr} FLOWGATE_TOKEN={token}");
     println!("              cargo run --release -- chat assistant \"Hello there\"");
+    println!();
+    println!("  Other client protocols (docs/dialects.md), each on its own path:");
+    println!("    adk (barka/ovara): ws://{addr}/ws/<client_id>?token={token}  runs `assistant`");
+    println!("                       send {{\"mime_type\":\"text/plain\",\"data\":\"Hello\"}}");
     println!();
     println!("  Agents: echo, assistant, router (draft of bob: forbidden for alice), legacy.");
     println!(

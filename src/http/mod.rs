@@ -33,6 +33,9 @@ pub use crate::relay::context::AppState;
 /// Errors starting the gateway.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A client protocol's settings do not fit together: the sentence names the flag and the fix.
+    #[error("{0}")]
+    Dialect(String),
     #[error("{}", crate::startup::listen_failed("the gateway", *.addr, .source, "--listen (FLOWGATE_LISTEN)"))]
     Bind {
         addr: SocketAddr,
@@ -82,6 +85,7 @@ impl Gateway {
         if !config.engine_url.starts_with("ws://") {
             return Err(StartError::EngineUrl(config.engine_url.clone()));
         }
+        check_dialects(&config)?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartError::Bind {
@@ -139,6 +143,7 @@ impl Gateway {
             config.upgrades_per_second,
             config.upgrades_per_second.saturating_mul(2),
         );
+        let config_history = (config.history_messages, config.history_conversations);
         let state = AppState {
             config: Arc::new(config),
             store,
@@ -151,6 +156,10 @@ impl Gateway {
             upgrade_limits,
             open_sessions: Arc::default(),
             metrics,
+            conversations: Arc::new(crate::relay::memory::Conversations::new(
+                config_history.0,
+                config_history.1,
+            )),
         };
         Ok(Gateway {
             listener,
@@ -277,6 +286,33 @@ async fn open_store(config: &GatewayConfig) -> Result<Store, StartError> {
     Err(StartError::NoStore)
 }
 
+/// Each enabled client protocol has what it needs, and no protocol's setting is given for one
+/// that is off.
+fn check_dialects(config: &GatewayConfig) -> Result<(), StartError> {
+    use crate::config::DialectId;
+    let adk = config.dialects.contains(&DialectId::Adk);
+    match (&config.adk_agent_id, adk) {
+        (None, true) => Err(StartError::Dialect(
+            "--dialects names `adk` but no --adk-agent-id (FLOWGATE_ADK_AGENT_ID) is set: name the agent the /ws/{client_id} route runs".into(),
+        )),
+        (Some(_), false) => Err(StartError::Dialect(
+            "--adk-agent-id is set but `adk` is not in --dialects (FLOWGATE_DIALECTS): add it, e.g. --dialects neuralabs,adk, or drop --adk-agent-id".into(),
+        )),
+        (Some(agent), true) => {
+            crate::store::check_agent_id(agent).map_err(|why| {
+                StartError::Dialect(format!("--adk-agent-id `{agent}` is not an agent id: {why}"))
+            })?;
+            if config.adk_jwt_user_claim.trim().is_empty() {
+                return Err(StartError::Dialect(
+                    "--adk-jwt-user-claim is empty: name the token claim that holds the user id (barka tokens: `id`)".into(),
+                ));
+            }
+            Ok(())
+        }
+        (None, false) => Ok(()),
+    }
+}
+
 /// The router of one gateway. With `--admin-listen`, `/metrics` and `/readyz` are only on the
 /// admin listener ([`admin_router`]).
 pub fn router(state: AppState) -> Router {
@@ -286,6 +322,15 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/", get(page::index))
         .route("/static/{file}", get(page::asset));
+    let public = if state
+        .config
+        .dialects
+        .contains(&crate::config::DialectId::Adk)
+    {
+        public.route("/ws/{client_id}", get(ws::upgrade_adk))
+    } else {
+        public
+    };
     let public = if state.config.admin_listen.is_none() {
         public
             .route("/readyz", get(health::readyz))

@@ -1,7 +1,7 @@
-//! The WebSocket upgrade of `GET /api/chat/execute/{agent_id}`: finds the token (header,
-//! subprotocol, or query when allowed), verifies it, and hands the socket to
-//! [`crate::relay::session::serve`]. The query string and the subprotocol header are never
-//! logged.
+//! The WebSocket upgrades: `GET /api/chat/execute/{agent_id}` (the native protocol) and, when
+//! enabled, `GET /ws/{client_id}` (`adk`). Each finds the token (header, subprotocol, or query
+//! when allowed), verifies it, and hands the socket to the relay's session in its client
+//! protocol. The query string and the subprotocol header are never logged.
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
@@ -10,6 +10,8 @@ use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
 use crate::relay::context::AppState;
+use crate::relay::dialect::NeuraLabs;
+use crate::relay::dialect::adk::{Adk, AdkSocket};
 use crate::relay::session::{self, Authn};
 
 /// Where the token came from.
@@ -64,7 +66,15 @@ fn find_token(
             if let Some(t) = pair.strip_prefix("token=")
                 && !t.is_empty()
             {
-                return Some((percent_decode(t), Transport::Query));
+                // Some frontends (barka) store the header value, `Bearer ` included.
+                let t = percent_decode(t);
+                let t = t
+                    .strip_prefix("Bearer ")
+                    .or_else(|| t.strip_prefix("bearer "))
+                    .unwrap_or(&t)
+                    .trim()
+                    .to_owned();
+                return Some((t, Transport::Query));
             }
         }
     }
@@ -121,11 +131,98 @@ fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
         .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
 }
 
+/// Which client protocol an upgrade speaks.
+enum Route {
+    Native,
+    Adk(AdkSocket),
+}
+
+/// `GET /api/chat/execute/{agent_id}`: the native protocol.
 pub async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Path(agent_id): Path<String>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    admission: Option<axum::Extension<std::sync::Arc<super::server::Admission>>>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    // Before any session, span or log line: an id no agent can have is refused here.
+    if let Err(why) = crate::store::check_agent_id(&agent_id) {
+        return (StatusCode::NOT_FOUND, format!("no such agent: {why}\n")).into_response();
+    }
+    open(
+        state,
+        peer,
+        agent_id,
+        Route::Native,
+        query,
+        headers,
+        admission,
+        ws,
+    )
+}
+
+/// `GET /ws/{client_id}?token=…[&conversation_id=…]`: the `adk` dialect (barka/ovara). The
+/// agent is `--adk-agent-id`; the client and conversation ids only key the conversation memory
+/// (with the token's user: a user reaches only their own conversations).
+pub async fn upgrade_adk(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Path(client_id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    admission: Option<axum::Extension<std::sync::Arc<super::server::Admission>>>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let Some(agent_id) = state.config.adk_agent_id.clone() else {
+        return (StatusCode::NOT_FOUND, "the adk route is off\n").into_response();
+    };
+    if let Err(why) = check_key("client id", &client_id) {
+        return (StatusCode::BAD_REQUEST, why).into_response();
+    }
+    let conversation_id =
+        query_param(query.as_deref(), "conversation_id").unwrap_or_else(|| "default".to_owned());
+    if let Err(why) = check_key("conversation_id", &conversation_id) {
+        return (StatusCode::BAD_REQUEST, why).into_response();
+    }
+    let route = Route::Adk(AdkSocket {
+        client_id,
+        conversation_id,
+    });
+    open(state, peer, agent_id, route, query, headers, admission, ws)
+}
+
+/// A client-chosen key (client id, conversation id): 1 to 128 letters, digits, `-`, `_`, `.`.
+fn check_key(what: &str, key: &str) -> Result<(), String> {
+    let ok = (1..=128).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid {what}: use 1 to 128 letters, digits, `-`, `_` or `.`\n"
+        ))
+    }
+}
+
+/// The first value of `name` in a query string, percent-decoded.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name && !v.is_empty()).then(|| percent_decode(v))
+    })
+}
+
+#[allow(clippy::too_many_arguments)] // the extractors of the two routes, handed on as they are
+fn open(
+    state: AppState,
+    peer: std::net::SocketAddr,
+    agent_id: String,
+    route: Route,
+    query: Option<String>,
     headers: HeaderMap,
     admission: Option<axum::Extension<std::sync::Arc<super::server::Admission>>>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
@@ -143,10 +240,6 @@ pub async fn upgrade(
     if state.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
-    // Before any session, span or log line: an id no agent can have is refused here.
-    if let Err(why) = crate::store::check_agent_id(&agent_id) {
-        return (StatusCode::NOT_FOUND, format!("no such agent: {why}\n")).into_response();
-    }
     if !origin_allowed(&headers, &state.config.allowed_origins) {
         tracing::warn!(%peer, "upgrade refused: Origin not allowed");
         return (
@@ -162,11 +255,16 @@ pub async fn upgrade(
         )
             .into_response();
     }
-    let found = find_token(&headers, query.as_deref(), state.config.allow_query_token);
+    // The adk clients can only send their token in the query (their contract).
+    let (allow_query, user_claim) = match &route {
+        Route::Native => (state.config.allow_query_token, None),
+        Route::Adk(_) => (true, Some(state.config.adk_jwt_user_claim.as_str())),
+    };
+    let found = find_token(&headers, query.as_deref(), allow_query);
     let authn = match &found {
         None if state.config.auth.allow_anonymous => Authn::Ok(crate::auth::Identity::anonymous()),
         None => Authn::Missing,
-        Some((token, _)) => match state.verifier.verify(token) {
+        Some((token, _)) => match state.verifier.verify_as(token, user_claim) {
             Ok(id) => Authn::Ok(id),
             Err(e) => Authn::Refused(e),
         },
@@ -212,7 +310,18 @@ pub async fn upgrade(
                     )
                     .await;
                 } else {
-                    session::serve(state.clone(), socket, agent_id, authn, trace).await;
+                    match route {
+                        Route::Native => {
+                            let dialect = NeuraLabs;
+                            session::serve(state.clone(), socket, dialect, agent_id, authn, trace)
+                                .await;
+                        }
+                        Route::Adk(at) => {
+                            let dialect = Adk::new(at);
+                            session::serve(state.clone(), socket, dialect, agent_id, authn, trace)
+                                .await;
+                        }
+                    }
                 }
                 state
                     .open_sessions

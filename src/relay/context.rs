@@ -34,4 +34,6 @@ pub struct AppState {
     /// Client sockets open now.
     pub open_sessions: Arc<std::sync::atomic::AtomicUsize>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// What the dialects whose clients send only the new message remember of a conversation.
+    pub conversations: Arc<crate::relay::memory::Conversations>,
 }

@@ -14,6 +14,7 @@ pub mod dialect;
 pub mod engine_client;
 pub mod failure;
 pub mod limits;
+pub mod memory;
 pub mod protocol;
 pub mod registry;
 pub mod run;

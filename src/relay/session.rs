@@ -26,7 +26,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::context::AppState;
-use super::dialect::{Dialect, NeuraLabs};
+use super::dialect::Dialect;
 use super::failure::{self, Failure};
 use super::protocol::{self, ClientFrame, CloseCode, ErrorCode, RunRequest};
 use super::registry::{AfterEnd, CancelReason, Follow, RunShared};
@@ -44,15 +44,17 @@ pub enum Authn {
     Refused(AuthError),
 }
 
-/// Serve one client socket in the native protocol until it closes.
-pub async fn serve(
+/// Serve one client socket in a client protocol (the native [`super::dialect::NeuraLabs`], or another dialect of
+/// [`super::dialect`]) until it closes; runs go to `agent_id`.
+pub async fn serve<D: Dialect>(
     state: AppState,
     socket: WebSocket,
+    dialect: D,
     agent_id: String,
     authn: Authn,
     trace: TraceContext,
 ) {
-    Session::serve(state, socket, NeuraLabs, agent_id, authn, trace).await;
+    Session::serve(state, socket, dialect, agent_id, authn, trace).await;
 }
 
 /// Refuse a socket right after the upgrade (overload).
@@ -181,6 +183,11 @@ struct Session<D: Dialect> {
     rate: super::limits::Bucket,
     /// Liveness: anything from the client (a pong included) proves it is there.
     last_heard: Instant,
+    /// Run requests that arrived during a run (the dialect's queue depth; none natively).
+    queued: std::collections::VecDeque<RunRequest>,
+    /// The user's message of the running turn, for the conversation memory (dialects that
+    /// keep one).
+    turn_message: Option<String>,
 }
 
 impl<D: Dialect> Session<D> {
@@ -217,8 +224,19 @@ impl<D: Dialect> Session<D> {
             draining: false,
             rate,
             last_heard: Instant::now(),
+            queued: std::collections::VecDeque::new(),
+            turn_message: None,
         };
+        let opening = session.dialect.opening();
+        let opened = opening.is_empty()
+            || write_batch(
+                &mut session.socket,
+                opening,
+                session.state.config.client_write_timeout,
+            )
+            .await;
         let end = match refused {
+            _ if !opened => End::Gone,
             Some(e) => End::refuse(ErrorCode::Unauthenticated, e.to_string()),
             None => session.run_loop().await,
         };
@@ -276,9 +294,10 @@ impl<D: Dialect> Session<D> {
                     config.client_write_timeout
                 };
                 if let Some((error, message)) = error {
-                    let text = self.dialect.error(error, &message);
-                    let _ = write(&mut self.socket, Message::Text(text), timeout).await;
+                    let texts = self.dialect.error(error, &message);
+                    let _ = write_batch(&mut self.socket, texts, timeout).await;
                 }
+                let code = self.dialect.close_code(code);
                 close_with(&mut self.socket, code, reason, timeout).await;
             }
         }
@@ -368,6 +387,7 @@ impl<D: Dialect> Session<D> {
         // The run is over for this socket: its terminal frame was just written (or the run
         // finished with everything delivered).
         drop(self.run.take());
+        self.remember_turn();
         if self.expired {
             return ControlFlow::Break(End::expired());
         }
@@ -377,7 +397,26 @@ impl<D: Dialect> Session<D> {
         if self.draining {
             return ControlFlow::Break(End::restart());
         }
-        ControlFlow::Continue(())
+        match self.queued.pop_front() {
+            Some(next) => self.on_run_request(next).await,
+            None => ControlFlow::Continue(()),
+        }
+    }
+
+    /// Keep the finished turn in the conversation memory (dialects that have one).
+    fn remember_turn(&mut self) {
+        let answer = self.dialect.take_answer();
+        let message = self.turn_message.take();
+        if let (Some(conversation), Some(id), Some(message)) =
+            (self.dialect.conversation(), &self.identity, message)
+        {
+            self.state.conversations.remember(
+                &id.user_id,
+                conversation,
+                &message,
+                answer.as_deref().unwrap_or_default(),
+            );
+        }
     }
 
     /// Whatever the socket read: a message, a close, an error or the end of the connection.
@@ -517,6 +556,10 @@ impl<D: Dialect> Session<D> {
         if self.expired {
             return ControlFlow::Break(End::expired());
         }
+        if self.run.is_some() && self.queued.len() < self.dialect.queue_depth() {
+            self.queued.push_back(request);
+            return ControlFlow::Continue(());
+        }
         let refusal = if self.run.is_some() {
             Some("a run is already in progress on this socket: wait for its terminal event or send {\"type\":\"cancel\"}".to_owned())
         } else if self.draining {
@@ -551,6 +594,14 @@ impl<D: Dialect> Session<D> {
             };
             return self.answer(ErrorCode::TooManyRuns, &why).await;
         }
+        let mut request = request;
+        if let Some(conversation) = self.dialect.conversation() {
+            if request.conversation_history.is_none() {
+                request.conversation_history =
+                    Some(self.state.conversations.history(&id.user_id, conversation));
+            }
+            self.turn_message = request.message.clone();
+        }
         self.run = Some(self.start_run(id, request));
         ControlFlow::Continue(())
     }
@@ -570,10 +621,10 @@ impl<D: Dialect> Session<D> {
 
     /// Answer with an error frame; the socket stays open (unless the write fails).
     async fn answer(&mut self, code: ErrorCode, message: &str) -> Step {
-        let text = self.dialect.error(code, message);
-        if write(
+        let texts = self.dialect.error(code, message);
+        if write_batch(
             &mut self.socket,
-            Message::Text(text),
+            texts,
             self.state.config.client_write_timeout,
         )
         .await

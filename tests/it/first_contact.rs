@@ -228,11 +228,14 @@ async fn the_demo_prints_its_key_and_flowgate_token_mints_for_other_users_with_i
         .spawn()
         .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut addr, mut secret) = (None, None);
+    let (mut addr, mut secret, mut adk) = (None, None, None);
     tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(line) = stdout.next_line().await.unwrap() {
             if let Some(rest) = line.split("gateway on ").nth(1) {
                 addr = Some(rest.trim_end_matches(").").to_owned());
+            }
+            if let Some(rest) = line.trim().strip_prefix("adk (barka/ovara): ") {
+                adk = rest.split_whitespace().next().map(str::to_owned);
             }
             if let Some(s) = line.trim().strip_prefix("export FLOWGATE_JWT_SECRET=") {
                 secret = Some(s.to_owned());
@@ -255,6 +258,33 @@ async fn the_demo_prints_its_key_and_flowgate_token_mints_for_other_users_with_i
     c.send_json(json!({"message": "hi from bob"})).await;
     let frames = c.collect_run().await;
     assert_completed(&frames);
+
+    // The adk line works as printed (with a client id in place of `<client_id>`).
+    let adk = adk
+        .expect("the demo prints the adk line")
+        .replace("<client_id>", "c1");
+    let (mut ws, _) = tokio_tungstenite::connect_async(adk)
+        .await
+        .expect("adk upgrade");
+    use futures_util::{SinkExt, StreamExt};
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        json!({"mime_type": "text/plain", "data": "Hello"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(Ok(msg)) = ws.next().await {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(msg.to_text().unwrap_or(""))
+                && v["turn_complete"] == true
+            {
+                return v;
+            }
+        }
+        panic!("the adk socket closed before the turn ended");
+    })
+    .await
+    .expect("an adk turn in time");
+    assert_eq!(done["interrupted"], false, "{done}");
 }
 
 #[tokio::test]

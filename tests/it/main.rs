@@ -1,6 +1,7 @@
 //! The integration test suite: one test binary (faster to link), one module per topic.
 //! Each module starts the real parts in-process on port 0 (see `common`).
 
+mod adk;
 mod auth;
 mod bench_smoke;
 mod binary;

@@ -19,6 +19,7 @@ const SERVER_SCHEMA: &str = include_str!("../../schemas/server-frame.schema.json
 const CLIENT_SCHEMA: &str = include_str!("../../schemas/client-frame.schema.json");
 const HANDSHAKE_SCHEMA: &str = include_str!("../../schemas/engine-handshake.schema.json");
 const STORED_SCHEMA: &str = include_str!("../../schemas/stored-workflow.schema.json");
+const ADK_SCHEMA: &str = include_str!("../../schemas/adk-server-frame.schema.json");
 const PROTOCOL_DOC: &str = include_str!("../../docs/protocol.md");
 
 /// A compiled schema, plus one validator per top-level `oneOf` branch (`$defs/<name>`): a
@@ -95,6 +96,7 @@ static SERVER: LazyLock<Contract> = LazyLock::new(|| Contract::new("server-frame
 static CLIENT: LazyLock<Contract> = LazyLock::new(|| Contract::new("client-frame", CLIENT_SCHEMA));
 static HANDSHAKE: LazyLock<Contract> =
     LazyLock::new(|| Contract::new("engine-handshake", HANDSHAKE_SCHEMA));
+static ADK: LazyLock<Contract> = LazyLock::new(|| Contract::new("adk-server-frame", ADK_SCHEMA));
 static STORED: LazyLock<Contract> =
     LazyLock::new(|| Contract::new("stored-workflow", STORED_SCHEMA));
 
@@ -121,6 +123,18 @@ pub fn check_client_frame(frame: &Value) -> Result<(), String> {
 /// Panic (with the validation errors and the frame) unless `frame` is a valid server frame.
 pub fn assert_server_frame(frame: &Value) {
     if let Err(why) = check_server_frame(frame) {
+        panic!("{why}");
+    }
+}
+
+/// Panic (with the validation errors and the frame) unless `frame` is a valid `adk` frame.
+pub fn assert_adk_frame(frame: &Value) {
+    let branch = if frame["type"] == "connection_established" {
+        "connection_established"
+    } else {
+        "text"
+    };
+    if let Err(why) = ADK.check(frame, Some(branch)) {
         panic!("{why}");
     }
 }

@@ -7,12 +7,17 @@
 //!
 //! The native NeuraLabs protocol ([`NeuraLabs`]) is the identity encoding: the run's bytes are
 //! written as they are (no re-serialising on the hot path); only a lagging client gets
-//! consecutive `llm_chunk` frames merged.
+//! consecutive `llm_chunk` frames merged. The other protocols ([`adk`], …) parse each stamped
+//! frame and write their own shapes (DIALECTS.md, docs/dialects.md); [`answer`] assembles the
+//! text those protocols show.
+
+pub mod adk;
+pub mod answer;
 
 use axum::extract::ws::Utf8Bytes;
 use serde_json::json;
 
-use super::protocol::{self, BadFrame, ClientFrame, ErrorCode};
+use super::protocol::{self, BadFrame, ClientFrame, CloseCode, ErrorCode};
 use super::registry::Frame;
 
 /// A client protocol: how client frames are read and how frames are written.
@@ -28,8 +33,36 @@ pub trait Dialect: Send + 'static {
     /// `seq` order).
     fn encode_logged(&mut self, texts: Vec<Utf8Bytes>) -> Vec<Utf8Bytes>;
 
-    /// An error the session answers itself (outside any run), e.g. a refused request.
-    fn error(&mut self, code: ErrorCode, message: &str) -> Utf8Bytes;
+    /// The frames of an error the session answers itself (outside any run), e.g. a refused
+    /// request.
+    fn error(&mut self, code: ErrorCode, message: &str) -> Vec<Utf8Bytes>;
+
+    /// Frames written once when the socket opens.
+    fn opening(&mut self) -> Vec<Utf8Bytes> {
+        Vec::new()
+    }
+
+    /// The close code written in place of `code` (for a client that would reconnect forever on
+    /// some codes).
+    fn close_code(&self, code: CloseCode) -> CloseCode {
+        code
+    }
+
+    /// The conversation this socket's turns belong to, when the dialect's clients send only the
+    /// new message and expect the server to remember the rest ([`crate::relay::memory`]).
+    fn conversation(&self) -> Option<&str> {
+        None
+    }
+
+    /// The answer text of the turn whose terminal frame was just encoded (once).
+    fn take_answer(&mut self) -> Option<String> {
+        None
+    }
+
+    /// Run requests queued behind a running turn (DIALECTS.md rule 9); 0 refuses them.
+    fn queue_depth(&self) -> usize {
+        0
+    }
 }
 
 /// The native protocol of docs/protocol.md.
@@ -53,8 +86,8 @@ impl Dialect for NeuraLabs {
         texts
     }
 
-    fn error(&mut self, code: ErrorCode, message: &str) -> Utf8Bytes {
-        protocol::error_frame(code, message).into()
+    fn error(&mut self, code: ErrorCode, message: &str) -> Vec<Utf8Bytes> {
+        vec![protocol::error_frame(code, message).into()]
     }
 }
 

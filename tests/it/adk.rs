@@ -1,0 +1,320 @@
+//! The `adk` dialect (barka/ovara, DIALECTS.md 2.4.1) end to end: a client that speaks exactly
+//! its frames, against the reference engine through the gateway; every frame checked against
+//! `schemas/adk-server-frame.schema.json`.
+
+use std::time::Duration;
+
+use flowgate::config::DialectId;
+use flowgate::engine::EngineConfig;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::common::*;
+use crate::schema_check::assert_adk_frame;
+
+const CLIENT: &str = "665f1c2b9a7e4d0012ab34cd";
+
+/// A barka token: the user is in `id` (no `sub`).
+fn barka_token(id: impl Into<Value>) -> String {
+    let id: Value = id.into();
+    let claims = json!({
+        "id": id,
+        "email": "someone@example.com",
+        "role": "org_client",
+        "exp": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600,
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"test-secret"),
+    )
+    .unwrap()
+}
+
+async fn adk_app(engine: EngineConfig) -> TestApp {
+    spawn_app_with(engine, |c| {
+        c.dialects = vec![DialectId::Neuralabs, DialectId::Adk];
+        c.adk_agent_id = Some("assistant".into());
+    })
+    .await
+}
+
+struct AdkClient {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    close: Option<u16>,
+}
+
+impl AdkClient {
+    /// Connect as barka does: the token (with its `Bearer ` prefix) in the query.
+    async fn connect(app: &TestApp, token: &str, conversation: &str) -> AdkClient {
+        let token = format!("Bearer {token}").replace(' ', "%20");
+        let url = format!(
+            "ws://{}/ws/{CLIENT}?token={token}&is_audio=false&conversation_id={conversation}",
+            app.addr
+        );
+        let (ws, _) = tokio::time::timeout(FRAME_WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect in time")
+            .expect("upgrade succeeds");
+        AdkClient { ws, close: None }
+    }
+
+    async fn send(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).await.unwrap();
+    }
+
+    /// The next frame (schema-checked), or `None` once closed.
+    async fn next(&mut self) -> Option<Value> {
+        loop {
+            match tokio::time::timeout(FRAME_WAIT, self.ws.next())
+                .await
+                .expect("a frame in time")
+            {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).expect("JSON");
+                    assert_adk_frame(&v);
+                    return Some(v);
+                }
+                Some(Ok(Message::Close(f))) => {
+                    self.close = f.map(|f| u16::from(f.code));
+                    // Send the close reply tungstenite queued (the gateway waits for it).
+                    let _ = self.ws.flush().await;
+                    return None;
+                }
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    /// Frames up to and including the one with `turn_complete: true`.
+    async fn turn(&mut self) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Some(f) = self.next().await {
+            let done = f["turn_complete"] == true;
+            out.push(f);
+            if done {
+                return out;
+            }
+        }
+        panic!("the socket closed mid-turn: {out:#?}");
+    }
+}
+
+fn text_of(frames: &[Value]) -> String {
+    frames
+        .iter()
+        .filter(|f| f["turn_complete"] == false)
+        .filter_map(|f| f["data"].as_str())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_turn_streams_partials_and_ends_with_one_full_text_frame_and_is_remembered() {
+    let app = adk_app(EngineConfig::for_tests()).await;
+    let mut c = AdkClient::connect(&app, &barka_token("665f0a11"), "c-41d2").await;
+    let hello = c.next().await.expect("connection_established");
+    assert_eq!(hello["type"], "connection_established");
+    assert_eq!(hello["client_id"], CLIENT);
+    assert_eq!(hello["conversation_id"], "c-41d2");
+
+    c.send(json!({"mime_type": "text/plain", "data": "What is flowgate?", "role": "user"}))
+        .await;
+    let turn = c.turn().await;
+    let last = turn.last().unwrap();
+    assert_eq!(last["interrupted"], false);
+    assert_eq!(last["data"], "");
+    let partials: Vec<&Value> = turn.iter().filter(|f| f["partial"] == true).collect();
+    assert!(partials.len() >= 2, "streamed in parts: {turn:#?}");
+    assert_eq!(
+        turn.iter().filter(|f| f["turn_complete"] == true).count(),
+        1,
+        "one terminal per turn"
+    );
+    // run_id/seq on every frame of the run, seq increasing.
+    let run_id = last["run_id"].as_str().unwrap().to_owned();
+    let seqs: Vec<u64> = turn.iter().map(|f| f["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert!(turn.iter().all(|f| f["run_id"] == run_id.as_str()));
+    let answer = text_of(&turn);
+    assert!(!answer.is_empty());
+
+    // The same user's conversation is remembered (the token's `id`, not any client field)...
+    let info = app.ended_run(&run_id).await;
+    assert_eq!(info.user_id, "665f0a11");
+    let conversation = format!("adk:{CLIENT}:c-41d2");
+    let history = app.state.conversations.history("665f0a11", &conversation);
+    assert_eq!(
+        history,
+        vec![
+            json!({"role": "user", "content": "What is flowgate?"}),
+            json!({"role": "assistant", "content": answer}),
+        ]
+    );
+    assert!(
+        app.state
+            .conversations
+            .history("someone-else", &conversation)
+            .is_empty()
+    );
+
+    // ...and a frame without `role` (the ADK sample client) starts the next turn on the socket.
+    c.send(json!({"mime_type": "text/plain", "data": "And then?"}))
+        .await;
+    let second = c.turn().await;
+    assert_eq!(second.last().unwrap()["interrupted"], false);
+    assert_ne!(second.last().unwrap()["run_id"], run_id.as_str());
+    let history = app.state.conversations.history("665f0a11", &conversation);
+    assert_eq!(history.len(), 4, "{history:#?}");
+    drop(c);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn other_mime_types_and_bad_frames_get_the_error_pair_and_the_socket_stays_open() {
+    let app = adk_app(EngineConfig::for_tests()).await;
+    let mut c = AdkClient::connect(&app, &barka_token("u1"), "c1").await;
+    c.next().await.expect("connection_established");
+    for bad in [
+        json!({"mime_type": "audio/pcm", "data": "AAAA"}).to_string(),
+        "not json".to_owned(),
+        json!({"type": "subscribe"}).to_string(),
+    ] {
+        c.ws.send(Message::text(bad.clone())).await.unwrap();
+        let text = c.next().await.expect("error text");
+        assert_eq!(text["error_code"], "invalid_request", "{bad}: {text}");
+        assert_eq!(text["turn_complete"], false);
+        assert!(text.get("run_id").is_none());
+        let end = c.next().await.expect("terminal");
+        assert_eq!(end["turn_complete"], true);
+        assert_eq!(end["interrupted"], true);
+    }
+    // Still open: a turn runs after the refusals.
+    c.send(json!({"mime_type": "text/plain", "data": "hi"}))
+        .await;
+    assert_eq!(c.turn().await.last().unwrap()["interrupted"], false);
+    drop(c);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_token_gets_the_error_pair_then_close_1000_so_barka_stops_reconnecting() {
+    let app = adk_app(EngineConfig::for_tests()).await;
+    let forged = forged_token("mallory");
+    let mut c = AdkClient::connect(&app, &forged, "c1").await;
+    c.next().await.expect("connection_established");
+    let text = c.next().await.expect("error text");
+    assert_eq!(text["error_code"], "unauthenticated");
+    let end = c.next().await.expect("terminal");
+    assert_eq!(end["interrupted"], true);
+    assert!(c.next().await.is_none());
+    assert_eq!(c.close, Some(1000));
+    // A native token has `sub`, not `id`: refused on this route, the claim is named.
+    let mut c = AdkClient::connect(&app, &token("alice"), "c1").await;
+    c.next().await.expect("connection_established");
+    let text = c.next().await.expect("error text");
+    assert!(
+        text["data"].as_str().unwrap().contains("`id`"),
+        "names the claim: {text}"
+    );
+    c.next().await.expect("terminal");
+    assert!(c.next().await.is_none());
+    assert_eq!(c.close, Some(1000));
+    drop(c);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_engine_is_model_text_then_an_interrupted_terminal() {
+    let engine_addr = dead_addr().await;
+    let mut config = flowgate::config::GatewayConfig::for_tests(format!("ws://{engine_addr}"));
+    config.dialects = vec![DialectId::Neuralabs, DialectId::Adk];
+    config.adk_agent_id = Some("assistant".into());
+    let app = spawn_gateway_files(config).await;
+    let mut c = AdkClient::connect(&app, &barka_token("u1"), "c1").await;
+    c.next().await.expect("connection_established");
+    c.send(json!({"mime_type": "text/plain", "data": "hi"}))
+        .await;
+    let turn = c.turn().await;
+    assert_eq!(turn.len(), 2, "{turn:#?}");
+    assert_eq!(turn[0]["error_code"], "engine_unavailable");
+    assert!(!turn[0]["data"].as_str().unwrap().is_empty());
+    assert_eq!(turn[1]["error_code"], "engine_unavailable");
+    assert_eq!(turn[1]["interrupted"], true);
+    assert_eq!(turn[0]["seq"], turn[1]["seq"], "one event, two frames");
+    drop(c);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_ends_the_turn_interrupted_and_the_engine_run_stops() {
+    let mut engine = EngineConfig::for_tests();
+    engine.llm_tokens = 200;
+    engine.llm_token_delay = Duration::from_millis(20);
+    let app = adk_app(engine).await;
+    let mut c = AdkClient::connect(&app, &barka_token("u1"), "c1").await;
+    c.next().await.expect("connection_established");
+    c.send(json!({"mime_type": "text/plain", "data": "talk a lot"}))
+        .await;
+    let first = c.next().await.expect("a partial");
+    assert_eq!(first["partial"], true);
+    c.send(json!({"type": "cancel"})).await;
+    let rest = c.turn().await;
+    let end = rest.last().unwrap();
+    assert_eq!(end["interrupted"], true);
+    assert!(
+        end.get("error_code").is_none(),
+        "a cancel is not an error: {end}"
+    );
+    let info = app.ended_run(first["run_id"].as_str().unwrap()).await;
+    assert_eq!(info.status, flowgate::runlog::RunState::Cancelled);
+    drop(c);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_route_is_off_unless_enabled_and_bad_settings_are_refused_at_startup() {
+    let app = spawn_app().await;
+    let url = format!("ws://{}/ws/{CLIENT}?token=x", app.addr);
+    assert!(tokio_tungstenite::connect_async(url).await.is_err());
+    app.stop().await;
+
+    let mut config = flowgate::config::GatewayConfig::for_tests("ws://127.0.0.1:1");
+    config.dialects = vec![DialectId::Adk];
+    let err = flowgate::http::Gateway::with_store(
+        config.clone(),
+        flowgate::store::Store::Files(flowgate::store::files::FilesStore::embedded()),
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("--adk-agent-id"), "{err}");
+    config.adk_agent_id = Some("bad id!".into());
+    let err = flowgate::http::Gateway::with_store(
+        config,
+        flowgate::store::Store::Files(flowgate::store::files::FilesStore::embedded()),
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("bad id!"), "{err}");
+}
+
+#[tokio::test]
+async fn a_numeric_user_id_claim_is_read_as_its_decimal_string() {
+    let app = adk_app(EngineConfig::for_tests()).await;
+    let mut c = AdkClient::connect(&app, &barka_token(4217), "c1").await;
+    c.next().await.expect("connection_established");
+    c.send(json!({"mime_type": "text/plain", "data": "hi"}))
+        .await;
+    let turn = c.turn().await;
+    let info = app
+        .ended_run(turn.last().unwrap()["run_id"].as_str().unwrap())
+        .await;
+    assert_eq!(info.user_id, "4217");
+    drop(c);
+    app.stop().await;
+}
