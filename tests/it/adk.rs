@@ -318,3 +318,43 @@ async fn a_numeric_user_id_claim_is_read_as_its_decimal_string() {
     drop(c);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_message_sent_during_a_turn_waits_for_it_and_one_more_is_refused() {
+    let mut engine = EngineConfig::for_tests();
+    engine.llm_tokens = 20;
+    engine.llm_token_delay = Duration::from_millis(10);
+    let app = adk_app(engine).await;
+    let mut c = AdkClient::connect(&app, &barka_token("u1"), "c1").await;
+    c.next().await.expect("connection_established");
+    for text in ["first", "second", "third"] {
+        c.send(json!({"mime_type": "text/plain", "data": text}))
+            .await;
+    }
+    // Two turns complete in order; the third message is refused (the queue holds one).
+    let (mut completed, mut refused) = (Vec::new(), 0);
+    while completed.len() < 2 {
+        let f = c.next().await.expect("frames until both turns end");
+        if f["error_code"] == "invalid_request" && f["turn_complete"] == false {
+            assert!(f.get("run_id").is_none(), "{f}");
+            refused += 1;
+        } else if f["turn_complete"] == true && f.get("run_id").is_some() {
+            assert_eq!(f["interrupted"], false, "{f}");
+            completed.push(f["run_id"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(refused, 1);
+    assert_ne!(completed[0], completed[1]);
+    let history = app
+        .state
+        .conversations
+        .history("u1", &format!("adk:{CLIENT}:c1"));
+    let users: Vec<&str> = history
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    assert_eq!(users, ["first", "second"], "in the order sent");
+    drop(c);
+    app.stop().await;
+}

@@ -248,7 +248,16 @@ impl Dialect for Adk {
     fn take_answer(&mut self) -> Option<String> {
         self.finished.take()
     }
+
+    /// barka sends the next message without waiting for `turn_complete`: one waits its turn.
+    fn queue_depth(&self) -> usize {
+        QUEUE_DEPTH
+    }
 }
+
+/// Messages queued behind a running turn (DIALECTS.md rule 9); one more is refused with the
+/// error pair.
+pub const QUEUE_DEPTH: usize = 1;
 
 #[cfg(test)]
 mod tests {
