@@ -346,10 +346,23 @@ pub struct GatewayConfig {
     #[arg(long, env = "FLOWGATE_HISTORY_CONVERSATIONS", default_value_t = DEFAULT_HISTORY_CONVERSATIONS)]
     pub history_conversations: usize,
 
+    /// Largest request body of the HTTP dialects (`adk`'s `/run_sse`, `/run` and session
+    /// routes); larger ones get 413.
+    #[arg(long, env = "FLOWGATE_MAX_REQUEST_BODY_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BODY_BYTES)]
+    pub max_request_body_bytes: usize,
+
+    /// Interval of the comment lines (`: keep-alive`) an SSE stream sends while a run is quiet,
+    /// so proxies and clients do not time it out.
+    #[arg(long, env = "FLOWGATE_SSE_HEARTBEAT", default_value = "15s", value_parser = duration)]
+    pub sse_heartbeat: Duration,
+
     /// Log output format.
     #[arg(long, env = "FLOWGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
+
+/// Default of `--max-request-body-bytes`.
+pub const DEFAULT_MAX_REQUEST_BODY_BYTES: usize = 1024 * 1024;
 
 /// A client protocol (`--dialects`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -440,6 +453,8 @@ impl GatewayConfig {
             adk_jwt_user_claim: DEFAULT_ADK_USER_CLAIM.into(),
             history_messages: DEFAULT_HISTORY_MESSAGES,
             history_conversations: DEFAULT_HISTORY_CONVERSATIONS,
+            max_request_body_bytes: DEFAULT_MAX_REQUEST_BODY_BYTES,
+            sse_heartbeat: Duration::from_secs(15),
             log_format: LogFormat::Text,
         }
     }
@@ -491,6 +506,8 @@ mod tests {
         assert_eq!(parsed.adk_jwt_user_claim, tests.adk_jwt_user_claim);
         assert_eq!(parsed.history_messages, tests.history_messages);
         assert_eq!(parsed.history_conversations, tests.history_conversations);
+        assert_eq!(parsed.max_request_body_bytes, tests.max_request_body_bytes);
+        assert_eq!(parsed.sse_heartbeat, tests.sse_heartbeat);
         assert_eq!(parsed.max_connections, tests.max_connections);
         assert_eq!(
             parsed.max_connections_per_address,

@@ -130,6 +130,9 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     println!("  Other client protocols (docs/dialects.md), each on its own path:");
     println!("    adk (barka/ovara): ws://{addr}/ws/<client_id>?token={token}  runs `assistant`");
     println!("                       send {{\"mime_type\":\"text/plain\",\"data\":\"Hello\"}}");
+    println!(
+        "    adk over HTTP:     http://{addr}/run_sse, /run and /apps/assistant/users/{DEMO_USER}/sessions (Authorization: Bearer <the token>)"
+    );
     println!();
     println!("  Agents: echo, assistant, router (draft of bob: forbidden for alice), legacy.");
     println!(

@@ -7,6 +7,7 @@
 //! the page). Upgraded sockets are tracked by the [`TaskTracker`] of [`AppState`]: the accept
 //! loop's drain on shutdown covers HTTP requests only.
 
+pub mod adk;
 pub mod health;
 pub mod page;
 pub mod server;
@@ -160,6 +161,7 @@ impl Gateway {
                 config_history.0,
                 config_history.1,
             )),
+            adk_sessions: Arc::default(),
         };
         Ok(Gateway {
             listener,
@@ -313,6 +315,25 @@ fn check_dialects(config: &GatewayConfig) -> Result<(), StartError> {
     }
 }
 
+/// The `adk` dialect's HTTP side (DIALECTS.md 2.4.2), with the request body limit.
+fn adk_routes(max_body: usize) -> Router<AppState> {
+    use axum::routing::post;
+    Router::new()
+        .route(
+            "/apps/{app_name}/users/{user_id}/sessions",
+            post(adk::create_session),
+        )
+        .route(
+            "/apps/{app_name}/users/{user_id}/sessions/{session_id}",
+            post(adk::create_session_with_id)
+                .get(adk::get_session)
+                .delete(adk::delete_session),
+        )
+        .route("/run_sse", post(adk::run_sse))
+        .route("/run", post(adk::run))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+}
+
 /// The router of one gateway. With `--admin-listen`, `/metrics` and `/readyz` are only on the
 /// admin listener ([`admin_router`]).
 pub fn router(state: AppState) -> Router {
@@ -327,7 +348,9 @@ pub fn router(state: AppState) -> Router {
         .dialects
         .contains(&crate::config::DialectId::Adk)
     {
-        public.route("/ws/{client_id}", get(ws::upgrade_adk))
+        public
+            .route("/ws/{client_id}", get(ws::upgrade_adk))
+            .merge(adk_routes(state.config.max_request_body_bytes))
     } else {
         public
     };

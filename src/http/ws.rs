@@ -194,7 +194,7 @@ pub async fn upgrade_adk(
 }
 
 /// A client-chosen key (client id, conversation id): 1 to 128 letters, digits, `-`, `_`, `.`.
-fn check_key(what: &str, key: &str) -> Result<(), String> {
+pub(super) fn check_key(what: &str, key: &str) -> Result<(), String> {
     let ok = (1..=128).contains(&key.len())
         && key
             .bytes()

@@ -36,4 +36,6 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// What the dialects whose clients send only the new message remember of a conversation.
     pub conversations: Arc<crate::relay::memory::Conversations>,
+    /// The `adk` HTTP side's sessions.
+    pub adk_sessions: Arc<crate::relay::dialect::adk_http::Sessions>,
 }

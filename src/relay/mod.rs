@@ -19,4 +19,6 @@ pub mod protocol;
 pub mod registry;
 pub mod run;
 pub mod session;
+pub mod stream;
 pub mod trace;
+pub mod turn;

@@ -22,7 +22,6 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use tokio::time::{Instant, Sleep};
-use tracing::Instrument;
 use uuid::Uuid;
 
 use super::context::AppState;
@@ -30,8 +29,8 @@ use super::dialect::Dialect;
 use super::failure::{self, Failure};
 use super::protocol::{self, ClientFrame, CloseCode, ErrorCode, RunRequest};
 use super::registry::{AfterEnd, CancelReason, Follow, RunShared};
-use super::run::{self, RunSpec};
 use super::trace::TraceContext;
+use super::turn::{self, Attached, OnDrop};
 use crate::auth::{AuthError, Identity};
 
 /// How the upgrade request authenticated.
@@ -117,51 +116,6 @@ impl End {
             code: CloseCode::Unauthenticated,
             reason: "token expired",
         }
-    }
-}
-
-/// The run a socket follows. Dropping it lets go of the run: the run goes on detached for
-/// `detach_grace` so a resume can pick it up, then it is cancelled (or at once with
-/// `cancel_on_disconnect`); a finished run is simply left.
-struct Attached {
-    shared: Arc<RunShared>,
-    /// The last `seq` written to the client.
-    cursor: u64,
-    /// How far behind the socket was when it attached (a resume may start far behind); the
-    /// hard limit is on falling further behind than that.
-    lag_at_attach: usize,
-    state: AppState,
-}
-
-impl Drop for Attached {
-    fn drop(&mut self) {
-        if self.shared.detach() > 0 || self.shared.is_finished() {
-            return;
-        }
-        let config = &self.state.config;
-        if config.cancel_on_disconnect {
-            tracing::info!(run_id = %self.shared.run_id, "client disconnected: cancelling its run");
-            self.shared.cancel(CancelReason::Disconnected);
-            return;
-        }
-        tracing::info!(run_id = %self.shared.run_id, grace = ?config.detach_grace, "client disconnected: run continues detached");
-        let grace = config.detach_grace;
-        let shutdown = self.state.shutdown.clone();
-        // A weak handle: a run that ends meanwhile frees its buffer without waiting for the grace.
-        let weak = Arc::downgrade(&self.shared);
-        self.state.sessions.spawn(async move {
-            let why = tokio::select! {
-                _ = tokio::time::sleep(grace) => CancelReason::NotResumed,
-                _ = shutdown.cancelled() => CancelReason::Shutdown,
-            };
-            if let Some(shared) = weak.upgrade()
-                && shared.attached() == 0
-                && !shared.is_finished()
-            {
-                tracing::info!(run_id = %shared.run_id, reason = why.sentence(), "cancelling a detached run");
-                shared.cancel(why);
-            }
-        });
     }
 }
 
@@ -527,6 +481,7 @@ impl<D: Dialect> Session<D> {
                     cursor: after_seq,
                     lag_at_attach,
                     state: self.state.clone(),
+                    on_drop: OnDrop::Policy,
                 });
                 ControlFlow::Continue(())
             }
@@ -580,19 +535,8 @@ impl<D: Dialect> Session<D> {
         if let Some(why) = refusal {
             return self.answer(ErrorCode::InvalidRequest, &why).await;
         }
-        let (key, limit) = run_limit(&self.state, &id);
-        if self.state.runs.running_for(key) >= limit {
-            let why = if id.anonymous {
-                format!(
-                    "{limit} anonymous runs are in progress (--max-anonymous-runs): try again later, or sign in"
-                )
-            } else {
-                format!(
-                    "user `{}` already has {limit} runs in progress (--max-runs-per-user)",
-                    id.user_id
-                )
-            };
-            return self.answer(ErrorCode::TooManyRuns, &why).await;
+        if let Err((code, why)) = turn::check_limit(&self.state, &id) {
+            return self.answer(code, &why).await;
         }
         let mut request = request;
         if let Some(conversation) = self.dialect.conversation() {
@@ -636,41 +580,14 @@ impl<D: Dialect> Session<D> {
     }
 
     fn start_run(&self, identity: Identity, request: RunRequest) -> Attached {
-        let state = &self.state;
-        let run_id = Uuid::new_v4();
-        let shared = state.runs.create(
-            run_id,
-            identity.user_id.clone(),
-            self.agent_id.clone(),
-            run_limit(state, &identity).0.to_owned(),
-        );
-        let span = tracing::info_span!("run", %run_id);
-        tracing::info!(%run_id, "run started");
-        let spec = RunSpec {
-            run_id,
-            agent_id: self.agent_id.clone(),
+        turn::start(
+            &self.state,
             identity,
+            self.agent_id.clone(),
             request,
-            requested_at: std::time::Instant::now(),
-            traceparent: self.trace.child_header(),
-        };
-        let task_state = state.clone();
-        let task_shared = shared.clone();
-        state.sessions.spawn(
-            async move {
-                run::execute(task_state.clone(), spec, task_shared).await;
-                // A finished run is resumed from the run log (which has every frame), so its
-                // buffer goes now: finished runs cost no gateway memory.
-                task_state.runs.remove(&run_id);
-            }
-            .instrument(span),
-        );
-        Attached {
-            shared,
-            cursor: 0,
-            lag_at_attach: 0,
-            state: state.clone(),
-        }
+            self.trace.child_header(),
+            OnDrop::Policy,
+        )
     }
 
     /// Resume `run_id` after `after_seq`: a live run is followed from the cursor; an ended one
@@ -784,17 +701,6 @@ enum Resumed {
 
 /// The run limit a caller counts against: its own (`--max-runs-per-user`), or for anonymous
 /// callers the one they share (`--max-anonymous-runs`).
-fn run_limit<'a>(state: &AppState, identity: &'a Identity) -> (&'a str, usize) {
-    if identity.anonymous {
-        (
-            super::registry::ANONYMOUS_RUNS,
-            state.config.max_anonymous_runs,
-        )
-    } else {
-        (identity.user_id.as_str(), state.config.max_runs_per_user)
-    }
-}
-
 /// Time until the token expires (forever for anonymous callers or no identity).
 fn until_expiry(identity: Option<&Identity>) -> Duration {
     let Some(id) = identity else {

@@ -15,23 +15,6 @@ use crate::schema_check::assert_adk_frame;
 
 const CLIENT: &str = "665f1c2b9a7e4d0012ab34cd";
 
-/// A barka token: the user is in `id` (no `sub`).
-fn barka_token(id: impl Into<Value>) -> String {
-    let id: Value = id.into();
-    let claims = json!({
-        "id": id,
-        "email": "someone@example.com",
-        "role": "org_client",
-        "exp": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600,
-    });
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(b"test-secret"),
-    )
-    .unwrap()
-}
-
 async fn adk_app(engine: EngineConfig) -> TestApp {
     spawn_app_with(engine, |c| {
         c.dialects = vec![DialectId::Neuralabs, DialectId::Adk];

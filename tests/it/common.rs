@@ -501,3 +501,20 @@ impl std::io::Write for Capture {
         Ok(())
     }
 }
+
+/// A barka token: the user is in `id` (no `sub`).
+pub fn barka_token(id: impl Into<Value>) -> String {
+    let id: Value = id.into();
+    let claims = serde_json::json!({
+        "id": id,
+        "email": "someone@example.com",
+        "role": "org_client",
+        "exp": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600,
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"test-secret"),
+    )
+    .unwrap()
+}

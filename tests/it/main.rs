@@ -2,6 +2,7 @@
 //! Each module starts the real parts in-process on port 0 (see `common`).
 
 mod adk;
+mod adk_http;
 mod auth;
 mod bench_smoke;
 mod binary;

@@ -12,6 +12,7 @@
 //! text those protocols show.
 
 pub mod adk;
+pub mod adk_http;
 pub mod answer;
 
 use axum::extract::ws::Utf8Bytes;
@@ -63,6 +64,12 @@ pub trait Dialect: Send + 'static {
     fn queue_depth(&self) -> usize {
         0
     }
+}
+
+/// A dialect's encoder for HTTP streams ([`crate::relay::stream`]): the payloads (one SSE
+/// `data:` each, or one element of a JSON answer) for one stamped run frame.
+pub trait StreamEncoder: Send + 'static {
+    fn encode(&mut self, frame: &Frame) -> Vec<String>;
 }
 
 /// The native protocol of docs/protocol.md.
