@@ -315,9 +315,10 @@ pub struct GatewayConfig {
     #[arg(long, env = "FLOWGATE_METRICS_MAX_AGENTS", default_value_t = DEFAULT_METRICS_MAX_AGENTS)]
     pub metrics_max_agents: usize,
 
-    /// Client protocols served (comma list): `neuralabs` (the native protocol, always on) and
-    /// `adk` (the WebSocket `/ws/{client_id}` of barka/ovara frontends, docs/dialects.md; needs
-    /// `--adk-agent-id`).
+    /// Client protocols served (comma list, docs/dialects.md): `neuralabs` (the native
+    /// protocol, always on), `adk` (barka/ovara: `/ws/{client_id}` and ADK's HTTP routes; needs
+    /// `--adk-agent-id`), `omni2` (the OMNI2 widget: `/ws/chat` and its SSE twin; needs
+    /// `--omni2-agent-id`).
     #[arg(
         long,
         env = "FLOWGATE_DIALECTS",
@@ -326,6 +327,21 @@ pub struct GatewayConfig {
         default_value = "neuralabs"
     )]
     pub dialects: Vec<DialectId>,
+
+    /// The agent the `omni2` routes run (`/ws/chat` and `POST /api/v1/chat/stream`; the
+    /// widget names none).
+    #[arg(long, env = "FLOWGATE_OMNI2_AGENT_ID")]
+    pub omni2_agent_id: Option<String>,
+
+    /// Text sent once when an `omni2` socket opens (empty: no welcome).
+    #[arg(long, env = "FLOWGATE_OMNI2_WELCOME_TEXT", default_value = "")]
+    pub omni2_welcome_text: String,
+
+    /// How the `omni2` welcome is sent: `welcome` (`{"type":"welcome","text"}`, the design
+    /// note) or `token` (a `token` frame wrapped in blank lines: the shipped widget renders
+    /// only tokens).
+    #[arg(long, env = "FLOWGATE_OMNI2_WELCOME_AS", value_enum, default_value_t = WelcomeAs::Welcome)]
+    pub omni2_welcome_as: WelcomeAs,
 
     /// The agent the `adk` route runs (its clients name none).
     #[arg(long, env = "FLOWGATE_ADK_AGENT_ID")]
@@ -369,8 +385,20 @@ pub const DEFAULT_MAX_REQUEST_BODY_BYTES: usize = 1024 * 1024;
 pub enum DialectId {
     /// The native protocol (docs/protocol.md) at `/api/chat/execute/{agent_id}`.
     Neuralabs,
-    /// barka/ovara (Google ADK style) at `/ws/{client_id}`.
+    /// barka/ovara (Google ADK style) at `/ws/{client_id}` and ADK's HTTP routes.
     Adk,
+    /// The OMNI2 dashboard widget at `/ws/chat` and `POST /api/v1/chat/stream`.
+    Omni2,
+}
+
+/// How the welcome is sent (`--omni2-welcome-as`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum WelcomeAs {
+    /// `{"type":"welcome","text":…}` (the design note).
+    #[default]
+    Welcome,
+    /// `{"type":"token","text":"\n\n…\n\n"}` (the shipped widget renders only tokens).
+    Token,
 }
 
 /// Default of `--adk-jwt-user-claim`.
@@ -450,6 +478,9 @@ impl GatewayConfig {
             metrics_max_agents: DEFAULT_METRICS_MAX_AGENTS,
             dialects: vec![DialectId::Neuralabs],
             adk_agent_id: None,
+            omni2_agent_id: None,
+            omni2_welcome_text: String::new(),
+            omni2_welcome_as: WelcomeAs::Welcome,
             adk_jwt_user_claim: DEFAULT_ADK_USER_CLAIM.into(),
             history_messages: DEFAULT_HISTORY_MESSAGES,
             history_conversations: DEFAULT_HISTORY_CONVERSATIONS,
@@ -503,6 +534,8 @@ mod tests {
         assert_eq!(parsed.runlog_db_connections, tests.runlog_db_connections);
         assert_eq!(parsed.store_cache_ttl, tests.store_cache_ttl);
         assert_eq!(parsed.dialects, tests.dialects);
+        assert_eq!(parsed.omni2_welcome_text, tests.omni2_welcome_text);
+        assert_eq!(parsed.omni2_welcome_as, tests.omni2_welcome_as);
         assert_eq!(parsed.adk_jwt_user_claim, tests.adk_jwt_user_claim);
         assert_eq!(parsed.history_messages, tests.history_messages);
         assert_eq!(parsed.history_conversations, tests.history_conversations);

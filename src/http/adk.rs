@@ -4,13 +4,10 @@
 //! path's or body's `user_id` must be the token's user. Errors are ADK's `{"detail": "…"}`
 //! with a real HTTP status: anything that fails before `flow_started` is not a 200.
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
-
 use axum::Json;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -18,7 +15,7 @@ use crate::auth::Identity;
 use crate::relay::context::AppState;
 use crate::relay::dialect::adk_http::{AdkEvents, RunAgentRequest, Session, SessionError};
 use crate::relay::protocol::RunRequest;
-use crate::relay::stream::Follower;
+use crate::relay::stream::{Follower, Payload};
 use crate::relay::trace::TraceContext;
 use crate::relay::turn::{self, OnDrop};
 
@@ -59,15 +56,7 @@ pub fn status_of(code: &str) -> StatusCode {
 
 /// The caller, from `Authorization: Bearer` (user claim `--adk-jwt-user-claim`).
 fn caller(state: &AppState, headers: &HeaderMap) -> Result<Identity, Refusal> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|t| !t.is_empty());
+    let token = super::bearer::bearer_token(headers);
     let Some(token) = token else {
         return Err(detail(
             StatusCode::UNAUTHORIZED,
@@ -248,7 +237,7 @@ async fn start(
     state: &AppState,
     prepared: &Prepared,
     streaming: bool,
-) -> Result<(Follower<AdkEvents>, Vec<String>), Refusal> {
+) -> Result<(Follower<AdkEvents>, Vec<Payload>), Refusal> {
     let p = prepared;
     let conversation = p.session.conversation();
     let request = RunRequest {
@@ -284,8 +273,8 @@ async fn start(
     }
 }
 
-fn remember(state: &AppState, p: &Prepared, follower: &Follower<AdkEvents>) {
-    if let Some(answer) = &follower.encoder().finished {
+fn remember(state: &AppState, p: &Prepared, encoder: &AdkEvents) {
+    if let Some(answer) = &encoder.finished {
         state.conversations.remember(
             &p.identity.user_id,
             &p.session.conversation(),
@@ -305,64 +294,10 @@ pub async fn run_sse(State(state): State<AppState>, headers: HeaderMap, body: By
         Ok(started) => started,
         Err(refused) => return refused.into_response(),
     };
-    let mut heartbeat = tokio::time::interval_at(
-        tokio::time::Instant::now() + state.config.sse_heartbeat,
-        state.config.sse_heartbeat,
-    );
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let pending: VecDeque<String> = first.into();
-    let sse = Sse {
-        state,
-        prepared,
-        follower,
-        pending,
-        heartbeat,
-        ended: false,
-    };
-    let stream = futures_util::stream::unfold(sse, |mut sse| async move {
-        loop {
-            if let Some(p) = sse.pending.pop_front() {
-                return Some((
-                    Ok::<_, Infallible>(Bytes::from(format!("data: {p}\n\n"))),
-                    sse,
-                ));
-            }
-            if sse.ended {
-                return None;
-            }
-            tokio::select! {
-                next = sse.follower.next() => match next {
-                    Some(payloads) => sse.pending.extend(payloads),
-                    None => {
-                        sse.ended = true;
-                        remember(&sse.state, &sse.prepared, &sse.follower);
-                    }
-                },
-                _ = sse.heartbeat.tick() => {
-                    return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), sse));
-                }
-            }
-        }
-    });
-    let mut response = Response::new(Body::from_stream(stream));
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    // Tell nginx-like proxies not to buffer the stream.
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
-}
-
-struct Sse {
-    state: AppState,
-    prepared: Prepared,
-    follower: Follower<AdkEvents>,
-    pending: VecDeque<String>,
-    heartbeat: tokio::time::Interval,
-    ended: bool,
+    let heartbeat = state.config.sse_heartbeat;
+    super::sse::response(follower, first, heartbeat, move |encoder: &AdkEvents| {
+        remember(&state, &prepared, encoder);
+    })
 }
 
 /// `POST /run`: the run's events as one JSON array, without partials.
@@ -378,10 +313,10 @@ pub async fn run(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
     while let Some(more) = follower.next().await {
         payloads.extend(more);
     }
-    remember(&state, &prepared, &follower);
+    remember(&state, &prepared, follower.encoder());
     let mut events = Vec::with_capacity(payloads.len());
     for p in payloads {
-        let event: Value = serde_json::from_str(&p).unwrap_or(Value::Null);
+        let event: Value = serde_json::from_str(&p.data).unwrap_or(Value::Null);
         if let Some(error) = event.get("error").and_then(Value::as_str) {
             let code = error.split(':').next().unwrap_or("internal");
             return detail(status_of(code), error).into_response();

@@ -8,9 +8,12 @@
 //! loop's drain on shutdown covers HTTP requests only.
 
 pub mod adk;
+pub mod bearer;
 pub mod health;
+pub mod omni2;
 pub mod page;
 pub mod server;
+pub mod sse;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -288,31 +291,53 @@ async fn open_store(config: &GatewayConfig) -> Result<Store, StartError> {
     Err(StartError::NoStore)
 }
 
-/// Each enabled client protocol has what it needs, and no protocol's setting is given for one
-/// that is off.
+/// Each enabled client protocol has its agent, and no protocol's agent is given for one that
+/// is off.
 fn check_dialects(config: &GatewayConfig) -> Result<(), StartError> {
     use crate::config::DialectId;
-    let adk = config.dialects.contains(&DialectId::Adk);
-    match (&config.adk_agent_id, adk) {
-        (None, true) => Err(StartError::Dialect(
-            "--dialects names `adk` but no --adk-agent-id (FLOWGATE_ADK_AGENT_ID) is set: name the agent the /ws/{client_id} route runs".into(),
-        )),
-        (Some(_), false) => Err(StartError::Dialect(
-            "--adk-agent-id is set but `adk` is not in --dialects (FLOWGATE_DIALECTS): add it, e.g. --dialects neuralabs,adk, or drop --adk-agent-id".into(),
-        )),
-        (Some(agent), true) => {
-            crate::store::check_agent_id(agent).map_err(|why| {
-                StartError::Dialect(format!("--adk-agent-id `{agent}` is not an agent id: {why}"))
-            })?;
-            if config.adk_jwt_user_claim.trim().is_empty() {
-                return Err(StartError::Dialect(
-                    "--adk-jwt-user-claim is empty: name the token claim that holds the user id (barka tokens: `id`)".into(),
-                ));
+    let routes = [
+        (
+            DialectId::Adk,
+            "adk",
+            "--adk-agent-id (FLOWGATE_ADK_AGENT_ID)",
+            &config.adk_agent_id,
+            "/ws/{client_id} and ADK's HTTP routes",
+        ),
+        (
+            DialectId::Omni2,
+            "omni2",
+            "--omni2-agent-id (FLOWGATE_OMNI2_AGENT_ID)",
+            &config.omni2_agent_id,
+            "/ws/chat and POST /api/v1/chat/stream",
+        ),
+    ];
+    for (id, name, flag, agent, paths) in routes {
+        let on = config.dialects.contains(&id);
+        match (agent, on) {
+            (None, true) => {
+                return Err(StartError::Dialect(format!(
+                    "--dialects names `{name}` but no {flag} is set: name the agent {paths} run"
+                )));
             }
-            Ok(())
+            (Some(_), false) => {
+                return Err(StartError::Dialect(format!(
+                    "{flag} is set but `{name}` is not in --dialects (FLOWGATE_DIALECTS): add it, e.g. --dialects neuralabs,{name}, or drop the agent setting"
+                )));
+            }
+            (Some(agent), true) => {
+                crate::store::check_agent_id(agent).map_err(|why| {
+                    StartError::Dialect(format!("{flag}: `{agent}` is not an agent id: {why}"))
+                })?;
+            }
+            (None, false) => {}
         }
-        (None, false) => Ok(()),
     }
+    if config.dialects.contains(&DialectId::Adk) && config.adk_jwt_user_claim.trim().is_empty() {
+        return Err(StartError::Dialect(
+            "--adk-jwt-user-claim is empty: name the token claim that holds the user id (barka tokens: `id`)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The `adk` dialect's HTTP side (DIALECTS.md 2.4.2), with the request body limit.
@@ -343,6 +368,20 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/", get(page::index))
         .route("/static/{file}", get(page::asset));
+    let public = if state
+        .config
+        .dialects
+        .contains(&crate::config::DialectId::Omni2)
+    {
+        public.route("/ws/chat", get(ws::upgrade_omni2)).route(
+            "/api/v1/chat/stream",
+            axum::routing::post(omni2::stream).layer(axum::extract::DefaultBodyLimit::max(
+                state.config.max_request_body_bytes,
+            )),
+        )
+    } else {
+        public
+    };
     let public = if state
         .config
         .dialects

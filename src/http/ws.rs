@@ -12,6 +12,7 @@ use tracing::Instrument;
 use crate::relay::context::AppState;
 use crate::relay::dialect::NeuraLabs;
 use crate::relay::dialect::adk::{Adk, AdkSocket};
+use crate::relay::dialect::omni2::Omni2;
 use crate::relay::session::{self, Authn};
 
 /// Where the token came from.
@@ -38,14 +39,8 @@ fn find_token(
     query: Option<&str>,
     allow_query: bool,
 ) -> Option<(String, Transport)> {
-    if let Some(v) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        && let Some(t) = v
-            .strip_prefix("Bearer ")
-            .or_else(|| v.strip_prefix("bearer "))
-    {
-        return Some((t.trim().to_owned(), Transport::Header));
+    if let Some(t) = super::bearer::bearer_token(headers) {
+        return Some((t.to_owned(), Transport::Header));
     }
     if let Some(v) = headers
         .get(header::SEC_WEBSOCKET_PROTOCOL)
@@ -135,6 +130,7 @@ fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
 enum Route {
     Native,
     Adk(AdkSocket),
+    Omni2,
 }
 
 /// `GET /api/chat/execute/{agent_id}`: the native protocol.
@@ -191,6 +187,32 @@ pub async fn upgrade_adk(
         conversation_id,
     });
     open(state, peer, agent_id, route, query, headers, admission, ws)
+}
+
+/// `GET /ws/chat?token=…`: the `omni2` dialect (the OMNI2 dashboard widget). The agent is
+/// `--omni2-agent-id`; the token may also come as `Authorization: Bearer` or the `bearer`
+/// subprotocol.
+pub async fn upgrade_omni2(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    admission: Option<axum::Extension<std::sync::Arc<super::server::Admission>>>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let Some(agent_id) = state.config.omni2_agent_id.clone() else {
+        return (StatusCode::NOT_FOUND, "the omni2 route is off\n").into_response();
+    };
+    open(
+        state,
+        peer,
+        agent_id,
+        Route::Omni2,
+        query,
+        headers,
+        admission,
+        ws,
+    )
 }
 
 /// A client-chosen key (client id, conversation id): 1 to 128 letters, digits, `-`, `_`, `.`.
@@ -255,10 +277,11 @@ fn open(
         )
             .into_response();
     }
-    // The adk clients can only send their token in the query (their contract).
+    // The adk and omni2 clients send their token in the query (their contract).
     let (allow_query, user_claim) = match &route {
         Route::Native => (state.config.allow_query_token, None),
         Route::Adk(_) => (true, Some(state.config.adk_jwt_user_claim.as_str())),
+        Route::Omni2 => (true, None),
     };
     let found = find_token(&headers, query.as_deref(), allow_query);
     let authn = match &found {
@@ -313,6 +336,12 @@ fn open(
                     match route {
                         Route::Native => {
                             let dialect = NeuraLabs;
+                            session::serve(state.clone(), socket, dialect, agent_id, authn, trace)
+                                .await;
+                        }
+                        Route::Omni2 => {
+                            let c = &state.config;
+                            let dialect = Omni2::new(&c.omni2_welcome_text, c.omni2_welcome_as);
                             session::serve(state.clone(), socket, dialect, agent_id, authn, trace)
                                 .await;
                         }

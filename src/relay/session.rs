@@ -251,7 +251,7 @@ impl<D: Dialect> Session<D> {
                     let texts = self.dialect.error(error, &message);
                     let _ = write_batch(&mut self.socket, texts, timeout).await;
                 }
-                let code = self.dialect.close_code(code);
+                let (code, reason) = self.dialect.close(code, reason);
                 close_with(&mut self.socket, code, reason, timeout).await;
             }
         }

@@ -6,7 +6,7 @@
 //! encoded as they come ([`Follower::next`]). The follower holds the run as an [`Attached`] with
 //! [`super::turn::OnDrop::Cancel`]: a client that closes the connection stops the run.
 
-pub use super::dialect::StreamEncoder;
+pub use super::dialect::{Payload, StreamEncoder};
 use super::registry::{Follow, Frame};
 use super::turn::Attached;
 
@@ -44,7 +44,7 @@ impl<E: StreamEncoder> Follower<E> {
 
     /// The payloads up to and including `flow_started` (and whatever came with it), or the
     /// failure that ended the run before it.
-    pub async fn started(&mut self) -> Result<Vec<String>, EarlyFailure> {
+    pub async fn started(&mut self) -> Result<Vec<Payload>, EarlyFailure> {
         let mut out = Vec::new();
         loop {
             let batch = match self
@@ -79,7 +79,7 @@ impl<E: StreamEncoder> Follower<E> {
     }
 
     /// The next payloads (possibly none), or `None` once the run's terminal frame was encoded.
-    pub async fn next(&mut self) -> Option<Vec<String>> {
+    pub async fn next(&mut self) -> Option<Vec<Payload>> {
         if self.done {
             return None;
         }

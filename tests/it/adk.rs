@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use flowgate::config::DialectId;
 use flowgate::engine::EngineConfig;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -23,68 +23,19 @@ async fn adk_app(engine: EngineConfig) -> TestApp {
     .await
 }
 
-struct AdkClient {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-    close: Option<u16>,
+/// Connect as barka does: the token (with its `Bearer ` prefix) in the query.
+async fn connect(app: &TestApp, token: &str, conversation: &str) -> DialectSocket {
+    let token = format!("Bearer {token}").replace(' ', "%20");
+    let url = format!(
+        "ws://{}/ws/{CLIENT}?token={token}&is_audio=false&conversation_id={conversation}",
+        app.addr
+    );
+    DialectSocket::connect(&url, assert_adk_frame).await
 }
 
-impl AdkClient {
-    /// Connect as barka does: the token (with its `Bearer ` prefix) in the query.
-    async fn connect(app: &TestApp, token: &str, conversation: &str) -> AdkClient {
-        let token = format!("Bearer {token}").replace(' ', "%20");
-        let url = format!(
-            "ws://{}/ws/{CLIENT}?token={token}&is_audio=false&conversation_id={conversation}",
-            app.addr
-        );
-        let (ws, _) = tokio::time::timeout(FRAME_WAIT, tokio_tungstenite::connect_async(url))
-            .await
-            .expect("connect in time")
-            .expect("upgrade succeeds");
-        AdkClient { ws, close: None }
-    }
-
-    async fn send(&mut self, v: Value) {
-        self.ws.send(Message::text(v.to_string())).await.unwrap();
-    }
-
-    /// The next frame (schema-checked), or `None` once closed.
-    async fn next(&mut self) -> Option<Value> {
-        loop {
-            match tokio::time::timeout(FRAME_WAIT, self.ws.next())
-                .await
-                .expect("a frame in time")
-            {
-                Some(Ok(Message::Text(t))) => {
-                    let v: Value = serde_json::from_str(&t).expect("JSON");
-                    assert_adk_frame(&v);
-                    return Some(v);
-                }
-                Some(Ok(Message::Close(f))) => {
-                    self.close = f.map(|f| u16::from(f.code));
-                    // Send the close reply tungstenite queued (the gateway waits for it).
-                    let _ = self.ws.flush().await;
-                    return None;
-                }
-                Some(Ok(_)) => continue,
-                _ => return None,
-            }
-        }
-    }
-
-    /// Frames up to and including the one with `turn_complete: true`.
-    async fn turn(&mut self) -> Vec<Value> {
-        let mut out = Vec::new();
-        while let Some(f) = self.next().await {
-            let done = f["turn_complete"] == true;
-            out.push(f);
-            if done {
-                return out;
-            }
-        }
-        panic!("the socket closed mid-turn: {out:#?}");
-    }
+/// Frames up to and including the one with `turn_complete: true`.
+async fn read_turn(c: &mut DialectSocket) -> Vec<Value> {
+    c.until(|f| f["turn_complete"] == true).await
 }
 
 fn text_of(frames: &[Value]) -> String {
@@ -98,7 +49,7 @@ fn text_of(frames: &[Value]) -> String {
 #[tokio::test]
 async fn a_turn_streams_partials_and_ends_with_one_full_text_frame_and_is_remembered() {
     let app = adk_app(EngineConfig::for_tests()).await;
-    let mut c = AdkClient::connect(&app, &barka_token("665f0a11"), "c-41d2").await;
+    let mut c = connect(&app, &barka_token("665f0a11"), "c-41d2").await;
     let hello = c.next().await.expect("connection_established");
     assert_eq!(hello["type"], "connection_established");
     assert_eq!(hello["client_id"], CLIENT);
@@ -106,7 +57,7 @@ async fn a_turn_streams_partials_and_ends_with_one_full_text_frame_and_is_rememb
 
     c.send(json!({"mime_type": "text/plain", "data": "What is flowgate?", "role": "user"}))
         .await;
-    let turn = c.turn().await;
+    let turn = read_turn(&mut c).await;
     let last = turn.last().unwrap();
     assert_eq!(last["interrupted"], false);
     assert_eq!(last["data"], "");
@@ -147,7 +98,7 @@ async fn a_turn_streams_partials_and_ends_with_one_full_text_frame_and_is_rememb
     // ...and a frame without `role` (the ADK sample client) starts the next turn on the socket.
     c.send(json!({"mime_type": "text/plain", "data": "And then?"}))
         .await;
-    let second = c.turn().await;
+    let second = read_turn(&mut c).await;
     assert_eq!(second.last().unwrap()["interrupted"], false);
     assert_ne!(second.last().unwrap()["run_id"], run_id.as_str());
     let history = app.state.conversations.history("665f0a11", &conversation);
@@ -159,7 +110,7 @@ async fn a_turn_streams_partials_and_ends_with_one_full_text_frame_and_is_rememb
 #[tokio::test]
 async fn other_mime_types_and_bad_frames_get_the_error_pair_and_the_socket_stays_open() {
     let app = adk_app(EngineConfig::for_tests()).await;
-    let mut c = AdkClient::connect(&app, &barka_token("u1"), "c1").await;
+    let mut c = connect(&app, &barka_token("u1"), "c1").await;
     c.next().await.expect("connection_established");
     for bad in [
         json!({"mime_type": "audio/pcm", "data": "AAAA"}).to_string(),
@@ -178,7 +129,10 @@ async fn other_mime_types_and_bad_frames_get_the_error_pair_and_the_socket_stays
     // Still open: a turn runs after the refusals.
     c.send(json!({"mime_type": "text/plain", "data": "hi"}))
         .await;
-    assert_eq!(c.turn().await.last().unwrap()["interrupted"], false);
+    assert_eq!(
+        read_turn(&mut c).await.last().unwrap()["interrupted"],
+        false
+    );
     drop(c);
     app.stop().await;
 }
@@ -187,16 +141,16 @@ async fn other_mime_types_and_bad_frames_get_the_error_pair_and_the_socket_stays
 async fn a_refused_token_gets_the_error_pair_then_close_1000_so_barka_stops_reconnecting() {
     let app = adk_app(EngineConfig::for_tests()).await;
     let forged = forged_token("mallory");
-    let mut c = AdkClient::connect(&app, &forged, "c1").await;
+    let mut c = connect(&app, &forged, "c1").await;
     c.next().await.expect("connection_established");
     let text = c.next().await.expect("error text");
     assert_eq!(text["error_code"], "unauthenticated");
     let end = c.next().await.expect("terminal");
     assert_eq!(end["interrupted"], true);
     assert!(c.next().await.is_none());
-    assert_eq!(c.close, Some(1000));
+    assert_eq!(c.close.as_ref().map(|c| c.0), Some(1000));
     // A native token has `sub`, not `id`: refused on this route, the claim is named.
-    let mut c = AdkClient::connect(&app, &token("alice"), "c1").await;
+    let mut c = connect(&app, &token("alice"), "c1").await;
     c.next().await.expect("connection_established");
     let text = c.next().await.expect("error text");
     assert!(
@@ -205,7 +159,7 @@ async fn a_refused_token_gets_the_error_pair_then_close_1000_so_barka_stops_reco
     );
     c.next().await.expect("terminal");
     assert!(c.next().await.is_none());
-    assert_eq!(c.close, Some(1000));
+    assert_eq!(c.close.as_ref().map(|c| c.0), Some(1000));
     drop(c);
     app.stop().await;
 }
@@ -217,11 +171,11 @@ async fn an_unreachable_engine_is_model_text_then_an_interrupted_terminal() {
     config.dialects = vec![DialectId::Neuralabs, DialectId::Adk];
     config.adk_agent_id = Some("assistant".into());
     let app = spawn_gateway_files(config).await;
-    let mut c = AdkClient::connect(&app, &barka_token("u1"), "c1").await;
+    let mut c = connect(&app, &barka_token("u1"), "c1").await;
     c.next().await.expect("connection_established");
     c.send(json!({"mime_type": "text/plain", "data": "hi"}))
         .await;
-    let turn = c.turn().await;
+    let turn = read_turn(&mut c).await;
     assert_eq!(turn.len(), 2, "{turn:#?}");
     assert_eq!(turn[0]["error_code"], "engine_unavailable");
     assert!(!turn[0]["data"].as_str().unwrap().is_empty());
@@ -238,14 +192,14 @@ async fn cancel_ends_the_turn_interrupted_and_the_engine_run_stops() {
     engine.llm_tokens = 200;
     engine.llm_token_delay = Duration::from_millis(20);
     let app = adk_app(engine).await;
-    let mut c = AdkClient::connect(&app, &barka_token("u1"), "c1").await;
+    let mut c = connect(&app, &barka_token("u1"), "c1").await;
     c.next().await.expect("connection_established");
     c.send(json!({"mime_type": "text/plain", "data": "talk a lot"}))
         .await;
     let first = c.next().await.expect("a partial");
     assert_eq!(first["partial"], true);
     c.send(json!({"type": "cancel"})).await;
-    let rest = c.turn().await;
+    let rest = read_turn(&mut c).await;
     let end = rest.last().unwrap();
     assert_eq!(end["interrupted"], true);
     assert!(
@@ -289,11 +243,11 @@ async fn the_route_is_off_unless_enabled_and_bad_settings_are_refused_at_startup
 #[tokio::test]
 async fn a_numeric_user_id_claim_is_read_as_its_decimal_string() {
     let app = adk_app(EngineConfig::for_tests()).await;
-    let mut c = AdkClient::connect(&app, &barka_token(4217), "c1").await;
+    let mut c = connect(&app, &barka_token(4217), "c1").await;
     c.next().await.expect("connection_established");
     c.send(json!({"mime_type": "text/plain", "data": "hi"}))
         .await;
-    let turn = c.turn().await;
+    let turn = read_turn(&mut c).await;
     let info = app
         .ended_run(turn.last().unwrap()["run_id"].as_str().unwrap())
         .await;
@@ -308,7 +262,7 @@ async fn a_message_sent_during_a_turn_waits_for_it_and_one_more_is_refused() {
     engine.llm_tokens = 20;
     engine.llm_token_delay = Duration::from_millis(10);
     let app = adk_app(engine).await;
-    let mut c = AdkClient::connect(&app, &barka_token("u1"), "c1").await;
+    let mut c = connect(&app, &barka_token("u1"), "c1").await;
     c.next().await.expect("connection_established");
     for text in ["first", "second", "third"] {
         c.send(json!({"mime_type": "text/plain", "data": text}))

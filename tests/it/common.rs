@@ -518,3 +518,67 @@ pub fn barka_token(id: impl Into<Value>) -> String {
     )
     .unwrap()
 }
+
+/// A WebSocket client of another client protocol (a dialect): every text frame it reads is
+/// checked by `check` (the dialect's schema).
+pub struct DialectSocket {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The close code and reason, once received.
+    pub close: Option<(u16, String)>,
+    check: fn(&Value),
+}
+
+impl DialectSocket {
+    pub async fn connect(url: &str, check: fn(&Value)) -> DialectSocket {
+        let (ws, _) = tokio::time::timeout(FRAME_WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect in time")
+            .expect("upgrade succeeds");
+        DialectSocket {
+            ws,
+            close: None,
+            check,
+        }
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).await.unwrap();
+    }
+
+    /// The next text frame (checked), or `None` once closed (the close is answered).
+    pub async fn next(&mut self) -> Option<Value> {
+        loop {
+            match tokio::time::timeout(FRAME_WAIT, self.ws.next())
+                .await
+                .expect("a frame in time")
+            {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).expect("JSON");
+                    (self.check)(&v);
+                    return Some(v);
+                }
+                Some(Ok(Message::Close(f))) => {
+                    self.close = f.map(|f| (u16::from(f.code), f.reason.to_string()));
+                    // Send the close reply tungstenite queued (the gateway waits for it).
+                    let _ = self.ws.flush().await;
+                    return None;
+                }
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    /// Frames up to and including the first for which `last` holds.
+    pub async fn until(&mut self, last: fn(&Value) -> bool) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Some(f) = self.next().await {
+            let end = last(&f);
+            out.push(f);
+            if end {
+                return out;
+            }
+        }
+        panic!("the socket closed mid-turn: {out:#?}");
+    }
+}

@@ -18,6 +18,7 @@ mod faults;
 mod first_contact;
 mod hardening;
 mod layout;
+mod omni2;
 mod ops;
 mod outage;
 mod page;

@@ -20,6 +20,7 @@ const CLIENT_SCHEMA: &str = include_str!("../../schemas/client-frame.schema.json
 const HANDSHAKE_SCHEMA: &str = include_str!("../../schemas/engine-handshake.schema.json");
 const STORED_SCHEMA: &str = include_str!("../../schemas/stored-workflow.schema.json");
 const ADK_SCHEMA: &str = include_str!("../../schemas/adk-server-frame.schema.json");
+const OMNI2_SCHEMA: &str = include_str!("../../schemas/omni2-server-frame.schema.json");
 const PROTOCOL_DOC: &str = include_str!("../../docs/protocol.md");
 
 /// A compiled schema, plus one validator per top-level `oneOf` branch (`$defs/<name>`): a
@@ -97,6 +98,8 @@ static CLIENT: LazyLock<Contract> = LazyLock::new(|| Contract::new("client-frame
 static HANDSHAKE: LazyLock<Contract> =
     LazyLock::new(|| Contract::new("engine-handshake", HANDSHAKE_SCHEMA));
 static ADK: LazyLock<Contract> = LazyLock::new(|| Contract::new("adk-server-frame", ADK_SCHEMA));
+static OMNI2: LazyLock<Contract> =
+    LazyLock::new(|| Contract::new("omni2-server-frame", OMNI2_SCHEMA));
 static STORED: LazyLock<Contract> =
     LazyLock::new(|| Contract::new("stored-workflow", STORED_SCHEMA));
 
@@ -135,6 +138,14 @@ pub fn assert_adk_frame(frame: &Value) {
         "text"
     };
     if let Err(why) = ADK.check(frame, Some(branch)) {
+        panic!("{why}");
+    }
+}
+
+/// Panic (with the validation errors and the frame) unless `frame` is a valid `omni2` frame.
+pub fn assert_omni2_frame(frame: &Value) {
+    let branch = frame["type"].as_str().unwrap_or("token");
+    if let Err(why) = OMNI2.check(frame, Some(branch)) {
         panic!("{why}");
     }
 }

@@ -16,7 +16,6 @@ use super::Dialect;
 use super::answer::{Answer, Piece};
 use crate::close::CloseCode;
 use crate::relay::protocol::{BadFrame, ClientFrame, ErrorCode, RunRequest};
-use crate::relay::registry::Frame;
 
 /// Where an `adk` socket belongs: the path's client id and the query's conversation id.
 #[derive(Debug, Clone)]
@@ -95,55 +94,6 @@ impl Adk {
         ]
     }
 
-    /// One stamped run frame → the frames the client gets.
-    fn encode_one(&mut self, text: &str, out: &mut Vec<Utf8Bytes>) {
-        let Ok(v) = serde_json::from_str::<Value>(text) else {
-            return;
-        };
-        let stamp = Some((&v["run_id"], &v["seq"]));
-        let data = &v["data"];
-        match v["type"].as_str().unwrap_or_default() {
-            "llm_chunk" => {
-                let content = data["content"].as_str().unwrap_or_default();
-                if let Some(Piece::Delta(d)) = self.answer.chunk(content) {
-                    out.push(Value::Object(Adk::text(&d, true, stamp)).to_string().into());
-                }
-            }
-            "final_output" => {
-                let streamed = self.answer.has_text();
-                let full = match &data["text_output"] {
-                    Value::String(s) => s.clone(),
-                    Value::Null => return,
-                    other => other.to_string(),
-                };
-                let frame = match self.answer.final_output(&full) {
-                    None => return,
-                    // Nothing streamed: the whole answer as one non-partial frame.
-                    Some(Piece::Delta(d)) if !streamed => Adk::text(&d, false, stamp),
-                    Some(Piece::Delta(d)) => Adk::text(&d, true, stamp),
-                    Some(Piece::Block(b)) => Adk::text(&format!("\n\n{b}"), true, stamp),
-                };
-                out.push(Value::Object(frame).to_string().into());
-            }
-            "flow_completed" => {
-                out.push(Adk::terminal(false, None, stamp));
-                self.end_turn();
-            }
-            "flow_cancelled" => {
-                out.push(Adk::terminal(true, None, stamp));
-                self.end_turn();
-            }
-            "flow_error" | "error" => {
-                let code = data["code"].as_str().unwrap_or("flow_error");
-                let sentence = data["error"].as_str().unwrap_or("the run failed");
-                out.extend(self.error_pair(code, sentence, stamp));
-                self.end_turn();
-            }
-            // Status, element events, prompts: not shown in this dialect (they stay in the log).
-            _ => {}
-        }
-    }
-
     fn end_turn(&mut self) {
         let answer = std::mem::take(&mut self.answer);
         self.finished = Some(answer.full().to_owned());
@@ -197,20 +147,51 @@ impl Dialect for Adk {
         })))
     }
 
-    fn encode(&mut self, batch: Vec<Frame>, _lagging: bool) -> Vec<Utf8Bytes> {
-        let mut out = Vec::with_capacity(batch.len());
-        for f in batch {
-            self.encode_one(f.text.as_str(), &mut out);
+    /// One stamped run frame → the frames the client gets.
+    fn encode_text(&mut self, text: &str, out: &mut Vec<Utf8Bytes>) {
+        let Ok(v) = serde_json::from_str::<Value>(text) else {
+            return;
+        };
+        let stamp = Some((&v["run_id"], &v["seq"]));
+        let data = &v["data"];
+        match v["type"].as_str().unwrap_or_default() {
+            "llm_chunk" => {
+                let content = data["content"].as_str().unwrap_or_default();
+                if let Some(Piece::Delta(d)) = self.answer.chunk(content) {
+                    out.push(Value::Object(Adk::text(&d, true, stamp)).to_string().into());
+                }
+            }
+            "final_output" => {
+                let streamed = self.answer.has_text();
+                let Some(full) = super::answer::text_output(data) else {
+                    return;
+                };
+                let frame = match self.answer.final_output(&full) {
+                    None => return,
+                    // Nothing streamed: the whole answer as one non-partial frame.
+                    Some(Piece::Delta(d)) if !streamed => Adk::text(&d, false, stamp),
+                    Some(Piece::Delta(d)) => Adk::text(&d, true, stamp),
+                    Some(Piece::Block(b)) => Adk::text(&format!("\n\n{b}"), true, stamp),
+                };
+                out.push(Value::Object(frame).to_string().into());
+            }
+            "flow_completed" => {
+                out.push(Adk::terminal(false, None, stamp));
+                self.end_turn();
+            }
+            "flow_cancelled" => {
+                out.push(Adk::terminal(true, None, stamp));
+                self.end_turn();
+            }
+            "flow_error" | "error" => {
+                let code = data["code"].as_str().unwrap_or("flow_error");
+                let sentence = data["error"].as_str().unwrap_or("the run failed");
+                out.extend(self.error_pair(code, sentence, stamp));
+                self.end_turn();
+            }
+            // Status, element events, prompts: not shown in this dialect (they stay in the log).
+            _ => {}
         }
-        out
-    }
-
-    fn encode_logged(&mut self, texts: Vec<Utf8Bytes>) -> Vec<Utf8Bytes> {
-        let mut out = Vec::with_capacity(texts.len());
-        for t in texts {
-            self.encode_one(t.as_str(), &mut out);
-        }
-        out
     }
 
     fn error(&mut self, code: ErrorCode, message: &str) -> Vec<Utf8Bytes> {
@@ -232,12 +213,12 @@ impl Dialect for Adk {
         vec![frame.to_string().into()]
     }
 
-    fn close_code(&self, code: CloseCode) -> CloseCode {
+    fn close(&self, code: CloseCode, reason: &'static str) -> (CloseCode, &'static str) {
         match code {
             // barka reconnects on every code but 1000 and resets its retry counter on open:
             // a refused token must end its reconnects.
-            CloseCode::Unauthenticated | CloseCode::Forbidden => CloseCode::Normal,
-            other => other,
+            CloseCode::Unauthenticated | CloseCode::Forbidden => (CloseCode::Normal, reason),
+            other => (other, reason),
         }
     }
 
@@ -355,6 +336,9 @@ mod tests {
         let outside = d.error(ErrorCode::Unauthenticated, "the token has expired");
         let v: Value = serde_json::from_str(outside[1].as_str()).unwrap();
         assert!(v.get("run_id").is_none());
-        assert_eq!(d.close_code(CloseCode::Unauthenticated), CloseCode::Normal);
+        assert_eq!(
+            d.close(CloseCode::Unauthenticated, "x").0,
+            CloseCode::Normal
+        );
     }
 }

@@ -9,8 +9,8 @@ use std::sync::Mutex;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::StreamEncoder;
 use super::answer::{Answer, Piece};
+use super::{Payload, StreamEncoder};
 use crate::relay::registry::Frame;
 
 /// Most sessions per user, and in all (the oldest of a user is refused past that: ADK sessions
@@ -248,7 +248,16 @@ impl AdkEvents {
 }
 
 impl StreamEncoder for AdkEvents {
-    fn encode(&mut self, frame: &Frame) -> Vec<String> {
+    fn encode(&mut self, frame: &Frame) -> Vec<Payload> {
+        self.encode_text(frame)
+            .into_iter()
+            .map(Payload::data)
+            .collect()
+    }
+}
+
+impl AdkEvents {
+    fn encode_text(&mut self, frame: &Frame) -> Vec<String> {
         let Ok(v) = serde_json::from_str::<Value>(frame.text.as_str()) else {
             return Vec::new();
         };
@@ -269,10 +278,8 @@ impl StreamEncoder for AdkEvents {
                 _ => Vec::new(),
             },
             "final_output" => {
-                let full = match &data["text_output"] {
-                    Value::String(s) => s.clone(),
-                    Value::Null => return Vec::new(),
-                    other => other.to_string(),
+                let Some(full) = super::answer::text_output(data) else {
+                    return Vec::new();
                 };
                 match self.answer.final_output(&full) {
                     Some(Piece::Delta(d)) => partial(self, &d),
@@ -347,7 +354,7 @@ mod tests {
             json!({"type":"final_output","data":{"text_output":"Hello from flowgate."},"run_id":run,"seq":20}),
             json!({"type":"flow_completed","data":{},"run_id":run,"seq":22}),
         ] {
-            out.extend(e.encode(&frame(v)));
+            out.extend(e.encode(&frame(v)).into_iter().map(|p| p.data));
         }
         let events: Vec<Value> = out
             .iter()

@@ -3,6 +3,15 @@
 //! `text_output` T and streamed text S, T = S adds nothing, T starting with S adds its tail, T
 //! alone (nothing streamed) is one delta, and any other T is a separate block.
 
+/// The `text_output` of a `final_output` event's `data` as text (`None` when it has none).
+pub fn text_output(data: &serde_json::Value) -> Option<String> {
+    match &data["text_output"] {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Null => None,
+        other => Some(other.to_string()),
+    }
+}
+
 /// What an event adds to the text a client shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Piece {

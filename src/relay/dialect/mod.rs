@@ -14,6 +14,7 @@
 pub mod adk;
 pub mod adk_http;
 pub mod answer;
+pub mod omni2;
 
 use axum::extract::ws::Utf8Bytes;
 use serde_json::json;
@@ -26,13 +27,32 @@ pub trait Dialect: Send + 'static {
     /// Read one client text frame.
     fn decode(&mut self, text: &str) -> Result<ClientFrame, BadFrame>;
 
+    /// The frames to write for one stamped run frame (its JSON text): what a dialect that
+    /// re-encodes every frame implements; [`Dialect::encode`] and [`Dialect::encode_logged`]
+    /// call it for each frame.
+    fn encode_text(&mut self, text: &str, out: &mut Vec<Utf8Bytes>) {
+        out.push(Utf8Bytes::from(text.to_owned()));
+    }
+
     /// The frames to write for a batch of a run's frames, in order. `lagging` is true when the
     /// client is more than `--merge-lag` frames behind (the dialect may merge frames then).
-    fn encode(&mut self, batch: Vec<Frame>, lagging: bool) -> Vec<Utf8Bytes>;
+    fn encode(&mut self, batch: Vec<Frame>, _lagging: bool) -> Vec<Utf8Bytes> {
+        let mut out = Vec::with_capacity(batch.len());
+        for f in batch {
+            self.encode_text(f.text.as_str(), &mut out);
+        }
+        out
+    }
 
     /// The frames to write for frames replayed from the run log (a run's stamped frames, in
     /// `seq` order).
-    fn encode_logged(&mut self, texts: Vec<Utf8Bytes>) -> Vec<Utf8Bytes>;
+    fn encode_logged(&mut self, texts: Vec<Utf8Bytes>) -> Vec<Utf8Bytes> {
+        let mut out = Vec::with_capacity(texts.len());
+        for t in texts {
+            self.encode_text(t.as_str(), &mut out);
+        }
+        out
+    }
 
     /// The frames of an error the session answers itself (outside any run), e.g. a refused
     /// request.
@@ -43,10 +63,10 @@ pub trait Dialect: Send + 'static {
         Vec::new()
     }
 
-    /// The close code written in place of `code` (for a client that would reconnect forever on
-    /// some codes).
-    fn close_code(&self, code: CloseCode) -> CloseCode {
-        code
+    /// The close code and reason written in place of `code` and `reason` (for a client that
+    /// would reconnect forever on some codes, or shows the reason next to the error frame).
+    fn close(&self, code: CloseCode, reason: &'static str) -> (CloseCode, &'static str) {
+        (code, reason)
     }
 
     /// The conversation this socket's turns belong to, when the dialect's clients send only the
@@ -66,10 +86,31 @@ pub trait Dialect: Send + 'static {
     }
 }
 
-/// A dialect's encoder for HTTP streams ([`crate::relay::stream`]): the payloads (one SSE
-/// `data:` each, or one element of a JSON answer) for one stamped run frame.
+/// A dialect's encoder for HTTP streams ([`crate::relay::stream`]): the payloads for one
+/// stamped run frame.
 pub trait StreamEncoder: Send + 'static {
-    fn encode(&mut self, frame: &Frame) -> Vec<String>;
+    fn encode(&mut self, frame: &Frame) -> Vec<Payload>;
+}
+
+/// One event of an HTTP stream: an SSE event (`event:` name when the dialect uses one, and its
+/// `data:`), or one element of a JSON answer (the `data` alone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payload {
+    pub event: Option<&'static str>,
+    pub data: String,
+}
+
+impl Payload {
+    pub fn data(data: String) -> Payload {
+        Payload { event: None, data }
+    }
+
+    pub fn named(event: &'static str, data: String) -> Payload {
+        Payload {
+            event: Some(event),
+            data,
+        }
+    }
 }
 
 /// The native protocol of docs/protocol.md.
