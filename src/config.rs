@@ -318,7 +318,8 @@ pub struct GatewayConfig {
     /// Client protocols served (comma list, docs/dialects.md): `neuralabs` (the native
     /// protocol, always on), `adk` (barka/ovara: `/ws/{client_id}` and ADK's HTTP routes; needs
     /// `--adk-agent-id`), `omni2` (the OMNI2 widget: `/ws/chat` and its SSE twin; needs
-    /// `--omni2-agent-id`).
+    /// `--omni2-agent-id`), `copilot` (the OmniTrack copilot: `/copilot`; needs
+    /// `--copilot-agent-id`).
     #[arg(
         long,
         env = "FLOWGATE_DIALECTS",
@@ -342,6 +343,10 @@ pub struct GatewayConfig {
     /// only tokens).
     #[arg(long, env = "FLOWGATE_OMNI2_WELCOME_AS", value_enum, default_value_t = WelcomeAs::Welcome)]
     pub omni2_welcome_as: WelcomeAs,
+
+    /// The agent the `copilot` route (`/copilot`) runs (the hook names none).
+    #[arg(long, env = "FLOWGATE_COPILOT_AGENT_ID")]
+    pub copilot_agent_id: Option<String>,
 
     /// The agent the `adk` route runs (its clients name none).
     #[arg(long, env = "FLOWGATE_ADK_AGENT_ID")]
@@ -389,6 +394,8 @@ pub enum DialectId {
     Adk,
     /// The OMNI2 dashboard widget at `/ws/chat` and `POST /api/v1/chat/stream`.
     Omni2,
+    /// The OmniTrack AI copilot hook at `/copilot`.
+    Copilot,
 }
 
 /// How the welcome is sent (`--omni2-welcome-as`).
@@ -479,6 +486,7 @@ impl GatewayConfig {
             dialects: vec![DialectId::Neuralabs],
             adk_agent_id: None,
             omni2_agent_id: None,
+            copilot_agent_id: None,
             omni2_welcome_text: String::new(),
             omni2_welcome_as: WelcomeAs::Welcome,
             adk_jwt_user_claim: DEFAULT_ADK_USER_CLAIM.into(),

@@ -104,9 +104,11 @@ pub async fn run(args: DemoArgs) -> ExitCode {
         crate::config::DialectId::Neuralabs,
         crate::config::DialectId::Adk,
         crate::config::DialectId::Omni2,
+        crate::config::DialectId::Copilot,
     ];
     config.adk_agent_id = Some("assistant".into());
     config.omni2_agent_id = Some("assistant".into());
+    config.copilot_agent_id = Some("assistant".into());
     config.adk_jwt_user_claim = "sub".into();
     let gateway = match Gateway::with_store(config, Store::Files(store)).await {
         Ok(g) => g,
@@ -132,6 +134,10 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     println!("  Other client protocols (docs/dialects.md), each on its own path:");
     println!("    adk (barka/ovara): ws://{addr}/ws/<client_id>?token={token}  runs `assistant`");
     println!("                       send {{\"mime_type\":\"text/plain\",\"data\":\"Hello\"}}");
+    println!("    copilot (OmniTrack):  ws://{addr}/copilot?token={token}  runs `assistant`");
+    println!(
+        "                       send {{\"action\":\"message\",\"message\":\"Hello\",\"conversationId\":null,\"streaming\":true}}"
+    );
     println!("    omni2 (OMNI2 widget): ws://{addr}/ws/chat?token={token}  runs `assistant`");
     println!(
         "                       send {{\"type\":\"message\",\"text\":\"Hello\"}}; SSE twin: POST http://{addr}/api/v1/chat/stream"

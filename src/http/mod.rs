@@ -310,6 +310,13 @@ fn check_dialects(config: &GatewayConfig) -> Result<(), StartError> {
             &config.omni2_agent_id,
             "/ws/chat and POST /api/v1/chat/stream",
         ),
+        (
+            DialectId::Copilot,
+            "copilot",
+            "--copilot-agent-id (FLOWGATE_COPILOT_AGENT_ID)",
+            &config.copilot_agent_id,
+            "/copilot",
+        ),
     ];
     for (id, name, flag, agent, paths) in routes {
         let on = config.dialects.contains(&id);
@@ -379,6 +386,15 @@ pub fn router(state: AppState) -> Router {
                 state.config.max_request_body_bytes,
             )),
         )
+    } else {
+        public
+    };
+    let public = if state
+        .config
+        .dialects
+        .contains(&crate::config::DialectId::Copilot)
+    {
+        public.route("/copilot", get(ws::upgrade_copilot))
     } else {
         public
     };

@@ -12,6 +12,7 @@ use tracing::Instrument;
 use crate::relay::context::AppState;
 use crate::relay::dialect::NeuraLabs;
 use crate::relay::dialect::adk::{Adk, AdkSocket};
+use crate::relay::dialect::copilot::Copilot;
 use crate::relay::dialect::omni2::Omni2;
 use crate::relay::session::{self, Authn};
 
@@ -131,6 +132,7 @@ enum Route {
     Native,
     Adk(AdkSocket),
     Omni2,
+    Copilot,
 }
 
 /// `GET /api/chat/execute/{agent_id}`: the native protocol.
@@ -189,7 +191,7 @@ pub async fn upgrade_adk(
     open(state, peer, agent_id, route, query, headers, admission, ws)
 }
 
-/// `GET /ws/chat?token=…`: the `omni2` dialect (the OMNI2 dashboard widget). The agent is
+/// `GET /ws/chat?token=…`: the `omni2` dialect (the OMNI2 dashboard widget), running
 /// `--omni2-agent-id`; the token may also come as `Authorization: Bearer` or the `bearer`
 /// subprotocol.
 pub async fn upgrade_omni2(
@@ -200,19 +202,58 @@ pub async fn upgrade_omni2(
     admission: Option<axum::Extension<std::sync::Arc<super::server::Admission>>>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
-    let Some(agent_id) = state.config.omni2_agent_id.clone() else {
-        return (StatusCode::NOT_FOUND, "the omni2 route is off\n").into_response();
-    };
-    open(
+    let agent = state.config.omni2_agent_id.clone();
+    one_agent(
         state,
         peer,
-        agent_id,
+        agent,
         Route::Omni2,
         query,
         headers,
         admission,
         ws,
     )
+}
+
+/// `GET /copilot?userId=…&token=…`: the `copilot` dialect (the OmniTrack copilot hook),
+/// running `--copilot-agent-id`; `userId` is ignored (identity is the token's).
+pub async fn upgrade_copilot(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    admission: Option<axum::Extension<std::sync::Arc<super::server::Admission>>>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let agent = state.config.copilot_agent_id.clone();
+    one_agent(
+        state,
+        peer,
+        agent,
+        Route::Copilot,
+        query,
+        headers,
+        admission,
+        ws,
+    )
+}
+
+/// A route that runs one configured agent (its clients name none).
+#[allow(clippy::too_many_arguments)] // the route's extractors, handed on as they are
+fn one_agent(
+    state: AppState,
+    peer: std::net::SocketAddr,
+    agent: Option<String>,
+    route: Route,
+    query: Option<String>,
+    headers: HeaderMap,
+    admission: Option<axum::Extension<std::sync::Arc<super::server::Admission>>>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    match agent {
+        Some(agent_id) => open(state, peer, agent_id, route, query, headers, admission, ws),
+        None => (StatusCode::NOT_FOUND, "this route is off\n").into_response(),
+    }
 }
 
 /// A client-chosen key (client id, conversation id): 1 to 128 letters, digits, `-`, `_`, `.`.
@@ -277,11 +318,11 @@ fn open(
         )
             .into_response();
     }
-    // The adk and omni2 clients send their token in the query (their contract).
+    // The other dialects' clients send their token in the query (their contract).
     let (allow_query, user_claim) = match &route {
         Route::Native => (state.config.allow_query_token, None),
         Route::Adk(_) => (true, Some(state.config.adk_jwt_user_claim.as_str())),
-        Route::Omni2 => (true, None),
+        Route::Omni2 | Route::Copilot => (true, None),
     };
     let found = find_token(&headers, query.as_deref(), allow_query);
     let authn = match &found {
@@ -336,6 +377,11 @@ fn open(
                     match route {
                         Route::Native => {
                             let dialect = NeuraLabs;
+                            session::serve(state.clone(), socket, dialect, agent_id, authn, trace)
+                                .await;
+                        }
+                        Route::Copilot => {
+                            let dialect = Copilot::new();
                             session::serve(state.clone(), socket, dialect, agent_id, authn, trace)
                                 .await;
                         }

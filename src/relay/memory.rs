@@ -30,6 +30,9 @@ struct Inner {
     turns: HashMap<Key, VecDeque<(&'static str, String)>>,
     /// Keys in the order they were first seen (eviction order).
     order: VecDeque<Key>,
+    /// Owners of global conversation ids ([`Conversations::claim`]), and their claim order.
+    owners: HashMap<String, String>,
+    claimed: VecDeque<String>,
 }
 
 impl Conversations {
@@ -87,6 +90,26 @@ impl Conversations {
         }
     }
 
+    /// Record that `user` owns `conversation` (a global id); `false` when another user does.
+    /// Bounded like the conversations (the oldest claims are forgotten first).
+    pub fn claim(&self, user: &str, conversation: &str) -> bool {
+        let mut inner = self.lock();
+        if let Some(owner) = inner.owners.get(conversation) {
+            return owner == user;
+        }
+        while inner.owners.len() >= self.max_conversations {
+            let Some(oldest) = inner.claimed.pop_front() else {
+                break;
+            };
+            inner.owners.remove(&oldest);
+        }
+        inner
+            .owners
+            .insert(conversation.to_owned(), user.to_owned());
+        inner.claimed.push_back(conversation.to_owned());
+        true
+    }
+
     /// Conversations remembered.
     pub fn len(&self) -> usize {
         self.lock().turns.len()
@@ -128,6 +151,17 @@ mod tests {
         );
         assert!(c.history("bob", "c1").is_empty(), "another user's key");
         assert!(c.history("alice", "c2").is_empty());
+    }
+
+    #[test]
+    fn a_global_conversation_id_belongs_to_its_first_user() {
+        let c = Conversations::new(4, 2);
+        assert!(c.claim("alice", "conv_1"));
+        assert!(c.claim("alice", "conv_1"));
+        assert!(!c.claim("bob", "conv_1"));
+        assert!(c.claim("bob", "conv_2"));
+        assert!(c.claim("bob", "conv_3"), "bounded: the oldest claim goes");
+        assert!(c.claim("bob", "conv_1"));
     }
 
     #[test]

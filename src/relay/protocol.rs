@@ -88,6 +88,19 @@ pub struct RunRequest {
     /// `published` or `draft`; default: the agent's status decides.
     #[serde(default)]
     pub version: Option<String>,
+    /// What a dialect's decoder read next to the message (never from a native frame): the
+    /// turn's conversation and form, carried with the request through the dialect's queue.
+    #[serde(skip)]
+    pub tag: Option<TurnTag>,
+}
+
+/// A dialect's per-message settings (see [`RunRequest::tag`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TurnTag {
+    /// The conversation the message belongs to (the dialect's id; with the user, the memory key).
+    pub conversation: Option<String>,
+    /// Stream the answer (`true`) or send it whole.
+    pub streaming: bool,
 }
 
 /// Every frame a client may send.
@@ -95,8 +108,15 @@ pub struct RunRequest {
 pub enum ClientFrame {
     Run(Box<RunRequest>),
     Cancel,
-    Resume { run_id: uuid::Uuid, after_seq: u64 },
-    Auth { token: String },
+    Resume {
+        run_id: uuid::Uuid,
+        after_seq: u64,
+    },
+    Auth {
+        token: String,
+    },
+    /// An application-level ping of a dialect that has one (answered with its pong frame).
+    Ping,
 }
 
 /// A client frame that could not be understood; the text says what to fix.

@@ -142,6 +142,8 @@ struct Session<D: Dialect> {
     /// The user's message of the running turn, for the conversation memory (dialects that
     /// keep one).
     turn_message: Option<String>,
+    /// When run frames were last written (for the pause before a turn's terminal frame).
+    last_written: Instant,
 }
 
 impl<D: Dialect> Session<D> {
@@ -180,6 +182,7 @@ impl<D: Dialect> Session<D> {
             last_heard: Instant::now(),
             queued: std::collections::VecDeque::new(),
             turn_message: None,
+            last_written: Instant::now(),
         };
         let opening = session.dialect.opening();
         let opened = opening.is_empty()
@@ -316,12 +319,37 @@ impl<D: Dialect> Session<D> {
                 let end = batch.last().and_then(|f| f.end);
                 let received: Vec<std::time::Instant> = batch.iter().map(|f| f.received).collect();
                 let count = batch.len();
-                let texts = self.dialect.encode(batch, lag > config.merge_lag);
-                let written = texts.len();
-                if !write_batch(&mut self.socket, texts, config.client_write_timeout).await {
+                let lagging = lag > config.merge_lag;
+                let timeout = config.client_write_timeout;
+                let mut batch = batch;
+                // A client that loses frames arriving in one burst gets the terminal frame after
+                // a pause (DIALECTS.md rule 14).
+                let paced = match (end, self.dialect.turn_end_gap()) {
+                    (Some(_), Some(gap)) => batch.pop().map(|terminal| (terminal, gap)),
+                    _ => None,
+                };
+                let mut texts = self.dialect.encode(batch, lagging);
+                let mut written = texts.len();
+                if let Some((terminal, gap)) = paced {
+                    if !texts.is_empty() {
+                        if !write_batch(&mut self.socket, texts, timeout).await {
+                            return ControlFlow::Break(End::close(CloseCode::TooSlow, "too slow"));
+                        }
+                        self.last_written = Instant::now();
+                    }
+                    tokio::time::sleep_until(self.last_written + gap).await;
+                    texts = self.dialect.encode(vec![terminal], lagging);
+                    written += texts.len();
+                }
+                if !write_batch(&mut self.socket, texts, timeout).await {
                     tracing::info!("client too slow or gone");
                     return ControlFlow::Break(End::close(CloseCode::TooSlow, "too slow"));
                 }
+                self.last_written = Instant::now();
+                let r = self
+                    .run
+                    .as_mut()
+                    .expect("next_frames only yields for a run");
                 r.cursor = last;
                 let metrics = &self.state.metrics;
                 metrics.coalesced_chunks.inc_by((count - written) as u64);
@@ -423,6 +451,17 @@ impl<D: Dialect> Session<D> {
                 ControlFlow::Continue(())
             }
             ClientFrame::Auth { token } => self.on_auth(&token),
+            ClientFrame::Ping => match self.dialect.pong() {
+                Some(pong) => {
+                    let timeout = self.state.config.client_write_timeout;
+                    if write(&mut self.socket, Message::Text(pong), timeout).await {
+                        ControlFlow::Continue(())
+                    } else {
+                        ControlFlow::Break(End::Gone)
+                    }
+                }
+                None => ControlFlow::Continue(()),
+            },
             ClientFrame::Resume { run_id, after_seq } => self.on_resume(run_id, after_seq).await,
             ClientFrame::Run(request) => self.on_run_request(*request).await,
         }
@@ -539,10 +578,18 @@ impl<D: Dialect> Session<D> {
             return self.answer(code, &why).await;
         }
         let mut request = request;
+        self.dialect.begin_turn(request.tag.as_ref());
         if let Some(conversation) = self.dialect.conversation() {
+            let memory = &self.state.conversations;
+            if self.dialect.owned_conversations() && !memory.claim(&id.user_id, conversation) {
+                let why = format!("conversation `{conversation}` belongs to another user");
+                return self.answer(ErrorCode::Forbidden, &why).await;
+            }
             if request.conversation_history.is_none() {
-                request.conversation_history =
-                    Some(self.state.conversations.history(&id.user_id, conversation));
+                let mut history = memory.history(&id.user_id, conversation);
+                let window = self.dialect.history_window();
+                history.drain(..history.len().saturating_sub(window));
+                request.conversation_history = Some(history);
             }
             self.turn_message = request.message.clone();
         }

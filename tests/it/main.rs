@@ -11,6 +11,7 @@ mod chain_pg;
 mod chat_client;
 mod closing;
 mod common;
+mod copilot;
 mod deploy;
 mod engine;
 mod engine_llm;

@@ -21,6 +21,7 @@ const HANDSHAKE_SCHEMA: &str = include_str!("../../schemas/engine-handshake.sche
 const STORED_SCHEMA: &str = include_str!("../../schemas/stored-workflow.schema.json");
 const ADK_SCHEMA: &str = include_str!("../../schemas/adk-server-frame.schema.json");
 const OMNI2_SCHEMA: &str = include_str!("../../schemas/omni2-server-frame.schema.json");
+const COPILOT_SCHEMA: &str = include_str!("../../schemas/copilot-server-frame.schema.json");
 const PROTOCOL_DOC: &str = include_str!("../../docs/protocol.md");
 
 /// A compiled schema, plus one validator per top-level `oneOf` branch (`$defs/<name>`): a
@@ -100,6 +101,8 @@ static HANDSHAKE: LazyLock<Contract> =
 static ADK: LazyLock<Contract> = LazyLock::new(|| Contract::new("adk-server-frame", ADK_SCHEMA));
 static OMNI2: LazyLock<Contract> =
     LazyLock::new(|| Contract::new("omni2-server-frame", OMNI2_SCHEMA));
+static COPILOT: LazyLock<Contract> =
+    LazyLock::new(|| Contract::new("copilot-server-frame", COPILOT_SCHEMA));
 static STORED: LazyLock<Contract> =
     LazyLock::new(|| Contract::new("stored-workflow", STORED_SCHEMA));
 
@@ -146,6 +149,14 @@ pub fn assert_adk_frame(frame: &Value) {
 pub fn assert_omni2_frame(frame: &Value) {
     let branch = frame["type"].as_str().unwrap_or("token");
     if let Err(why) = OMNI2.check(frame, Some(branch)) {
+        panic!("{why}");
+    }
+}
+
+/// Panic (with the validation errors and the frame) unless `frame` is a valid `copilot` frame.
+pub fn assert_copilot_frame(frame: &Value) {
+    let branch = frame["type"].as_str().unwrap_or("error");
+    if let Err(why) = COPILOT.check(frame, Some(branch)) {
         panic!("{why}");
     }
 }

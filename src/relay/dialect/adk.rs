@@ -252,14 +252,7 @@ mod tests {
     }
 
     fn frames(d: &mut Adk, events: &[Value]) -> Vec<Value> {
-        let texts = events
-            .iter()
-            .map(|e| Utf8Bytes::from(e.to_string()))
-            .collect();
-        d.encode_logged(texts)
-            .iter()
-            .map(|t| serde_json::from_str(t.as_str()).unwrap())
-            .collect()
+        super::super::encode_values(d, events)
     }
 
     #[test]

@@ -14,12 +14,13 @@
 pub mod adk;
 pub mod adk_http;
 pub mod answer;
+pub mod copilot;
 pub mod omni2;
 
 use axum::extract::ws::Utf8Bytes;
 use serde_json::json;
 
-use super::protocol::{self, BadFrame, ClientFrame, CloseCode, ErrorCode};
+use super::protocol::{self, BadFrame, ClientFrame, CloseCode, ErrorCode, TurnTag};
 use super::registry::Frame;
 
 /// A client protocol: how client frames are read and how frames are written.
@@ -69,9 +70,35 @@ pub trait Dialect: Send + 'static {
         (code, reason)
     }
 
-    /// The conversation this socket's turns belong to, when the dialect's clients send only the
+    /// A run request of this dialect is about to start (also one that waited in the queue):
+    /// take the turn's settings from its tag (conversation, streaming or whole answer).
+    fn begin_turn(&mut self, _tag: Option<&TurnTag>) {}
+
+    /// The conversation the current turn belongs to, when the dialect's clients send only the
     /// new message and expect the server to remember the rest ([`crate::relay::memory`]).
     fn conversation(&self) -> Option<&str> {
+        None
+    }
+
+    /// Conversation ids are global and owned by the user who first used them (a client-chosen
+    /// id of another user is `forbidden`), rather than private to each user.
+    fn owned_conversations(&self) -> bool {
+        false
+    }
+
+    /// Most remembered messages a turn is given as its history.
+    fn history_window(&self) -> usize {
+        usize::MAX
+    }
+
+    /// A pause before a turn's terminal frame, for clients that lose frames arriving in one
+    /// burst (DIALECTS.md rule 14).
+    fn turn_end_gap(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// The answer to the dialect's application-level ping.
+    fn pong(&mut self) -> Option<Utf8Bytes> {
         None
     }
 
@@ -179,6 +206,19 @@ fn merge_chunks(batch: Vec<Frame>) -> Vec<Utf8Bytes> {
         i = j;
     }
     out
+}
+
+/// Test helper: encode run events (JSON values) as logged frames and read the frames back.
+#[cfg(test)]
+pub fn encode_values(d: &mut impl Dialect, events: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    let texts = events
+        .iter()
+        .map(|e| Utf8Bytes::from(e.to_string()))
+        .collect();
+    d.encode_logged(texts)
+        .iter()
+        .map(|t| serde_json::from_str(t.as_str()).expect("frames are JSON"))
+        .collect()
 }
 
 #[cfg(test)]

@@ -352,14 +352,7 @@ mod tests {
     use super::*;
 
     fn run(d: &mut Omni2, events: &[Value]) -> Vec<Value> {
-        let texts = events
-            .iter()
-            .map(|e| Utf8Bytes::from(e.to_string()))
-            .collect();
-        d.encode_logged(texts)
-            .iter()
-            .map(|t| serde_json::from_str(t.as_str()).unwrap())
-            .collect()
+        super::super::encode_values(d, events)
     }
 
     #[test]
