@@ -319,7 +319,8 @@ pub struct GatewayConfig {
     /// protocol, always on), `adk` (barka/ovara: `/ws/{client_id}` and ADK's HTTP routes; needs
     /// `--adk-agent-id`), `omni2` (the OMNI2 widget: `/ws/chat` and its SSE twin; needs
     /// `--omni2-agent-id`), `copilot` (the OmniTrack copilot: `/copilot`; needs
-    /// `--copilot-agent-id`).
+    /// `--copilot-agent-id`), `citizen` (Leoma: session minting and its socket; needs
+    /// `--citizen-agent-id`).
     #[arg(
         long,
         env = "FLOWGATE_DIALECTS",
@@ -347,6 +348,34 @@ pub struct GatewayConfig {
     /// The agent the `copilot` route (`/copilot`) runs (the hook names none).
     #[arg(long, env = "FLOWGATE_COPILOT_AGENT_ID")]
     pub copilot_agent_id: Option<String>,
+
+    /// The agent the `citizen` routes run (`POST /api/agent/session` and the socket on
+    /// `--citizen-path`).
+    #[arg(long, env = "FLOWGATE_CITIZEN_AGENT_ID")]
+    pub citizen_agent_id: Option<String>,
+
+    /// Path of the `citizen` socket (`?sessionId=`); on `/` a plain `GET /` still gets the
+    /// chat page.
+    #[arg(long, env = "FLOWGATE_CITIZEN_PATH", default_value = "/")]
+    pub citizen_path: String,
+
+    /// Idle lifetime of a citizen session (minted by `POST /api/agent/session`).
+    #[arg(long, env = "FLOWGATE_CITIZEN_SESSION_TTL", default_value = "2h", value_parser = duration)]
+    pub citizen_session_ttl: Duration,
+
+    /// Largest citizen frame (they carry base64 attachments: an 8 MB image is ~10.7 MB).
+    #[arg(long, env = "FLOWGATE_CITIZEN_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_CITIZEN_MAX_MESSAGE_BYTES)]
+    pub citizen_max_message_bytes: usize,
+
+    /// Flat citizen frames: stream `{"delta"}` frames then `{"done":true}` instead of one frame
+    /// per turn (the shipped chat renders only the newest frame of a burst).
+    #[arg(long, env = "FLOWGATE_CITIZEN_STREAM_DELTAS")]
+    pub citizen_stream_deltas: bool,
+
+    /// The `websocketUrl` a minted citizen session names (default: built from the request's
+    /// `Host` and `--citizen-path`).
+    #[arg(long, env = "FLOWGATE_CITIZEN_WEBSOCKET_URL")]
+    pub citizen_websocket_url: Option<String>,
 
     /// The agent the `adk` route runs (its clients name none).
     #[arg(long, env = "FLOWGATE_ADK_AGENT_ID")]
@@ -382,6 +411,9 @@ pub struct GatewayConfig {
     pub log_format: LogFormat,
 }
 
+/// Default of `--citizen-max-message-bytes` (12 MiB).
+pub const DEFAULT_CITIZEN_MAX_MESSAGE_BYTES: usize = 12 * 1024 * 1024;
+
 /// Default of `--max-request-body-bytes`.
 pub const DEFAULT_MAX_REQUEST_BODY_BYTES: usize = 1024 * 1024;
 
@@ -396,6 +428,8 @@ pub enum DialectId {
     Omni2,
     /// The OmniTrack AI copilot hook at `/copilot`.
     Copilot,
+    /// Citizen Interface "Leoma": `POST /api/agent/session` and the socket on `--citizen-path`.
+    Citizen,
 }
 
 /// How the welcome is sent (`--omni2-welcome-as`).
@@ -487,6 +521,12 @@ impl GatewayConfig {
             adk_agent_id: None,
             omni2_agent_id: None,
             copilot_agent_id: None,
+            citizen_agent_id: None,
+            citizen_path: "/".into(),
+            citizen_session_ttl: Duration::from_secs(2 * 3600),
+            citizen_max_message_bytes: DEFAULT_CITIZEN_MAX_MESSAGE_BYTES,
+            citizen_stream_deltas: false,
+            citizen_websocket_url: None,
             omni2_welcome_text: String::new(),
             omni2_welcome_as: WelcomeAs::Welcome,
             adk_jwt_user_claim: DEFAULT_ADK_USER_CLAIM.into(),
@@ -544,6 +584,12 @@ mod tests {
         assert_eq!(parsed.dialects, tests.dialects);
         assert_eq!(parsed.omni2_welcome_text, tests.omni2_welcome_text);
         assert_eq!(parsed.omni2_welcome_as, tests.omni2_welcome_as);
+        assert_eq!(parsed.citizen_path, tests.citizen_path);
+        assert_eq!(parsed.citizen_session_ttl, tests.citizen_session_ttl);
+        assert_eq!(
+            parsed.citizen_max_message_bytes,
+            tests.citizen_max_message_bytes
+        );
         assert_eq!(parsed.adk_jwt_user_claim, tests.adk_jwt_user_claim);
         assert_eq!(parsed.history_messages, tests.history_messages);
         assert_eq!(parsed.history_conversations, tests.history_conversations);

@@ -105,10 +105,12 @@ pub async fn run(args: DemoArgs) -> ExitCode {
         crate::config::DialectId::Adk,
         crate::config::DialectId::Omni2,
         crate::config::DialectId::Copilot,
+        crate::config::DialectId::Citizen,
     ];
     config.adk_agent_id = Some("assistant".into());
     config.omni2_agent_id = Some("assistant".into());
     config.copilot_agent_id = Some("assistant".into());
+    config.citizen_agent_id = Some("assistant".into());
     config.adk_jwt_user_claim = "sub".into();
     let gateway = match Gateway::with_store(config, Store::Files(store)).await {
         Ok(g) => g,
@@ -134,6 +136,10 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     println!("  Other client protocols (docs/dialects.md), each on its own path:");
     println!("    adk (barka/ovara): ws://{addr}/ws/<client_id>?token={token}  runs `assistant`");
     println!("                       send {{\"mime_type\":\"text/plain\",\"data\":\"Hello\"}}");
+    println!(
+        "    citizen (Leoma):      POST http://{addr}/api/agent/session, then ws://{addr}/?sessionId=<its sessionId>"
+    );
+    println!("                       send {{\"sessionId\":\"<it>\",\"message\":\"Hello\"}}");
     println!("    copilot (OmniTrack):  ws://{addr}/copilot?token={token}  runs `assistant`");
     println!(
         "                       send {{\"action\":\"message\",\"message\":\"Hello\",\"conversationId\":null,\"streaming\":true}}"

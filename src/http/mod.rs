@@ -9,6 +9,7 @@
 
 pub mod adk;
 pub mod bearer;
+pub mod citizen;
 pub mod health;
 pub mod omni2;
 pub mod page;
@@ -148,6 +149,7 @@ impl Gateway {
             config.upgrades_per_second.saturating_mul(2),
         );
         let config_history = (config.history_messages, config.history_conversations);
+        let citizen_ttl = config.citizen_session_ttl;
         let state = AppState {
             config: Arc::new(config),
             store,
@@ -165,6 +167,7 @@ impl Gateway {
                 config_history.1,
             )),
             adk_sessions: Arc::default(),
+            citizen_sessions: Arc::new(crate::relay::dialect::citizen::Sessions::new(citizen_ttl)),
         };
         Ok(Gateway {
             listener,
@@ -317,6 +320,13 @@ fn check_dialects(config: &GatewayConfig) -> Result<(), StartError> {
             &config.copilot_agent_id,
             "/copilot",
         ),
+        (
+            DialectId::Citizen,
+            "citizen",
+            "--citizen-agent-id (FLOWGATE_CITIZEN_AGENT_ID)",
+            &config.citizen_agent_id,
+            "POST /api/agent/session and the --citizen-path socket",
+        ),
     ];
     for (id, name, flag, agent, paths) in routes {
         let on = config.dialects.contains(&id);
@@ -338,6 +348,24 @@ fn check_dialects(config: &GatewayConfig) -> Result<(), StartError> {
             }
             (None, false) => {}
         }
+    }
+    let path = &config.citizen_path;
+    if !path.starts_with('/') || path.contains(['?', '#', '{', '}', ' ']) {
+        return Err(StartError::Dialect(format!(
+            "--citizen-path `{path}` is not a plain path: use e.g. / or /citizen"
+        )));
+    }
+    if config.dialects.contains(&DialectId::Citizen)
+        && path != "/"
+        && [
+            "/api/", "/ws/", "/static/", "/copilot", "/metrics", "/healthz", "/readyz", "/run",
+        ]
+        .iter()
+        .any(|taken| path.starts_with(taken))
+    {
+        return Err(StartError::Dialect(format!(
+            "--citizen-path `{path}` collides with another flowgate route: choose another path"
+        )));
     }
     if config.dialects.contains(&DialectId::Adk) && config.adk_jwt_user_claim.trim().is_empty() {
         return Err(StartError::Dialect(
@@ -369,12 +397,21 @@ fn adk_routes(max_body: usize) -> Router<AppState> {
 /// The router of one gateway. With `--admin-listen`, `/metrics` and `/readyz` are only on the
 /// admin listener ([`admin_router`]).
 pub fn router(state: AppState) -> Router {
+    let citizen_on_root = state
+        .config
+        .dialects
+        .contains(&crate::config::DialectId::Citizen)
+        && state.config.citizen_path == "/";
     let public = Router::new()
         .route("/api/chat/execute/{agent_id}", get(ws::upgrade))
         .route("/api/agents", get(page::agents))
         .route("/healthz", get(health::healthz))
-        .route("/", get(page::index))
         .route("/static/{file}", get(page::asset));
+    let public = if citizen_on_root {
+        public
+    } else {
+        public.route("/", get(page::index))
+    };
     let public = if state
         .config
         .dialects
@@ -386,6 +423,26 @@ pub fn router(state: AppState) -> Router {
                 state.config.max_request_body_bytes,
             )),
         )
+    } else {
+        public
+    };
+    let public = if state
+        .config
+        .dialects
+        .contains(&crate::config::DialectId::Citizen)
+    {
+        let public = public.route(
+            "/api/agent/session",
+            axum::routing::post(citizen::mint).layer(axum::extract::DefaultBodyLimit::max(
+                state.config.max_request_body_bytes,
+            )),
+        );
+        if citizen_on_root {
+            // The socket and the chat page share `/`: an upgrade is the socket.
+            public.route("/", get(ws::root))
+        } else {
+            public.route(&state.config.citizen_path, get(ws::upgrade_citizen))
+        }
     } else {
         public
     };

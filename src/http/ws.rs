@@ -12,6 +12,7 @@ use tracing::Instrument;
 use crate::relay::context::AppState;
 use crate::relay::dialect::NeuraLabs;
 use crate::relay::dialect::adk::{Adk, AdkSocket};
+use crate::relay::dialect::citizen::Citizen;
 use crate::relay::dialect::copilot::Copilot;
 use crate::relay::dialect::omni2::Omni2;
 use crate::relay::session::{self, Authn};
@@ -133,6 +134,8 @@ enum Route {
     Adk(AdkSocket),
     Omni2,
     Copilot,
+    /// A citizen socket: its session id.
+    Citizen(String),
 }
 
 /// `GET /api/chat/execute/{agent_id}`: the native protocol.
@@ -238,6 +241,46 @@ pub async fn upgrade_copilot(
     )
 }
 
+/// `GET /` when the citizen socket lives there: an upgrade is a citizen socket, anything else
+/// gets the chat page.
+pub async fn root(
+    state: State<AppState>,
+    peer: ConnectInfo<std::net::SocketAddr>,
+    query: RawQuery,
+    headers: HeaderMap,
+    admission: Option<axum::Extension<std::sync::Arc<super::server::Admission>>>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    if ws.is_err() {
+        return super::page::index(headers).await;
+    }
+    upgrade_citizen(state, peer, query, headers, admission, ws).await
+}
+
+/// The citizen socket (`--citizen-path`, `?sessionId=` of a minted session), running
+/// `--citizen-agent-id` as the session's user.
+pub async fn upgrade_citizen(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    admission: Option<axum::Extension<std::sync::Arc<super::server::Admission>>>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let session = query_param(query.as_deref(), "sessionId").unwrap_or_default();
+    let agent = state.config.citizen_agent_id.clone();
+    one_agent(
+        state,
+        peer,
+        agent,
+        Route::Citizen(session),
+        query,
+        headers,
+        admission,
+        ws,
+    )
+}
+
 /// A route that runs one configured agent (its clients name none).
 #[allow(clippy::too_many_arguments)] // the route's extractors, handed on as they are
 fn one_agent(
@@ -322,21 +365,34 @@ fn open(
     let (allow_query, user_claim) = match &route {
         Route::Native => (state.config.allow_query_token, None),
         Route::Adk(_) => (true, Some(state.config.adk_jwt_user_claim.as_str())),
-        Route::Omni2 | Route::Copilot => (true, None),
+        Route::Omni2 | Route::Copilot | Route::Citizen(_) => (true, None),
     };
     let found = find_token(&headers, query.as_deref(), allow_query);
-    let authn = match &found {
+    let authn = match (&route, &found) {
+        // A citizen socket's credential is its minted session (which may carry a user).
+        (Route::Citizen(session), _) => match state.citizen_sessions.open(session) {
+            Some(identity) => Authn::Ok(identity),
+            None => Authn::Rejected(
+                "unknown or expired sessionId: POST /api/agent/session for a session, then connect with ?sessionId=<it>".into(),
+            ),
+        },
+        (_, found) => match found {
         None if state.config.auth.allow_anonymous => Authn::Ok(crate::auth::Identity::anonymous()),
         None => Authn::Missing,
         Some((token, _)) => match state.verifier.verify_as(token, user_claim) {
             Ok(id) => Authn::Ok(id),
             Err(e) => Authn::Refused(e),
         },
+        },
     };
     let transport = found.as_ref().map(|(_, t)| *t);
+    let max_message = match route {
+        Route::Citizen(_) => state.config.citizen_max_message_bytes,
+        _ => state.config.max_client_message_bytes,
+    };
     let mut ws = ws
-        .max_message_size(state.config.max_client_message_bytes)
-        .max_frame_size(state.config.max_client_message_bytes)
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
         .read_buffer_size(state.config.ws_read_buffer_bytes)
         .write_buffer_size(state.config.ws_write_buffer_bytes);
     if transport == Some(Transport::Subprotocol) {
@@ -377,6 +433,13 @@ fn open(
                     match route {
                         Route::Native => {
                             let dialect = NeuraLabs;
+                            session::serve(state.clone(), socket, dialect, agent_id, authn, trace)
+                                .await;
+                        }
+                        Route::Citizen(session) => {
+                            let sessions = state.citizen_sessions.clone();
+                            let deltas = state.config.citizen_stream_deltas;
+                            let dialect = Citizen::new(session, sessions, deltas);
                             session::serve(state.clone(), socket, dialect, agent_id, authn, trace)
                                 .await;
                         }

@@ -38,4 +38,6 @@ pub struct AppState {
     pub conversations: Arc<crate::relay::memory::Conversations>,
     /// The `adk` HTTP side's sessions.
     pub adk_sessions: Arc<crate::relay::dialect::adk_http::Sessions>,
+    /// The `citizen` dialect's minted sessions.
+    pub citizen_sessions: Arc<crate::relay::dialect::citizen::Sessions>,
 }

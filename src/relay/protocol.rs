@@ -101,6 +101,10 @@ pub struct TurnTag {
     pub conversation: Option<String>,
     /// Stream the answer (`true`) or send it whole.
     pub streaming: bool,
+    /// Which of the dialect's request forms the message came in (the reply follows it).
+    pub form: Option<&'static str>,
+    /// A paragraph the answer starts with (e.g. which attachments were not processed).
+    pub notice: Option<String>,
 }
 
 /// Every frame a client may send.

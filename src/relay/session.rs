@@ -41,6 +41,8 @@ pub enum Authn {
     Missing,
     /// A token was presented and refused.
     Refused(AuthError),
+    /// The route's own credential (e.g. a citizen session id) was refused: the sentence says why.
+    Rejected(String),
 }
 
 /// Serve one client socket in a client protocol (the native [`super::dialect::NeuraLabs`], or another dialect of
@@ -162,7 +164,8 @@ impl<D: Dialect> Session<D> {
         let (identity, refused) = match authn {
             Authn::Ok(id) => (Some(id), None),
             Authn::Missing => (None, None),
-            Authn::Refused(e) => (None, Some(e)),
+            Authn::Refused(e) => (None, Some(e.to_string())),
+            Authn::Rejected(why) => (None, Some(why)),
         };
         if let Some(id) = &identity {
             tracing::Span::current().record("user_id", id.user_id.as_str());
@@ -184,7 +187,12 @@ impl<D: Dialect> Session<D> {
             turn_message: None,
             last_written: Instant::now(),
         };
-        let opening = session.dialect.opening();
+        // A refused socket gets only its error (no welcome).
+        let opening = if refused.is_none() {
+            session.dialect.opening()
+        } else {
+            Vec::new()
+        };
         let opened = opening.is_empty()
             || write_batch(
                 &mut session.socket,
@@ -194,7 +202,7 @@ impl<D: Dialect> Session<D> {
             .await;
         let end = match refused {
             _ if !opened => End::Gone,
-            Some(e) => End::refuse(ErrorCode::Unauthenticated, e.to_string()),
+            Some(why) => End::refuse(ErrorCode::Unauthenticated, why),
             None => session.run_loop().await,
         };
         session.end(end).await;
@@ -438,7 +446,10 @@ impl<D: Dialect> Session<D> {
         };
         match self.dialect.decode(text.as_str()) {
             Ok(frame) => self.on_frame(frame).await,
-            Err(bad) => self.answer(ErrorCode::InvalidRequest, &bad.0).await,
+            Err(bad) => {
+                let code = self.dialect.refusal_code();
+                self.answer(code, &bad.0).await
+            }
         }
     }
 

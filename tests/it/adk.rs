@@ -142,7 +142,6 @@ async fn a_refused_token_gets_the_error_pair_then_close_1000_so_barka_stops_reco
     let app = adk_app(EngineConfig::for_tests()).await;
     let forged = forged_token("mallory");
     let mut c = connect(&app, &forged, "c1").await;
-    c.next().await.expect("connection_established");
     let text = c.next().await.expect("error text");
     assert_eq!(text["error_code"], "unauthenticated");
     let end = c.next().await.expect("terminal");
@@ -151,7 +150,6 @@ async fn a_refused_token_gets_the_error_pair_then_close_1000_so_barka_stops_reco
     assert_eq!(c.close.as_ref().map(|c| c.0), Some(1000));
     // A native token has `sub`, not `id`: refused on this route, the claim is named.
     let mut c = connect(&app, &token("alice"), "c1").await;
-    c.next().await.expect("connection_established");
     let text = c.next().await.expect("error text");
     assert!(
         text["data"].as_str().unwrap().contains("`id`"),

@@ -9,6 +9,7 @@ mod binary;
 mod chain;
 mod chain_pg;
 mod chat_client;
+mod citizen;
 mod closing;
 mod common;
 mod copilot;

@@ -22,6 +22,7 @@ const STORED_SCHEMA: &str = include_str!("../../schemas/stored-workflow.schema.j
 const ADK_SCHEMA: &str = include_str!("../../schemas/adk-server-frame.schema.json");
 const OMNI2_SCHEMA: &str = include_str!("../../schemas/omni2-server-frame.schema.json");
 const COPILOT_SCHEMA: &str = include_str!("../../schemas/copilot-server-frame.schema.json");
+const CITIZEN_SCHEMA: &str = include_str!("../../schemas/citizen-server-frame.schema.json");
 const PROTOCOL_DOC: &str = include_str!("../../docs/protocol.md");
 
 /// A compiled schema, plus one validator per top-level `oneOf` branch (`$defs/<name>`): a
@@ -103,6 +104,8 @@ static OMNI2: LazyLock<Contract> =
     LazyLock::new(|| Contract::new("omni2-server-frame", OMNI2_SCHEMA));
 static COPILOT: LazyLock<Contract> =
     LazyLock::new(|| Contract::new("copilot-server-frame", COPILOT_SCHEMA));
+static CITIZEN: LazyLock<Contract> =
+    LazyLock::new(|| Contract::new("citizen-server-frame", CITIZEN_SCHEMA));
 static STORED: LazyLock<Contract> =
     LazyLock::new(|| Contract::new("stored-workflow", STORED_SCHEMA));
 
@@ -157,6 +160,14 @@ pub fn assert_omni2_frame(frame: &Value) {
 pub fn assert_copilot_frame(frame: &Value) {
     let branch = frame["type"].as_str().unwrap_or("error");
     if let Err(why) = COPILOT.check(frame, Some(branch)) {
+        panic!("{why}");
+    }
+}
+
+/// Panic (with the validation errors and the frame) unless `frame` is a valid `citizen` frame.
+pub fn assert_citizen_frame(frame: &Value) {
+    let branch = frame["type"].as_str().unwrap_or("flat");
+    if let Err(why) = CITIZEN.check(frame, Some(branch)) {
         panic!("{why}");
     }
 }

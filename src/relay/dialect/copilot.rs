@@ -169,6 +169,7 @@ impl Dialect for Copilot {
             tag: Some(TurnTag {
                 conversation: Some(conversation),
                 streaming,
+                ..TurnTag::default()
             }),
             ..RunRequest::default()
         })))
@@ -323,6 +324,7 @@ mod tests {
         d.begin_turn(Some(&TurnTag {
             conversation: Some("conv_1".into()),
             streaming,
+            ..TurnTag::default()
         }));
         super::super::encode_values(&mut d, events)
     }

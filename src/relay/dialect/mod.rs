@@ -14,6 +14,7 @@
 pub mod adk;
 pub mod adk_http;
 pub mod answer;
+pub mod citizen;
 pub mod copilot;
 pub mod omni2;
 
@@ -53,6 +54,12 @@ pub trait Dialect: Send + 'static {
             self.encode_text(t.as_str(), &mut out);
         }
         out
+    }
+
+    /// The `code` of the error answering the frame [`Dialect::decode`] just refused
+    /// (`invalid_request` unless the dialect says otherwise, e.g. `forbidden`).
+    fn refusal_code(&self) -> ErrorCode {
+        ErrorCode::InvalidRequest
     }
 
     /// The frames of an error the session answers itself (outside any run), e.g. a refused
