@@ -801,7 +801,7 @@ fn spawn_reloader(jwks: &Arc<Jwks>, interval: Duration) -> Result<(), KeyConfigE
         .map_err(KeyConfigError::Spawn)
 }
 
-fn now_secs() -> u64 {
+pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -396,6 +396,17 @@ pub struct GatewayConfig {
     #[arg(long, env = "FLOWGATE_HISTORY_CONVERSATIONS", default_value_t = DEFAULT_HISTORY_CONVERSATIONS)]
     pub history_conversations: usize,
 
+    /// A verified proxy hop, `PATH=UPSTREAM` (repeatable, or comma-separated), e.g.
+    /// `/ws/chat=ws://traefik:8090/ws/chat`: clients connecting to PATH are verified (JWT) and
+    /// relayed unparsed to the upstream WebSocket server, with the token as
+    /// `Authorization: Bearer` and `X-User-Id` from its claims (docs/dialects.md).
+    #[arg(long = "hop", env = "FLOWGATE_HOPS", value_delimiter = ',', value_parser = parse_hop)]
+    pub hops: Vec<Hop>,
+
+    /// Time allowed for a hop's upstream connect and upgrade.
+    #[arg(long, env = "FLOWGATE_HOP_CONNECT_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub hop_connect_timeout: Duration,
+
     /// Largest request body of the HTTP dialects (`adk`'s `/run_sse`, `/run` and session
     /// routes); larger ones get 413.
     #[arg(long, env = "FLOWGATE_MAX_REQUEST_BODY_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BODY_BYTES)]
@@ -440,6 +451,38 @@ pub enum WelcomeAs {
     Welcome,
     /// `{"type":"token","text":"\n\n…\n\n"}` (the shipped widget renders only tokens).
     Token,
+}
+
+/// A proxy hop (`--hop PATH=UPSTREAM`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hop {
+    pub path: String,
+    pub upstream: String,
+}
+
+fn parse_hop(text: &str) -> Result<Hop, String> {
+    let (path, upstream) = text.split_once('=').ok_or_else(|| {
+        format!("`{text}` is not PATH=UPSTREAM, e.g. /ws/chat=ws://traefik:8090/ws/chat")
+    })?;
+    let path = path.trim();
+    let upstream = upstream.trim();
+    if !path.starts_with('/') || path.contains(['?', '#', '{', '}', ' ', '*']) {
+        return Err(format!(
+            "hop path `{path}` must be a plain path starting with /"
+        ));
+    }
+    if upstream.starts_with("wss://") {
+        return Err(format!(
+            "hop upstream `{upstream}`: wss:// is not supported yet; use ws:// on a private network"
+        ));
+    }
+    if !upstream.starts_with("ws://") || upstream.len() <= "ws://".len() {
+        return Err(format!("hop upstream `{upstream}` must be a ws:// URL"));
+    }
+    Ok(Hop {
+        path: path.to_owned(),
+        upstream: upstream.to_owned(),
+    })
 }
 
 /// Default of `--adk-jwt-user-claim`.
@@ -533,6 +576,8 @@ impl GatewayConfig {
             history_messages: DEFAULT_HISTORY_MESSAGES,
             history_conversations: DEFAULT_HISTORY_CONVERSATIONS,
             max_request_body_bytes: DEFAULT_MAX_REQUEST_BODY_BYTES,
+            hops: Vec::new(),
+            hop_connect_timeout: Duration::from_secs(5),
             sse_heartbeat: Duration::from_secs(15),
             log_format: LogFormat::Text,
         }
@@ -548,6 +593,21 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         config: GatewayConfig,
+    }
+
+    #[test]
+    fn a_hop_is_a_plain_path_and_a_ws_upstream() {
+        let hop = parse_hop("/ws/chat=ws://traefik:8090/ws/chat").unwrap();
+        assert_eq!(hop.path, "/ws/chat");
+        assert_eq!(hop.upstream, "ws://traefik:8090/ws/chat");
+        assert!(parse_hop("/ws/chat").unwrap_err().contains("PATH=UPSTREAM"));
+        assert!(
+            parse_hop("ws/chat=ws://x")
+                .unwrap_err()
+                .contains("starting with /")
+        );
+        assert!(parse_hop("/a=wss://x").unwrap_err().contains("wss://"));
+        assert!(parse_hop("/a=http://x").unwrap_err().contains("ws:// URL"));
     }
 
     /// The limits tests do not shorten must be the production defaults, written once.
@@ -595,6 +655,7 @@ mod tests {
         assert_eq!(parsed.history_conversations, tests.history_conversations);
         assert_eq!(parsed.max_request_body_bytes, tests.max_request_body_bytes);
         assert_eq!(parsed.sse_heartbeat, tests.sse_heartbeat);
+        assert_eq!(parsed.hop_connect_timeout, tests.hop_connect_timeout);
         assert_eq!(parsed.max_connections, tests.max_connections);
         assert_eq!(
             parsed.max_connections_per_address,

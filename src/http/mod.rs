@@ -367,6 +367,37 @@ fn check_dialects(config: &GatewayConfig) -> Result<(), StartError> {
             "--citizen-path `{path}` collides with another flowgate route: choose another path"
         )));
     }
+    // Hop paths must not take a route that is already served (axum would refuse to start).
+    let mut taken: Vec<&str> = vec!["/api/agents", "/healthz", "/readyz", "/metrics"];
+    if !config.dialects.contains(&DialectId::Citizen) || config.citizen_path == "/" {
+        taken.push("/");
+    }
+    let on = |d: DialectId| config.dialects.contains(&d);
+    if on(DialectId::Omni2) {
+        taken.extend(["/ws/chat", "/api/v1/chat/stream"]);
+    }
+    if on(DialectId::Copilot) {
+        taken.push("/copilot");
+    }
+    if on(DialectId::Citizen) {
+        taken.extend(["/api/agent/session", config.citizen_path.as_str()]);
+    }
+    if on(DialectId::Adk) {
+        taken.extend(["/run_sse", "/run"]);
+    }
+    for (i, hop) in config.hops.iter().enumerate() {
+        let path = hop.path.as_str();
+        if taken.contains(&path)
+            || config.hops[..i].iter().any(|h| h.path == path)
+            || path.starts_with("/api/chat/execute/")
+            || path.starts_with("/static/")
+            || path.starts_with("/apps/")
+        {
+            return Err(StartError::Dialect(format!(
+                "--hop {path}: that path is already served (by flowgate or another --hop): choose another path"
+            )));
+        }
+    }
     if config.dialects.contains(&DialectId::Adk) && config.adk_jwt_user_claim.trim().is_empty() {
         return Err(StartError::Dialect(
             "--adk-jwt-user-claim is empty: name the token claim that holds the user id (barka tokens: `id`)".into(),
@@ -466,6 +497,10 @@ pub fn router(state: AppState) -> Router {
     } else {
         public
     };
+    let mut public = public;
+    for hop in &state.config.hops {
+        public = public.route(&hop.path, get(ws::upgrade_hop));
+    }
     let public = if state.config.admin_listen.is_none() {
         public
             .route("/readyz", get(health::readyz))

@@ -281,6 +281,103 @@ pub async fn upgrade_citizen(
     )
 }
 
+/// A proxy hop's path (`--hop PATH=UPSTREAM`): verify the token, then relay to the upstream.
+pub async fn upgrade_hop(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    matched: axum::extract::MatchedPath,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    admission: Option<axum::Extension<std::sync::Arc<super::server::Admission>>>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let Some(upstream) = state
+        .config
+        .hops
+        .iter()
+        .find(|h| h.path == matched.as_str())
+        .map(|h| h.upstream.clone())
+    else {
+        return (StatusCode::NOT_FOUND, "no such hop\n").into_response();
+    };
+    let ws = match admit(&state, peer, &headers, ws) {
+        Ok(ws) => ws,
+        Err(refused) => return *refused,
+    };
+    let found = find_token(&headers, query.as_deref(), true);
+    let (identity, token) = match found {
+        None => (
+            Err("no token was presented: connect with ?token=, `Authorization: Bearer` or the `bearer` subprotocol".to_owned()),
+            String::new(),
+        ),
+        Some((token, _)) => (
+            state.verifier.verify(&token).map_err(|e| e.to_string()),
+            token,
+        ),
+    };
+    let client = crate::relay::hop::Client {
+        identity,
+        token,
+        peer,
+        origin: headers
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    };
+    let subprotocol = headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("bearer"));
+    let mut ws = ws
+        .max_message_size(state.config.max_client_message_bytes)
+        .max_frame_size(state.config.max_client_message_bytes);
+    if subprotocol {
+        ws = ws.protocols(["bearer"]);
+    }
+    let span = tracing::info_span!("hop", path = %matched.as_str());
+    let sessions = state.sessions.clone();
+    ws.on_upgrade(move |socket| {
+        sessions.track_future(
+            async move {
+                let _admission = admission;
+                crate::relay::hop::serve(state, socket, upstream, client).await;
+            }
+            .instrument(span),
+        )
+    })
+}
+
+/// The checks every upgrade passes before its socket exists: a real upgrade, not shutting
+/// down, an allowed `Origin`, the per-address rate.
+fn admit(
+    state: &AppState,
+    peer: std::net::SocketAddr,
+    headers: &HeaderMap,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<WebSocketUpgrade, Box<Response>> {
+    let refuse = |status: StatusCode, text: String| Err(Box::new((status, text).into_response()));
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            let why = format!("this endpoint is a WebSocket: {rejection}\n");
+            return refuse(StatusCode::UPGRADE_REQUIRED, why);
+        }
+    };
+    if state.shutdown.is_cancelled() {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into());
+    }
+    if !origin_allowed(headers, &state.config.allowed_origins) {
+        tracing::warn!(%peer, "upgrade refused: Origin not allowed");
+        let why = "this Origin may not open a flowgate socket (see --allowed-origins)\n";
+        return refuse(StatusCode::FORBIDDEN, why.into());
+    }
+    if !state.upgrade_limits.allow(peer.ip()) {
+        let why = "too many connection attempts: slow down\n";
+        return refuse(StatusCode::TOO_MANY_REQUESTS, why.into());
+    }
+    Ok(ws)
+}
+
 /// A route that runs one configured agent (its clients name none).
 #[allow(clippy::too_many_arguments)] // the route's extractors, handed on as they are
 fn one_agent(
@@ -333,34 +430,10 @@ fn open(
     admission: Option<axum::Extension<std::sync::Arc<super::server::Admission>>>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
-    let ws = match ws {
+    let ws = match admit(&state, peer, &headers, ws) {
         Ok(ws) => ws,
-        Err(rejection) => {
-            return (
-                StatusCode::UPGRADE_REQUIRED,
-                format!("this endpoint is a WebSocket: {rejection}\n"),
-            )
-                .into_response();
-        }
+        Err(refused) => return *refused,
     };
-    if state.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
-    }
-    if !origin_allowed(&headers, &state.config.allowed_origins) {
-        tracing::warn!(%peer, "upgrade refused: Origin not allowed");
-        return (
-            StatusCode::FORBIDDEN,
-            "this Origin may not open a flowgate socket (see --allowed-origins)\n",
-        )
-            .into_response();
-    }
-    if !state.upgrade_limits.allow(peer.ip()) {
-        return (
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many connection attempts: slow down\n",
-        )
-            .into_response();
-    }
     // The other dialects' clients send their token in the query (their contract).
     let (allow_query, user_claim) = match &route {
         Route::Native => (state.config.allow_query_token, None),

@@ -13,6 +13,7 @@ pub mod context;
 pub mod dialect;
 pub mod engine_client;
 pub mod failure;
+pub mod hop;
 pub mod limits;
 pub mod memory;
 pub mod protocol;

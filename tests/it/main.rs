@@ -19,6 +19,7 @@ mod engine_llm;
 mod faults;
 mod first_contact;
 mod hardening;
+mod hop;
 mod layout;
 mod omni2;
 mod ops;
