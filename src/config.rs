@@ -407,6 +407,12 @@ pub struct GatewayConfig {
     #[arg(long, env = "FLOWGATE_HOP_CONNECT_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub hop_connect_timeout: Duration,
 
+    /// Proxies (comma list of IP addresses) whose `X-Forwarded-For` names the client for the
+    /// per-address limits (upgrades, citizen session minting); any other peer's header is
+    /// ignored.
+    #[arg(long, env = "FLOWGATE_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+
     /// Largest request body of the HTTP dialects (`adk`'s `/run_sse`, `/run` and session
     /// routes); larger ones get 413.
     #[arg(long, env = "FLOWGATE_MAX_REQUEST_BODY_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BODY_BYTES)]
@@ -577,6 +583,7 @@ impl GatewayConfig {
             history_conversations: DEFAULT_HISTORY_CONVERSATIONS,
             max_request_body_bytes: DEFAULT_MAX_REQUEST_BODY_BYTES,
             hops: Vec::new(),
+            trusted_proxies: Vec::new(),
             hop_connect_timeout: Duration::from_secs(5),
             sse_heartbeat: Duration::from_secs(15),
             log_format: LogFormat::Text,

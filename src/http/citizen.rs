@@ -21,7 +21,8 @@ pub async fn mint(
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    if !state.upgrade_limits.allow(peer.ip()) {
+    let client = super::address::client_addr(peer.ip(), &headers, &state.config.trusted_proxies);
+    if !state.upgrade_limits.allow(client) {
         return refuse(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_runs",

@@ -7,6 +7,7 @@
 //! the page). Upgraded sockets are tracked by the [`TaskTracker`] of [`AppState`]: the accept
 //! loop's drain on shutdown covers HTTP requests only.
 
+pub mod address;
 pub mod adk;
 pub mod bearer;
 pub mod citizen;

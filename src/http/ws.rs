@@ -318,7 +318,7 @@ pub async fn upgrade_hop(
     let client = crate::relay::hop::Client {
         identity,
         token,
-        peer,
+        addr: super::address::client_addr(peer.ip(), &headers, &state.config.trusted_proxies),
         origin: headers
             .get(header::ORIGIN)
             .and_then(|v| v.to_str().ok())
@@ -347,6 +347,11 @@ pub async fn upgrade_hop(
     })
 }
 
+/// A dialect route's frame cap: four times its message limit, at most 64 MiB.
+fn hard_cap(limit: usize) -> usize {
+    limit.saturating_mul(4).min(64 << 20).max(limit)
+}
+
 /// The checks every upgrade passes before its socket exists: a real upgrade, not shutting
 /// down, an allowed `Origin`, the per-address rate.
 fn admit(
@@ -371,7 +376,8 @@ fn admit(
         let why = "this Origin may not open a flowgate socket (see --allowed-origins)\n";
         return refuse(StatusCode::FORBIDDEN, why.into());
     }
-    if !state.upgrade_limits.allow(peer.ip()) {
+    let client = super::address::client_addr(peer.ip(), headers, &state.config.trusted_proxies);
+    if !state.upgrade_limits.allow(client) {
         let why = "too many connection attempts: slow down\n";
         return refuse(StatusCode::TOO_MANY_REQUESTS, why.into());
     }
@@ -459,9 +465,12 @@ fn open(
         },
     };
     let transport = found.as_ref().map(|(_, t)| *t);
+    // The dialects answer a long message with an error and keep the socket (rule 12): their
+    // frame cap is a few times their message limit.
     let max_message = match route {
-        Route::Citizen(_) => state.config.citizen_max_message_bytes,
-        _ => state.config.max_client_message_bytes,
+        Route::Native => state.config.max_client_message_bytes,
+        Route::Citizen(_) => hard_cap(state.config.citizen_max_message_bytes),
+        _ => hard_cap(state.config.max_client_message_bytes),
     };
     let mut ws = ws
         .max_message_size(max_message)

@@ -34,7 +34,8 @@ pub struct Client {
     pub identity: Result<Identity, String>,
     /// The verified token (forwarded as `Authorization: Bearer`).
     pub token: String,
-    pub peer: std::net::SocketAddr,
+    /// The client's address (`X-Forwarded-For` upstream).
+    pub addr: std::net::IpAddr,
     pub origin: Option<String>,
 }
 
@@ -62,7 +63,7 @@ pub async fn serve(state: AppState, mut socket: WebSocket, upstream: String, cli
         &upstream,
         &client.token,
         &identity,
-        client.peer,
+        client.addr,
         client.origin.as_deref(),
     )
     .await
@@ -167,7 +168,7 @@ async fn connect(
     url: &str,
     token: &str,
     identity: &Identity,
-    peer: std::net::SocketAddr,
+    addr: std::net::IpAddr,
     origin: Option<&str>,
 ) -> Result<Upstream, (&'static str, String, CloseCode)> {
     let unavailable = |why: String| ("engine_unavailable", why, CloseCode::Internal);
@@ -182,7 +183,7 @@ async fn connect(
     };
     set("authorization", &format!("Bearer {token}"));
     set("x-user-id", &identity.user_id);
-    set("x-forwarded-for", &peer.ip().to_string());
+    set("x-forwarded-for", &addr.to_string());
     set("x-forwarded-proto", "http");
     if let Some(o) = origin {
         set("origin", o);

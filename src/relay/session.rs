@@ -444,6 +444,12 @@ impl<D: Dialect> Session<D> {
             }
             Some(Ok(_)) => return ControlFlow::Continue(()), // ping/pong: axum answers pings
         };
+        if let Some(limit) = self.dialect.soft_message_limit(&self.state.config)
+            && text.len() > limit
+        {
+            let why = format!("message too long: {} bytes, at most {limit}", text.len());
+            return self.answer(ErrorCode::InvalidRequest, &why).await;
+        }
         match self.dialect.decode(text.as_str()) {
             Ok(frame) => self.on_frame(frame).await,
             Err(bad) => {

@@ -220,3 +220,40 @@ async fn a_cancelled_flat_turn_keeps_its_partial_answer_and_a_token_makes_the_se
     drop(c);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn minting_is_limited_per_client_address_read_from_trusted_proxies_only() {
+    let app = spawn_app_with(EngineConfig::for_tests(), |c| {
+        citizen(c);
+        c.upgrades_per_second = 1;
+        c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/api/agent/session", app.addr);
+    let from = |addr: &'static str| http.post(&url).header("x-forwarded-for", addr).send();
+    // One client behind the trusted proxy uses up its budget...
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(from("203.0.113.9").await.unwrap().status().as_u16());
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    // ...another client behind the same proxy still gets a session.
+    assert_eq!(from("203.0.113.10").await.unwrap().status(), 200);
+    app.stop().await;
+
+    // Without trusting the peer, the header is ignored: one shared budget.
+    let app = spawn_app_with(EngineConfig::for_tests(), |c| {
+        citizen(c);
+        c.upgrades_per_second = 1;
+    })
+    .await;
+    let url = format!("http://{}/api/agent/session", app.addr);
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let forged = format!("198.51.100.{i}");
+        statuses.push(http.post(&url).header("x-forwarded-for", forged).send().await.unwrap().status().as_u16());
+    }
+    assert!(statuses.contains(&429), "a forged header does not buy a new budget: {statuses:?}");
+    app.stop().await;
+}

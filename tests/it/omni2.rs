@@ -266,3 +266,31 @@ async fn the_sse_twin_streams_token_events_then_done_and_refuses_with_http_statu
     assert!(body["error"].is_string());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_too_long_message_is_an_error_and_the_socket_stays_open_until_the_hard_cap() {
+    let app = app_with(EngineConfig::for_tests(), |c| {
+        c.max_client_message_bytes = 1024
+    })
+    .await;
+    let mut w = connect(&app, &token("42")).await;
+    w.send(json!({"type": "message", "text": "x".repeat(2000)}))
+        .await;
+    let err = w.next().await.unwrap();
+    assert_eq!(err["code"], "invalid_request");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("message too long: "),
+        "{err}"
+    );
+    w.send(json!({"type": "message", "text": "hi"})).await;
+    assert_eq!(read_turn(&mut w).await.last().unwrap()["type"], "done");
+    // Past four times the limit the frame itself is refused: 1009.
+    w.send(json!({"type": "message", "text": "x".repeat(5000)}))
+        .await;
+    assert!(w.next().await.is_none());
+    assert_eq!(w.close.as_ref().map(|c| c.0), Some(1009));
+    app.stop().await;
+}

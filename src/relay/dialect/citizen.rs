@@ -483,6 +483,10 @@ impl Dialect for Citizen {
         Some(&self.conversation)
     }
 
+    fn soft_message_limit(&self, config: &crate::config::GatewayConfig) -> Option<usize> {
+        Some(config.citizen_max_message_bytes)
+    }
+
     fn take_answer(&mut self) -> Option<String> {
         self.finished.take()
     }

@@ -306,6 +306,10 @@ impl Dialect for Copilot {
         )
     }
 
+    fn soft_message_limit(&self, config: &crate::config::GatewayConfig) -> Option<usize> {
+        Some(config.max_client_message_bytes)
+    }
+
     fn take_answer(&mut self) -> Option<String> {
         self.finished.take()
     }

@@ -56,6 +56,14 @@ pub trait Dialect: Send + 'static {
         out
     }
 
+    /// The message limit of a dialect whose clients must not lose the socket to one long
+    /// message (DIALECTS.md rule 12): a longer text frame gets an `invalid_request` error and
+    /// the socket stays open (the route's hard frame cap, a few times this, still closes with
+    /// 1009). `None` (the native protocol): the frame cap alone, 1009.
+    fn soft_message_limit(&self, _config: &crate::config::GatewayConfig) -> Option<usize> {
+        None
+    }
+
     /// The `code` of the error answering the frame [`Dialect::decode`] just refused
     /// (`invalid_request` unless the dialect says otherwise, e.g. `forbidden`).
     fn refusal_code(&self) -> ErrorCode {

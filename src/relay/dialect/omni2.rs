@@ -307,6 +307,10 @@ impl Dialect for Omni2 {
         Some(&self.conversation)
     }
 
+    fn soft_message_limit(&self, config: &crate::config::GatewayConfig) -> Option<usize> {
+        Some(config.max_client_message_bytes)
+    }
+
     fn take_answer(&mut self) -> Option<String> {
         self.turn.finished.take()
     }
