@@ -252,8 +252,19 @@ async fn minting_is_limited_per_client_address_read_from_trusted_proxies_only() 
     let mut statuses = Vec::new();
     for i in 0..6 {
         let forged = format!("198.51.100.{i}");
-        statuses.push(http.post(&url).header("x-forwarded-for", forged).send().await.unwrap().status().as_u16());
+        statuses.push(
+            http.post(&url)
+                .header("x-forwarded-for", forged)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
     }
-    assert!(statuses.contains(&429), "a forged header does not buy a new budget: {statuses:?}");
+    assert!(
+        statuses.contains(&429),
+        "a forged header does not buy a new budget: {statuses:?}"
+    );
     app.stop().await;
 }

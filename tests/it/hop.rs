@@ -370,3 +370,58 @@ async fn a_hop_on_a_path_flowgate_already_serves_is_refused_at_startup() {
         .expect("refused");
     assert!(err.to_string().contains("--hop /ws/chat"), "{err}");
 }
+
+#[tokio::test]
+async fn a_dropped_client_gives_the_upstream_1001_and_shutdown_closes_both_with_1012() {
+    let up = Upstream::start(Mode::Echo).await;
+    let app = hop_to(&up.url).await;
+    let mut ws = client(&app, &token("42"), &[]).await;
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::text("hi"));
+    drop(ws); // TCP goes, no close frame
+    wait_until("the upstream got 1001", FRAME_WAIT, || {
+        let seen = up.seen.clone();
+        async move { seen.lock().unwrap().close.as_ref().map(|c| c.0) == Some(1001) }
+    })
+    .await;
+
+    let mut ws = client(&app, &token("42"), &[]).await;
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::text("hi"));
+    app.shutdown.cancel();
+    assert_eq!(closed(&mut ws).await.0, 1012);
+    wait_until("the upstream got 1012", FRAME_WAIT, || {
+        let seen = up.seen.clone();
+        async move { seen.lock().unwrap().close.as_ref().map(|c| c.0) == Some(1012) }
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_expiring_token_closes_the_client_with_4401_and_the_upstream_with_1000() {
+    let up = Upstream::start(Mode::Echo).await;
+    let app = hop_to(&up.url).await;
+    let short = flowgate::auth::mint_hs256(
+        &flowgate::config::Secret::new(SECRET),
+        "42",
+        Duration::from_secs(1),
+    );
+    let mut ws = client(&app, &short, &[]).await;
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::text("hi"));
+    let Message::Text(t) = next(&mut ws).await else {
+        panic!("an error frame")
+    };
+    assert_eq!(
+        serde_json::from_str::<Value>(&t).unwrap()["code"],
+        "unauthenticated"
+    );
+    assert_eq!(closed(&mut ws).await.0, 4401);
+    wait_until("the upstream got 1000", FRAME_WAIT, || {
+        let seen = up.seen.clone();
+        async move { seen.lock().unwrap().close.as_ref().map(|c| c.0) == Some(1000) }
+    })
+    .await;
+    app.stop().await;
+}
