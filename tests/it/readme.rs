@@ -95,14 +95,19 @@ fn configuration_doc_matches_the_clap_definitions() {
     );
 }
 
-/// The markdown documents whose links are checked: the README, everything in `docs/`, and the
-/// README of every top-level folder that has one.
+/// The markdown documents whose links are checked: the README, everything in `docs/` (and its
+/// folders, e.g. `docs/dialects/`), and the README of every top-level folder that has one.
 fn markdown_documents() -> Vec<PathBuf> {
     let mut docs = vec![root().join("README.md")];
-    for entry in std::fs::read_dir(root().join("docs")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "md") {
-            docs.push(path);
+    let mut folders = vec![root().join("docs")];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                folders.push(path);
+            } else if path.extension().is_some_and(|e| e == "md") {
+                docs.push(path);
+            }
         }
     }
     for entry in std::fs::read_dir(root()).unwrap() {
