@@ -266,6 +266,13 @@ impl RunShared {
         out
     }
 
+    /// The frames with `seq` up to `n` (for a dialect that rebuilds its state on resume).
+    pub fn prefix(&self, n: u64) -> Vec<Frame> {
+        let b = self.lock();
+        let end = usize::try_from(n).unwrap_or(usize::MAX).min(b.frames.len());
+        b.frames[..end].to_vec()
+    }
+
     /// How many frames a follower at `cursor` is behind.
     pub fn lag(&self, cursor: u64) -> usize {
         self.lock()

@@ -665,6 +665,9 @@ impl<D: Dialect> Session<D> {
                 return self.refuse_resume(ErrorCode::Forbidden, &not_yours()).await;
             }
             shared.attach();
+            if self.dialect.rebuilds_on_resume() {
+                let _ = self.dialect.encode(shared.prefix(after_seq), false);
+            }
             return Resumed::Live(shared);
         }
         let unavailable = |e: crate::runlog::RunLogError| {
@@ -685,7 +688,24 @@ impl<D: Dialect> Session<D> {
         if info.user_id != identity.user_id {
             return self.refuse_resume(ErrorCode::Forbidden, &not_yours()).await;
         }
-        let frames = match state.runlog.replay(run_id, after_seq).await {
+        // A dialect that rebuilds its state reads the frames before the cursor too.
+        let from = if self.dialect.rebuilds_on_resume() {
+            0
+        } else {
+            after_seq
+        };
+        let frames = match state.runlog.replay(run_id, from).await {
+            Ok(mut f) if from < after_seq => {
+                let seen = usize::try_from(after_seq)
+                    .unwrap_or(usize::MAX)
+                    .min(f.len());
+                let before: Vec<Utf8Bytes> = f
+                    .drain(..seen)
+                    .filter_map(|b| String::from_utf8(b.to_vec()).ok().map(Utf8Bytes::from))
+                    .collect();
+                let _ = self.dialect.encode_logged(before);
+                f
+            }
             Ok(f) => f,
             Err(e) => {
                 let verdict = unavailable(e);

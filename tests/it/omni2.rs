@@ -294,3 +294,50 @@ async fn a_too_long_message_is_an_error_and_the_socket_stays_open_until_the_hard
     assert_eq!(w.close.as_ref().map(|c| c.0), Some(1009));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_resumed_turn_rebuilds_the_answer_from_the_frames_before_the_cursor() {
+    let mut engine = EngineConfig::for_tests();
+    engine.llm_tokens = 30;
+    engine.llm_token_delay = Duration::from_millis(20);
+    let app = app_with(engine, |c| c.detach_grace = Duration::from_secs(30)).await;
+    let mut w = connect(&app, &token("42")).await;
+    w.send(json!({"type": "message", "text": "talk"})).await;
+    let first = w.until(|f| f["type"] == "token").await;
+    let last = first.last().unwrap().clone();
+    let (run_id, seq) = (
+        last["run_id"].as_str().unwrap().to_owned(),
+        last["seq"].as_u64().unwrap(),
+    );
+    drop(w); // the widget's socket goes; the run goes on detached
+
+    // Live: a new socket resumes after the last frame it had.
+    let mut w = connect(&app, &token("42")).await;
+    w.send(json!({"type": "resume", "run_id": run_id, "after_seq": seq}))
+        .await;
+    let rest = read_turn(&mut w).await;
+    assert!(rest.iter().all(|f| f["seq"].as_u64().unwrap() > seq));
+    let done = rest.last().unwrap();
+    assert_eq!(done["type"], "done");
+    let streamed: String = rest.iter().filter_map(|f| f["text"].as_str()).collect();
+    let answer = done["result"]["answer"].as_str().unwrap().to_owned();
+    assert!(
+        answer.ends_with(&streamed),
+        "the rest streamed after the cursor"
+    );
+    assert!(
+        answer.starts_with(last["text"].as_str().unwrap()),
+        "the whole answer, frames before the cursor included: {answer}"
+    );
+    drop(w);
+
+    // Ended: replayed from the run log, the same answer.
+    app.ended_run(&run_id).await;
+    let mut w = connect(&app, &token("42")).await;
+    w.send(json!({"type": "resume", "run_id": run_id, "after_seq": seq}))
+        .await;
+    let replay = read_turn(&mut w).await;
+    assert_eq!(replay.last().unwrap()["result"]["answer"], answer.as_str());
+    drop(w);
+    app.stop().await;
+}

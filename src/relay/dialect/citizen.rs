@@ -487,6 +487,10 @@ impl Dialect for Citizen {
         Some(config.citizen_max_message_bytes)
     }
 
+    fn rebuilds_on_resume(&self) -> bool {
+        true
+    }
+
     fn take_answer(&mut self) -> Option<String> {
         self.finished.take()
     }

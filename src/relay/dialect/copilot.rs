@@ -310,6 +310,10 @@ impl Dialect for Copilot {
         Some(config.max_client_message_bytes)
     }
 
+    fn rebuilds_on_resume(&self) -> bool {
+        true
+    }
+
     fn take_answer(&mut self) -> Option<String> {
         self.finished.take()
     }

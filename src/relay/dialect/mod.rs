@@ -64,6 +64,12 @@ pub trait Dialect: Send + 'static {
         None
     }
 
+    /// The dialect keeps state across a turn's frames (the answer so far, open blocks): on a
+    /// resume after `seq` N it first reads frames 1…N without writing them (DIALECTS.md rule 6).
+    fn rebuilds_on_resume(&self) -> bool {
+        false
+    }
+
     /// The `code` of the error answering the frame [`Dialect::decode`] just refused
     /// (`invalid_request` unless the dialect says otherwise, e.g. `forbidden`).
     fn refusal_code(&self) -> ErrorCode {

@@ -311,6 +311,10 @@ impl Dialect for Omni2 {
         Some(config.max_client_message_bytes)
     }
 
+    fn rebuilds_on_resume(&self) -> bool {
+        true
+    }
+
     fn take_answer(&mut self) -> Option<String> {
         self.turn.finished.take()
     }
