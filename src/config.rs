@@ -372,6 +372,12 @@ pub struct GatewayConfig {
     #[arg(long, env = "FLOWGATE_CITIZEN_STREAM_DELTAS")]
     pub citizen_stream_deltas: bool,
 
+    /// Citizen sessions need a JWT too: minting requires a valid token (the session is its
+    /// user's) and the socket must present a token of the same user. Only for frontends that add
+    /// one (the design note's sends none).
+    #[arg(long, env = "FLOWGATE_CITIZEN_REQUIRE_TOKEN")]
+    pub citizen_require_token: bool,
+
     /// The `websocketUrl` a minted citizen session names (default: built from the request's
     /// `Host` and `--citizen-path`).
     #[arg(long, env = "FLOWGATE_CITIZEN_WEBSOCKET_URL")]
@@ -406,6 +412,12 @@ pub struct GatewayConfig {
     /// Time allowed for a hop's upstream connect and upgrade.
     #[arg(long, env = "FLOWGATE_HOP_CONNECT_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub hop_connect_timeout: Duration,
+
+    /// Refused tokens an address may present on the dialect and hop routes per minute (0: no
+    /// limit); past that, their upgrades get HTTP 401 before any socket (DIALECTS.md rule 11:
+    /// clients that reconnect on every close count failed connects and give up).
+    #[arg(long, env = "FLOWGATE_REFUSED_TOKENS_PER_MINUTE", default_value_t = 10)]
+    pub refused_tokens_per_minute: u32,
 
     /// Proxies (comma list of IP addresses) whose `X-Forwarded-For` names the client for the
     /// per-address limits (upgrades, citizen session minting); any other peer's header is
@@ -575,6 +587,7 @@ impl GatewayConfig {
             citizen_session_ttl: Duration::from_secs(2 * 3600),
             citizen_max_message_bytes: DEFAULT_CITIZEN_MAX_MESSAGE_BYTES,
             citizen_stream_deltas: false,
+            citizen_require_token: false,
             citizen_websocket_url: None,
             omni2_welcome_text: String::new(),
             omni2_welcome_as: WelcomeAs::Welcome,
@@ -584,6 +597,7 @@ impl GatewayConfig {
             max_request_body_bytes: DEFAULT_MAX_REQUEST_BODY_BYTES,
             hops: Vec::new(),
             trusted_proxies: Vec::new(),
+            refused_tokens_per_minute: 10,
             hop_connect_timeout: Duration::from_secs(5),
             sse_heartbeat: Duration::from_secs(15),
             log_format: LogFormat::Text,
@@ -663,6 +677,10 @@ mod tests {
         assert_eq!(parsed.max_request_body_bytes, tests.max_request_body_bytes);
         assert_eq!(parsed.sse_heartbeat, tests.sse_heartbeat);
         assert_eq!(parsed.hop_connect_timeout, tests.hop_connect_timeout);
+        assert_eq!(
+            parsed.refused_tokens_per_minute,
+            tests.refused_tokens_per_minute
+        );
         assert_eq!(parsed.max_connections, tests.max_connections);
         assert_eq!(
             parsed.max_connections_per_address,

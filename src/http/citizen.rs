@@ -36,6 +36,13 @@ pub async fn mint(
             Err(e) => return refuse(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()),
         },
     };
+    if caller.is_none() && state.config.citizen_require_token {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "this gateway requires a token for citizen sessions (--citizen-require-token): send `Authorization: Bearer <jwt>`",
+        );
+    }
     let Some((session_id, _)) = state.citizen_sessions.mint(caller) else {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -151,6 +151,7 @@ impl Gateway {
         );
         let config_history = (config.history_messages, config.history_conversations);
         let citizen_ttl = config.citizen_session_ttl;
+        let refused_per_minute = config.refused_tokens_per_minute;
         let state = AppState {
             config: Arc::new(config),
             store,
@@ -161,6 +162,7 @@ impl Gateway {
             runs: Registry::default(),
             runlog,
             upgrade_limits,
+            refusals: crate::relay::limits::PerAddress::per_minute(refused_per_minute),
             open_sessions: Arc::default(),
             metrics,
             conversations: Arc::new(crate::relay::memory::Conversations::new(

@@ -300,10 +300,13 @@ pub async fn upgrade_hop(
     else {
         return (StatusCode::NOT_FOUND, "no such hop\n").into_response();
     };
-    let ws = match admit(&state, peer, &headers, ws) {
-        Ok(ws) => ws,
+    let (ws, addr) = match admit(&state, peer, &headers, ws) {
+        Ok(admitted) => admitted,
         Err(refused) => return *refused,
     };
+    if let Some(refused) = too_many_refusals(&state, addr) {
+        return refused;
+    }
     let found = find_token(&headers, query.as_deref(), true);
     let (identity, token) = match found {
         None => (
@@ -315,10 +318,13 @@ pub async fn upgrade_hop(
             token,
         ),
     };
+    if identity.is_err() {
+        state.refusals.allow(addr);
+    }
     let client = crate::relay::hop::Client {
         identity,
         token,
-        addr: super::address::client_addr(peer.ip(), &headers, &state.config.trusted_proxies),
+        addr,
         origin: headers
             .get(header::ORIGIN)
             .and_then(|v| v.to_str().ok())
@@ -359,7 +365,7 @@ fn admit(
     peer: std::net::SocketAddr,
     headers: &HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
-) -> Result<WebSocketUpgrade, Box<Response>> {
+) -> Result<(WebSocketUpgrade, std::net::IpAddr), Box<Response>> {
     let refuse = |status: StatusCode, text: String| Err(Box::new((status, text).into_response()));
     let ws = match ws {
         Ok(ws) => ws,
@@ -381,7 +387,20 @@ fn admit(
         let why = "too many connection attempts: slow down\n";
         return refuse(StatusCode::TOO_MANY_REQUESTS, why.into());
     }
-    Ok(ws)
+    Ok((ws, client))
+}
+
+/// An address that keeps presenting refused credentials is refused before the upgrade
+/// (DIALECTS.md rule 11: reconnecting clients count failed connects, not closes).
+fn too_many_refusals(state: &AppState, client: std::net::IpAddr) -> Option<Response> {
+    if state.refusals.has_left(client) {
+        return None;
+    }
+    let why = format!(
+        "too many refused tokens from this address (--refused-tokens-per-minute {}): get a new token\n",
+        state.config.refused_tokens_per_minute
+    );
+    Some((StatusCode::UNAUTHORIZED, why).into_response())
 }
 
 /// A route that runs one configured agent (its clients name none).
@@ -436,10 +455,14 @@ fn open(
     admission: Option<axum::Extension<std::sync::Arc<super::server::Admission>>>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
-    let ws = match admit(&state, peer, &headers, ws) {
-        Ok(ws) => ws,
+    let (ws, addr) = match admit(&state, peer, &headers, ws) {
+        Ok(admitted) => admitted,
         Err(refused) => return *refused,
     };
+    let dialect = !matches!(route, Route::Native);
+    if dialect && let Some(refused) = too_many_refusals(&state, addr) {
+        return refused;
+    }
     // The other dialects' clients send their token in the query (their contract).
     let (allow_query, user_claim) = match &route {
         Route::Native => (state.config.allow_query_token, None),
@@ -449,7 +472,20 @@ fn open(
     let found = find_token(&headers, query.as_deref(), allow_query);
     let authn = match (&route, &found) {
         // A citizen socket's credential is its minted session (which may carry a user).
-        (Route::Citizen(session), _) => match state.citizen_sessions.open(session) {
+        (Route::Citizen(session), found) => match state.citizen_sessions.open(session) {
+            Some(identity) if state.config.citizen_require_token => {
+                let token_user = found
+                    .as_ref()
+                    .and_then(|(t, _)| state.verifier.verify(t).ok())
+                    .map(|id| id.user_id);
+                if token_user.as_deref() == Some(identity.user_id.as_str()) {
+                    Authn::Ok(identity)
+                } else {
+                    Authn::Rejected(
+                        "this session needs the token of its user (--citizen-require-token): connect with ?sessionId=…&token=<jwt>".into(),
+                    )
+                }
+            }
             Some(identity) => Authn::Ok(identity),
             None => Authn::Rejected(
                 "unknown or expired sessionId: POST /api/agent/session for a session, then connect with ?sessionId=<it>".into(),
@@ -464,6 +500,9 @@ fn open(
         },
         },
     };
+    if dialect && matches!(authn, Authn::Refused(_) | Authn::Rejected(_)) {
+        state.refusals.allow(addr);
+    }
     let transport = found.as_ref().map(|(_, t)| *t);
     // The dialects answer a long message with an error and keep the socket (rule 12): their
     // frame cap is a few times their message limit.

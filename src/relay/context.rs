@@ -31,6 +31,8 @@ pub struct AppState {
     pub runlog: RunLog,
     /// Upgrade rate per client address.
     pub upgrade_limits: super::limits::PerAddress,
+    /// Refused tokens per client address on the dialect and hop routes (DIALECTS.md rule 11).
+    pub refusals: super::limits::PerAddress,
     /// Client sockets open now.
     pub open_sessions: Arc<std::sync::atomic::AtomicUsize>,
     pub metrics: Arc<crate::metrics::Metrics>,

@@ -19,8 +19,13 @@ pub struct Bucket {
 
 impl Bucket {
     pub fn new(rate_per_second: u32, burst: u32) -> Bucket {
+        Bucket::with_rate(f64::from(rate_per_second), burst)
+    }
+
+    /// A bucket refilled at `rate` tokens per second (fractions allowed).
+    pub fn with_rate(rate: f64, burst: u32) -> Bucket {
         Bucket {
-            rate: f64::from(rate_per_second),
+            rate,
             burst: f64::from(burst.max(1)),
             tokens: f64::from(burst.max(1)),
             last: Instant::now(),
@@ -52,15 +57,25 @@ pub const MAX_TRACKED: usize = 65_536;
 /// One bucket per client address. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct PerAddress {
-    rate: u32,
+    /// Tokens per second (0: unlimited).
+    rate: f64,
     burst: u32,
     buckets: Arc<Mutex<HashMap<IpAddr, Bucket>>>,
 }
 
 impl PerAddress {
     pub fn new(rate_per_second: u32, burst: u32) -> PerAddress {
+        PerAddress::per_second(f64::from(rate_per_second), burst)
+    }
+
+    /// `n` per minute for each address, up to `n` at once (0: unlimited).
+    pub fn per_minute(n: u32) -> PerAddress {
+        PerAddress::per_second(f64::from(n) / 60.0, n)
+    }
+
+    fn per_second(rate: f64, burst: u32) -> PerAddress {
         PerAddress {
-            rate: rate_per_second,
+            rate,
             burst,
             buckets: Arc::default(),
         }
@@ -68,7 +83,7 @@ impl PerAddress {
 
     /// Take one token for `addr`.
     pub fn allow(&self, addr: IpAddr) -> bool {
-        if self.rate == 0 {
+        if self.rate <= 0.0 {
             return true; // 0 = unlimited
         }
         let now = Instant::now();
@@ -82,8 +97,21 @@ impl PerAddress {
             }
         }
         map.entry(addr)
-            .or_insert_with(|| Bucket::new(self.rate, self.burst))
+            .or_insert_with(|| Bucket::with_rate(self.rate, self.burst))
             .take(now)
+    }
+
+    /// Whether `addr` has a token left, without taking it.
+    pub fn has_left(&self, addr: IpAddr) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&addr).is_none_or(|b| {
+            let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
+            b.tokens + elapsed * b.rate >= 1.0
+        })
     }
 }
 
@@ -100,6 +128,17 @@ mod tests {
         assert!(!b.take(t0));
         assert!(b.take(t0 + Duration::from_millis(110)));
         assert!(!b.take(t0 + Duration::from_millis(110)));
+    }
+
+    #[test]
+    fn a_per_minute_budget_is_spent_then_refused_and_peeking_takes_nothing() {
+        let p = PerAddress::per_minute(2);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(p.has_left(a));
+        assert!(p.allow(a) && p.allow(a));
+        assert!(!p.has_left(a));
+        assert!(!p.allow(a));
+        assert!(PerAddress::per_minute(0).has_left(a), "0 = unlimited");
     }
 
     #[test]

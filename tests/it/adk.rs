@@ -293,3 +293,30 @@ async fn a_message_sent_during_a_turn_waits_for_it_and_one_more_is_refused() {
     drop(c);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_address_that_keeps_presenting_refused_tokens_gets_401_at_the_upgrade() {
+    let app = spawn_app_with(EngineConfig::for_tests(), |c| {
+        c.dialects = vec![DialectId::Neuralabs, DialectId::Adk];
+        c.adk_agent_id = Some("assistant".into());
+        c.refused_tokens_per_minute = 3;
+    })
+    .await;
+    for _ in 0..3 {
+        let mut c = connect(&app, &forged_token("mallory"), "c1").await;
+        assert_eq!(c.next().await.unwrap()["error_code"], "unauthenticated");
+    }
+    let url = format!("ws://{}/ws/{CLIENT}?token=forged", app.addr);
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 401),
+        other => panic!(
+            "expected HTTP 401 at the upgrade, got {:?}",
+            other.map(|_| ())
+        ),
+    }
+    // The native route keeps its own contract (error frame + 4401), whatever the address did.
+    let mut native = Client::connect_bearer(&app.ws_url("echo"), Some("forged")).await;
+    assert_eq!(native.close_code().await, Some(4401));
+    drop(native);
+    app.stop().await;
+}

@@ -107,7 +107,7 @@ async fn sessions_are_registered_and_frames_for_another_session_are_forbidden() 
     assert_eq!(c.close.as_ref().map(|c| c.0), Some(4401));
 
     let (id, mut c) = session(&app).await;
-    let (other, _keep) = session(&app).await;
+    let (other, keep) = session(&app).await;
     c.send(json!({"sessionId": other, "message": "hi"})).await;
     assert_eq!(c.next().await.unwrap()["code"], "forbidden");
     c.ws.send(tokio_tungstenite::tungstenite::Message::text("{oops"))
@@ -136,7 +136,7 @@ async fn sessions_are_registered_and_frames_for_another_session_are_forbidden() 
             .unwrap()
             .starts_with("text/html")
     );
-    drop(c);
+    drop((c, keep));
     app.stop().await;
 }
 
@@ -266,5 +266,37 @@ async fn minting_is_limited_per_client_address_read_from_trusted_proxies_only() 
         statuses.contains(&429),
         "a forged header does not buy a new budget: {statuses:?}"
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn with_require_token_sessions_need_a_token_and_the_socket_the_same_user() {
+    let app = spawn_app_with(EngineConfig::for_tests(), |c| {
+        citizen(c);
+        c.citizen_require_token = true;
+    })
+    .await;
+    assert_eq!(mint(&app, None).await.status(), 401);
+    let s: Value = mint(&app, Some(&token("alice")))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let sid = s["sessionId"].as_str().unwrap();
+    for (who, ok) in [(None, false), (Some("bob"), false), (Some("alice"), true)] {
+        let mut url = format!("ws://{}/?sessionId={sid}", app.addr);
+        if let Some(user) = who {
+            url.push_str(&format!("&token={}", token(user)));
+        }
+        let mut c = DialectSocket::connect(&url, assert_citizen_frame).await;
+        let first = c.next().await.unwrap();
+        if ok {
+            assert_eq!(first["type"], "connected");
+        } else {
+            assert_eq!(first["code"], "unauthenticated", "{who:?}: {first}");
+            assert!(c.next().await.is_none());
+            assert_eq!(c.close.as_ref().map(|c| c.0), Some(4401));
+        }
+    }
     app.stop().await;
 }
