@@ -500,6 +500,22 @@ fn open(
         },
         },
     };
+    // The omni2 backend position (DIALECTS.md 3.3, 4): a trusted proxy's `X-User-Id` must name
+    // the token's user (the token is still verified); anyone else's header is ignored.
+    let authn = match (&route, authn) {
+        (Route::Omni2, Authn::Ok(id))
+            if state.config.trusted_proxies.contains(&peer.ip())
+                && headers.contains_key("x-user-id") =>
+        {
+            let named = headers.get("x-user-id").and_then(|v| v.to_str().ok());
+            if named == Some(id.user_id.as_str()) {
+                Authn::Ok(id)
+            } else {
+                Authn::Forbidden("the proxy's X-User-Id is not the token's user".into())
+            }
+        }
+        (_, authn) => authn,
+    };
     if dialect && matches!(authn, Authn::Refused(_) | Authn::Rejected(_)) {
         state.refusals.allow(addr);
     }

@@ -43,6 +43,9 @@ pub enum Authn {
     Refused(AuthError),
     /// The route's own credential (e.g. a citizen session id) was refused: the sentence says why.
     Rejected(String),
+    /// A valid token that may not use this route as presented (e.g. a proxy's `X-User-Id` for
+    /// another user): `forbidden`.
+    Forbidden(String),
 }
 
 /// Serve one client socket in a client protocol (the native [`super::dialect::NeuraLabs`], or another dialect of
@@ -164,8 +167,9 @@ impl<D: Dialect> Session<D> {
         let (identity, refused) = match authn {
             Authn::Ok(id) => (Some(id), None),
             Authn::Missing => (None, None),
-            Authn::Refused(e) => (None, Some(e.to_string())),
-            Authn::Rejected(why) => (None, Some(why)),
+            Authn::Refused(e) => (None, Some((ErrorCode::Unauthenticated, e.to_string()))),
+            Authn::Rejected(why) => (None, Some((ErrorCode::Unauthenticated, why))),
+            Authn::Forbidden(why) => (None, Some((ErrorCode::Forbidden, why))),
         };
         if let Some(id) = &identity {
             tracing::Span::current().record("user_id", id.user_id.as_str());
@@ -202,7 +206,7 @@ impl<D: Dialect> Session<D> {
             .await;
         let end = match refused {
             _ if !opened => End::Gone,
-            Some(why) => End::refuse(ErrorCode::Unauthenticated, why),
+            Some((code, why)) => End::refuse(code, why),
             None => session.run_loop().await,
         };
         session.end(end).await;

@@ -530,7 +530,12 @@ pub struct DialectSocket {
 
 impl DialectSocket {
     pub async fn connect(url: &str, check: fn(&Value)) -> DialectSocket {
-        let (ws, _) = tokio::time::timeout(FRAME_WAIT, tokio_tungstenite::connect_async(url))
+        DialectSocket::connect_request(url.into_client_request().unwrap(), check).await
+    }
+
+    /// Connect with a request of the test's making (extra headers).
+    pub async fn connect_request(req: http::Request<()>, check: fn(&Value)) -> DialectSocket {
+        let (ws, _) = tokio::time::timeout(FRAME_WAIT, tokio_tungstenite::connect_async(req))
             .await
             .expect("connect in time")
             .expect("upgrade succeeds");

@@ -341,3 +341,57 @@ async fn a_resumed_turn_rebuilds_the_answer_from_the_frames_before_the_cursor() 
     drop(w);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_x_user_id_must_name_the_tokens_user() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let behind = |trusted: bool| {
+        move |c: &mut GatewayConfig| {
+            if trusted {
+                c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+            }
+        }
+    };
+    let request = |app: &TestApp, x_user_id: &str| {
+        let mut req = format!("ws://{}/ws/chat", app.addr)
+            .into_client_request()
+            .unwrap();
+        let h = req.headers_mut();
+        h.insert(
+            "authorization",
+            format!("Bearer {}", token("42")).parse().unwrap(),
+        );
+        h.insert("x-user-id", x_user_id.parse().unwrap());
+        req
+    };
+    let app = app_with(EngineConfig::for_tests(), behind(true)).await;
+    let mut w = DialectSocket::connect_request(request(&app, "42"), assert_omni2_frame).await;
+    w.send(json!({"type": "message", "text": "hi"})).await;
+    assert_eq!(read_turn(&mut w).await.last().unwrap()["type"], "done");
+    drop(w);
+    let mut w = DialectSocket::connect_request(request(&app, "7"), assert_omni2_frame).await;
+    let err = w.next().await.unwrap();
+    assert_eq!(err["code"], "forbidden");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Access blocked: "),
+        "{err}"
+    );
+    assert!(w.next().await.is_none());
+    assert_eq!(w.close, Some((1008, String::new())));
+    app.stop().await;
+
+    // From a peer that is not a trusted proxy the header means nothing.
+    let app = app_with(EngineConfig::for_tests(), behind(false)).await;
+    let mut w = DialectSocket::connect_request(request(&app, "7"), assert_omni2_frame).await;
+    w.send(json!({"type": "message", "text": "hi"})).await;
+    let done = read_turn(&mut w).await;
+    let info = app
+        .ended_run(done.last().unwrap()["run_id"].as_str().unwrap())
+        .await;
+    assert_eq!(info.user_id, "42");
+    drop(w);
+    app.stop().await;
+}
