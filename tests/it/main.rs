@@ -14,6 +14,7 @@ mod closing;
 mod common;
 mod copilot;
 mod deploy;
+mod dialect_faults;
 mod engine;
 mod engine_llm;
 mod faults;

@@ -499,3 +499,56 @@ impl Dialect for Citizen {
         1
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_session_expires_and_an_unknown_one_is_never_open() {
+        let s = Sessions::new(Duration::from_millis(30));
+        let (id, who) = s.mint(None).unwrap();
+        assert_eq!(id.len(), 32);
+        assert!(who.anonymous && who.user_id.starts_with("anonymous:citizen-"));
+        assert!(s.open(&id).is_some());
+        let idle_since = Instant::now();
+        while idle_since.elapsed() < Duration::from_millis(40) {
+            std::thread::yield_now();
+        }
+        assert!(s.open(&id).is_none(), "expired after its idle lifetime");
+        assert!(s.open("9f2c4e1ab37d4c0e8a5b6d7e8f901234").is_none());
+    }
+
+    #[test]
+    fn attachments_follow_the_originals_types_and_sizes() {
+        let b64 = |n: usize| base64::engine::general_purpose::STANDARD.encode(vec![7u8; n]);
+        assert!(check_attachment("a.png", "image/png", &b64(10)).is_ok());
+        assert!(
+            check_attachment(
+                "a.png",
+                "image/png",
+                &format!("data:image/png;base64,{}", b64(10))
+            )
+            .is_ok()
+        );
+        let big = check_attachment("a.png", "image/png", &b64((8 << 20) + 1)).unwrap_err();
+        assert!(big.contains("at most 8 MB"), "{big}");
+        assert!(check_attachment("d.pdf", "application/pdf", &b64((8 << 20) + 1)).is_ok());
+        assert!(check_attachment("v.mp4", "video/mp4", &b64(100)).is_ok());
+        assert!(
+            check_attachment("x.exe", "application/x-msdownload", &b64(3))
+                .unwrap_err()
+                .contains("not accepted")
+        );
+        assert!(
+            check_attachment("e.txt", "text/plain", "")
+                .unwrap_err()
+                .contains("empty")
+        );
+        assert!(
+            check_attachment("b.txt", "text/plain", "%%%")
+                .unwrap_err()
+                .contains("base64")
+        );
+    }
+}
