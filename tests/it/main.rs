@@ -15,6 +15,7 @@ mod common;
 mod copilot;
 mod deploy;
 mod dialect_faults;
+mod dialect_rules;
 mod engine;
 mod engine_llm;
 mod faults;

@@ -115,6 +115,9 @@ impl Dialect for Adk {
         };
         // flowgate's control frames (cancel, resume, auth) next to the ADK ones.
         if obj.contains_key("type") && !obj.contains_key("mime_type") {
+            if obj.get("type").and_then(Value::as_str) == Some("ping") {
+                return Ok(ClientFrame::Ping);
+            }
             return ClientFrame::parse(text);
         }
         let mime = match obj.get("mime_type") {
@@ -224,6 +227,10 @@ impl Dialect for Adk {
 
     fn conversation(&self) -> Option<&str> {
         Some(&self.conversation)
+    }
+
+    fn pong(&mut self) -> Option<Utf8Bytes> {
+        Some(Utf8Bytes::from_static(r#"{"type":"pong"}"#))
     }
 
     fn soft_message_limit(&self, config: &crate::config::GatewayConfig) -> Option<usize> {

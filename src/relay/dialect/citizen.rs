@@ -270,6 +270,7 @@ impl Dialect for Citizen {
         let (form, body) = match (kind, obj.get("data")) {
             (Some("message"), Some(Value::Object(data))) => (ENVELOPED, data),
             (Some("cancel" | "resume" | "auth"), _) => return ClientFrame::parse(text),
+            (Some("ping"), _) => return Ok(ClientFrame::Ping),
             (Some(other), _) if other != "message" => {
                 return Err(BadFrame(format!(
                     "unknown frame type `{}`: send {{\"sessionId\", \"message\"}}",
@@ -481,6 +482,10 @@ impl Dialect for Citizen {
 
     fn conversation(&self) -> Option<&str> {
         Some(&self.conversation)
+    }
+
+    fn pong(&mut self) -> Option<Utf8Bytes> {
+        Some(Utf8Bytes::from_static(r#"{"type":"pong"}"#))
     }
 
     fn soft_message_limit(&self, config: &crate::config::GatewayConfig) -> Option<usize> {

@@ -230,6 +230,7 @@ impl Dialect for Omni2 {
                 )),
             },
             Some("cancel" | "resume" | "auth") => ClientFrame::parse(text),
+            Some("ping") => Ok(ClientFrame::Ping),
             Some(other) => Err(BadFrame(format!(
                 "unknown frame type `{}`: send {{\"type\":\"message\",\"text\":\"…\"}}",
                 other.chars().take(64).collect::<String>()
@@ -305,6 +306,10 @@ impl Dialect for Omni2 {
 
     fn conversation(&self) -> Option<&str> {
         Some(&self.conversation)
+    }
+
+    fn pong(&mut self) -> Option<Utf8Bytes> {
+        Some(Utf8Bytes::from_static(r#"{"type":"pong"}"#))
     }
 
     fn soft_message_limit(&self, config: &crate::config::GatewayConfig) -> Option<usize> {
