@@ -61,7 +61,14 @@ pub async fn mint(
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .unwrap_or("localhost");
-        format!("ws://{host}{}", config.citizen_path)
+        // Behind a trusted TLS-terminating proxy the page is https: the socket is wss.
+        let tls = config.trusted_proxies.contains(&peer.ip())
+            && headers
+                .get("x-forwarded-proto")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|p| p.eq_ignore_ascii_case("https"));
+        let scheme = if tls { "wss" } else { "ws" };
+        format!("{scheme}://{host}{}", config.citizen_path)
     });
     Json(json!({
         "sessionId": session_id,

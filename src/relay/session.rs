@@ -736,13 +736,34 @@ impl<D: Dialect> Session<D> {
         // Written in batches of --client-batch frames, each within --client-write-timeout (a
         // long replay is not one write): a client that cannot keep up gets 4408 and can resume
         // from its last frame.
-        let mut texts = self.dialect.encode_logged(texts).into_iter().peekable();
+        let ends = texts
+            .last()
+            .is_some_and(|t| protocol::is_terminal_frame(t.as_str()));
+        let mut encoded = self.dialect.encode_logged(texts);
+        // A client that loses bursts gets the replayed turn's end after a pause too (rule 14).
+        let paced_end = match self.dialect.turn_end_gap() {
+            Some(gap) if ends && encoded.len() > 1 => encoded.pop().map(|end| (end, gap)),
+            _ => None,
+        };
+        let mut texts = encoded.into_iter().peekable();
         while texts.peek().is_some() {
             let batch: Vec<Utf8Bytes> = texts
                 .by_ref()
                 .take(state.config.client_batch.max(1))
                 .collect();
             if !write_batch(&mut self.socket, batch, state.config.client_write_timeout).await {
+                return Resumed::TooSlow;
+            }
+        }
+        if let Some((end, gap)) = paced_end {
+            tokio::time::sleep(gap).await;
+            if !write_batch(
+                &mut self.socket,
+                vec![end],
+                state.config.client_write_timeout,
+            )
+            .await
+            {
                 return Resumed::TooSlow;
             }
         }

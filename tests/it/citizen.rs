@@ -240,6 +240,21 @@ async fn minting_is_limited_per_client_address_read_from_trusted_proxies_only() 
     assert!(statuses.contains(&429), "{statuses:?}");
     // ...another client behind the same proxy still gets a session.
     assert_eq!(from("203.0.113.10").await.unwrap().status(), 200);
+    // Behind a TLS-terminating trusted proxy the socket URL is wss.
+    let s: Value = http
+        .post(&url)
+        .header("x-forwarded-for", "203.0.113.11")
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        s["websocketUrl"].as_str().unwrap().starts_with("wss://"),
+        "{s}"
+    );
     app.stop().await;
 
     // Without trusting the peer, the header is ignored: one shared budget.

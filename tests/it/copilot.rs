@@ -197,3 +197,33 @@ async fn an_early_failure_is_one_error_frame_without_a_stream_start() {
     drop(c);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_replayed_turn_ends_after_a_pause_too() {
+    let app = spawn_app_with(EngineConfig::for_tests(), copilot).await;
+    let mut c = connect(&app, "u1").await;
+    c.send(
+        json!({"action": "message", "message": "hi", "conversationId": null, "streaming": true}),
+    )
+    .await;
+    let frames: Vec<Value> = timed_turn(&mut c)
+        .await
+        .into_iter()
+        .map(|(_, f)| f)
+        .collect();
+    let run_id = frames[0]["run_id"].as_str().unwrap().to_owned();
+    app.ended_run(&run_id).await;
+    drop(c);
+    let mut c = connect(&app, "u1").await;
+    c.send(json!({"action": "resume", "run_id": run_id, "after_seq": 0}))
+        .await;
+    let timed = timed_turn(&mut c).await;
+    assert_eq!(timed.last().unwrap().1["type"], "stream_complete");
+    let gap = timed.last().unwrap().0 - timed[timed.len() - 2].0;
+    assert!(
+        gap >= Duration::from_millis(15),
+        "replayed end {gap:?} after the last token"
+    );
+    drop(c);
+    app.stop().await;
+}

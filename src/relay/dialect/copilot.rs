@@ -68,7 +68,8 @@ impl Copilot {
         for (k, val) in fields {
             m.insert((*k).into(), val.clone());
         }
-        if with_conversation {
+        // Unknown only after a resume on a new socket that did not name it.
+        if with_conversation && !self.conversation.is_empty() {
             m.insert("conversationId".into(), self.conversation.clone().into());
         }
         m.insert("timestamp".into(), now_ms().into());
@@ -121,6 +122,15 @@ impl Dialect for Copilot {
             None if obj.contains_key("message") => {}
             Some("ping") => return Ok(ClientFrame::Ping),
             Some(op @ ("cancel" | "resume" | "auth")) => {
+                // A resume on a new socket may name its conversation (for the reply frames).
+                if op == "resume"
+                    && let Some(Value::String(c)) = obj.get("conversationId")
+                    && (1..=128).contains(&c.len())
+                    && c.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                {
+                    self.conversation = c.clone();
+                }
                 // flowgate's control frames, with `action` in place of `type`.
                 let mut native = obj.clone();
                 native.remove("action");
