@@ -346,11 +346,44 @@ pub async fn upgrade_hop(
         sessions.track_future(
             async move {
                 let _admission = admission;
-                crate::relay::hop::serve(state, socket, upstream, client).await;
+                let serving = state.clone();
+                hold_a_place(&state, socket, move |socket| {
+                    crate::relay::hop::serve(serving, socket, upstream, client)
+                })
+                .await;
             }
             .instrument(span),
         )
     })
+}
+
+/// Serve a socket while it holds one of the `--max-sessions` places (counted in the
+/// `sessions_open` metric); past the limit it is closed with 1013 at once.
+async fn hold_a_place<F, Fut>(state: &AppState, socket: axum::extract::ws::WebSocket, serve: F)
+where
+    F: FnOnce(axum::extract::ws::WebSocket) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let open = state
+        .open_sessions
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    state.metrics.sessions_open.inc();
+    if open >= state.config.max_sessions {
+        tracing::warn!(open, "too many sessions: closing with 1013");
+        session::refuse(
+            socket,
+            crate::close::CloseCode::TryAgain,
+            "overloaded: try again later",
+            state.config.client_write_timeout,
+        )
+        .await;
+    } else {
+        serve(socket).await;
+    }
+    state
+        .open_sessions
+        .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    state.metrics.sessions_open.dec();
 }
 
 /// A dialect route's frame cap: four times its message limit, at most 64 MiB.
@@ -553,20 +586,9 @@ fn open(
             async move {
                 // The connection keeps its place under --max-connections until the session ends.
                 let _admission = admission;
-                let open = state
-                    .open_sessions
-                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                state.metrics.sessions_open.inc();
-                if open >= state.config.max_sessions {
-                    tracing::warn!(open, "too many sessions: closing with 1013");
-                    session::refuse(
-                        socket,
-                        crate::close::CloseCode::TryAgain,
-                        "overloaded: try again later",
-                        state.config.client_write_timeout,
-                    )
-                    .await;
-                } else {
+                let serving = state.clone();
+                hold_a_place(&state, socket, move |socket| async move {
+                    let state = serving;
                     match route {
                         Route::Native => {
                             let dialect = NeuraLabs;
@@ -597,11 +619,8 @@ fn open(
                                 .await;
                         }
                     }
-                }
-                state
-                    .open_sessions
-                    .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                state.metrics.sessions_open.dec();
+                })
+                .await;
             }
             .instrument(span),
         )

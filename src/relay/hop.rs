@@ -117,16 +117,22 @@ pub async fn serve(state: AppState, mut socket: WebSocket, upstream: String, cli
                 }
             },
             from_up = up.next() => match from_up {
-                Some(Ok(Message::Text(t))) => {
-                    let m = ws::Message::Text(ws::Utf8Bytes::from(t.as_str()));
-                    if !send_client(&mut socket, m, write).await {
+                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
+                    let m = match m {
+                        Message::Text(t) => ws::Message::Text(ws::Utf8Bytes::from(t.as_str())),
+                        Message::Binary(b) => ws::Message::Binary(b),
+                        _ => unreachable!("matched above"),
+                    };
+                    let sent = tokio::time::timeout(write, socket.send(m)).await;
+                    if !matches!(sent, Ok(Ok(()))) {
                         close_up(up, 1001, "", config.client_close_timeout).await;
-                        return;
-                    }
-                }
-                Some(Ok(Message::Binary(b))) => {
-                    if !send_client(&mut socket, ws::Message::Binary(b), write).await {
-                        close_up(up, 1001, "", config.client_close_timeout).await;
+                        // A client that does not take a frame in time is closed with 4408 (it
+                        // may reconnect) once it reads again; one whose write failed is gone.
+                        if sent.is_err() {
+                            tracing::info!("hop: client too slow: closing with 4408");
+                            let too_slow = CloseCode::TooSlow.code();
+                            close_client(&mut socket, too_slow, "too slow", config.client_close_timeout).await;
+                        }
                         return;
                     }
                 }

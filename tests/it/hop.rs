@@ -24,6 +24,8 @@ enum Mode {
     Refuse(u16),
     /// Drop the TCP connection after the first frame.
     Drop,
+    /// Send many large frames right after the upgrade (and record the close it gets).
+    Flood,
 }
 
 #[derive(Default)]
@@ -71,6 +73,26 @@ impl Upstream {
                     else {
                         return;
                     };
+                    if let Mode::Flood = mode {
+                        let (mut tx, mut rx) = ws.split();
+                        let flood = tokio::spawn(async move {
+                            let chunk = "x".repeat(32 * 1024);
+                            for _ in 0..2000 {
+                                if tx.send(Message::text(chunk.clone())).await.is_err() {
+                                    return;
+                                }
+                            }
+                        });
+                        while let Some(Ok(m)) = rx.next().await {
+                            if let Message::Close(f) = m {
+                                seen.lock().unwrap().close =
+                                    f.map(|f| (u16::from(f.code), f.reason.to_string()));
+                                break;
+                            }
+                        }
+                        flood.abort();
+                        return;
+                    }
                     while let Some(Ok(m)) = ws.next().await {
                         match m {
                             Message::Text(t) if t.starts_with("close:") => {
@@ -423,5 +445,37 @@ async fn an_expiring_token_closes_the_client_with_4401_and_the_upstream_with_100
         async move { seen.lock().unwrap().close.as_ref().map(|c| c.0) == Some(1000) }
     })
     .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_with_4408_and_the_upstream_with_1001() {
+    let up = Upstream::start(Mode::Flood).await;
+    let mut config = GatewayConfig::for_tests("ws://127.0.0.1:1");
+    config.hops = vec![Hop {
+        path: "/ws/chat".into(),
+        upstream: up.url.clone(),
+    }];
+    config.client_write_timeout = Duration::from_millis(300);
+    let app = spawn_gateway_files(config).await;
+    // The client reads nothing while the upstream floods it.
+    let mut ws = client(&app, &token("42"), &[]).await;
+    wait_until("the upstream got 1001", FRAME_WAIT, || {
+        let seen = up.seen.clone();
+        async move { seen.lock().unwrap().close.as_ref().map(|c| c.0) == Some(1001) }
+    })
+    .await;
+    // Reading now: the backlog, then the 4408 close.
+    let close = tokio::time::timeout(FRAME_WAIT, async {
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Close(f) = m {
+                return f.map(|f| u16::from(f.code));
+            }
+        }
+        None
+    })
+    .await
+    .expect("the close in time");
+    assert_eq!(close, Some(4408));
     app.stop().await;
 }
