@@ -138,30 +138,34 @@ enum Route {
     Citizen(String),
 }
 
-/// `GET /api/chat/execute/{agent_id}`: the native protocol.
-pub async fn upgrade(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    Path(agent_id): Path<String>,
-    RawQuery(query): RawQuery,
+/// What every upgrade reads from its request besides its path: the peer, the query (token,
+/// ids), the headers, the connection's admission place and the upgrade itself.
+#[derive(axum::extract::FromRequestParts)]
+pub struct Upgrade {
+    peer: ConnectInfo<std::net::SocketAddr>,
+    query: RawQuery,
     headers: HeaderMap,
     admission: Option<axum::Extension<std::sync::Arc<super::server::Admission>>>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+}
+
+impl Upgrade {
+    fn query(&self) -> Option<&str> {
+        self.query.0.as_deref()
+    }
+}
+
+/// `GET /api/chat/execute/{agent_id}`: the native protocol.
+pub async fn upgrade(
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+    up: Upgrade,
 ) -> Response {
     // Before any session, span or log line: an id no agent can have is refused here.
     if let Err(why) = crate::store::check_agent_id(&agent_id) {
         return (StatusCode::NOT_FOUND, format!("no such agent: {why}\n")).into_response();
     }
-    open(
-        state,
-        peer,
-        agent_id,
-        Route::Native,
-        query,
-        headers,
-        admission,
-        ws,
-    )
+    open(state, agent_id, Route::Native, up)
 }
 
 /// `GET /ws/{client_id}?token=…[&conversation_id=…]`: the `adk` dialect (barka/ovara). The
@@ -169,12 +173,8 @@ pub async fn upgrade(
 /// (with the token's user: a user reaches only their own conversations).
 pub async fn upgrade_adk(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Path(client_id): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    admission: Option<axum::Extension<std::sync::Arc<super::server::Admission>>>,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    up: Upgrade,
 ) -> Response {
     let Some(agent_id) = state.config.adk_agent_id.clone() else {
         return (StatusCode::NOT_FOUND, "the adk route is off\n").into_response();
@@ -183,7 +183,7 @@ pub async fn upgrade_adk(
         return (StatusCode::BAD_REQUEST, why).into_response();
     }
     let conversation_id =
-        query_param(query.as_deref(), "conversation_id").unwrap_or_else(|| "default".to_owned());
+        query_param(up.query(), "conversation_id").unwrap_or_else(|| "default".to_owned());
     if let Err(why) = check_key("conversation_id", &conversation_id) {
         return (StatusCode::BAD_REQUEST, why).into_response();
     }
@@ -191,106 +191,54 @@ pub async fn upgrade_adk(
         client_id,
         conversation_id,
     });
-    open(state, peer, agent_id, route, query, headers, admission, ws)
+    open(state, agent_id, route, up)
 }
 
 /// `GET /ws/chat?token=…`: the `omni2` dialect (the OMNI2 dashboard widget), running
 /// `--omni2-agent-id`; the token may also come as `Authorization: Bearer` or the `bearer`
 /// subprotocol.
-pub async fn upgrade_omni2(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    admission: Option<axum::Extension<std::sync::Arc<super::server::Admission>>>,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
-) -> Response {
+pub async fn upgrade_omni2(State(state): State<AppState>, up: Upgrade) -> Response {
     let agent = state.config.omni2_agent_id.clone();
-    one_agent(
-        state,
-        peer,
-        agent,
-        Route::Omni2,
-        query,
-        headers,
-        admission,
-        ws,
-    )
+    one_agent(state, agent, Route::Omni2, up)
 }
 
 /// `GET /copilot?userId=…&token=…`: the `copilot` dialect (the OmniTrack copilot hook),
 /// running `--copilot-agent-id`; `userId` is ignored (identity is the token's).
-pub async fn upgrade_copilot(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    admission: Option<axum::Extension<std::sync::Arc<super::server::Admission>>>,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
-) -> Response {
+pub async fn upgrade_copilot(State(state): State<AppState>, up: Upgrade) -> Response {
     let agent = state.config.copilot_agent_id.clone();
-    one_agent(
-        state,
-        peer,
-        agent,
-        Route::Copilot,
-        query,
-        headers,
-        admission,
-        ws,
-    )
+    one_agent(state, agent, Route::Copilot, up)
 }
 
 /// `GET /` when the citizen socket lives there: an upgrade is a citizen socket, anything else
 /// gets the chat page.
-pub async fn root(
-    state: State<AppState>,
-    peer: ConnectInfo<std::net::SocketAddr>,
-    query: RawQuery,
-    headers: HeaderMap,
-    admission: Option<axum::Extension<std::sync::Arc<super::server::Admission>>>,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
-) -> Response {
-    if ws.is_err() {
-        return super::page::index(headers).await;
+pub async fn root(state: State<AppState>, up: Upgrade) -> Response {
+    if up.ws.is_err() {
+        return super::page::index(up.headers).await;
     }
-    upgrade_citizen(state, peer, query, headers, admission, ws).await
+    upgrade_citizen(state, up).await
 }
 
 /// The citizen socket (`--citizen-path`, `?sessionId=` of a minted session), running
 /// `--citizen-agent-id` as the session's user.
-pub async fn upgrade_citizen(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    admission: Option<axum::Extension<std::sync::Arc<super::server::Admission>>>,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
-) -> Response {
-    let session = query_param(query.as_deref(), "sessionId").unwrap_or_default();
+pub async fn upgrade_citizen(State(state): State<AppState>, up: Upgrade) -> Response {
+    let session = query_param(up.query(), "sessionId").unwrap_or_default();
     let agent = state.config.citizen_agent_id.clone();
-    one_agent(
-        state,
-        peer,
-        agent,
-        Route::Citizen(session),
-        query,
-        headers,
-        admission,
-        ws,
-    )
+    one_agent(state, agent, Route::Citizen(session), up)
 }
 
 /// A proxy hop's path (`--hop PATH=UPSTREAM`): verify the token, then relay to the upstream.
 pub async fn upgrade_hop(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     matched: axum::extract::MatchedPath,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    admission: Option<axum::Extension<std::sync::Arc<super::server::Admission>>>,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    up: Upgrade,
 ) -> Response {
+    let Upgrade {
+        peer: ConnectInfo(peer),
+        query: RawQuery(query),
+        headers,
+        admission,
+        ws,
+    } = up;
     let Some(upstream) = state
         .config
         .hops
@@ -437,20 +385,15 @@ fn too_many_refusals(state: &AppState, client: std::net::IpAddr) -> Option<Respo
 }
 
 /// A route that runs one configured agent (its clients name none).
-#[allow(clippy::too_many_arguments)] // the route's extractors, handed on as they are
-fn one_agent(
-    state: AppState,
-    peer: std::net::SocketAddr,
-    agent: Option<String>,
-    route: Route,
-    query: Option<String>,
-    headers: HeaderMap,
-    admission: Option<axum::Extension<std::sync::Arc<super::server::Admission>>>,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
-) -> Response {
+fn one_agent(state: AppState, agent: Option<String>, route: Route, up: Upgrade) -> Response {
     match agent {
-        Some(agent_id) => open(state, peer, agent_id, route, query, headers, admission, ws),
-        None => (StatusCode::NOT_FOUND, "this route is off\n").into_response(),
+        Some(agent_id) => open(state, agent_id, route, up),
+        None => (
+            StatusCode::NOT_FOUND,
+            "this route is off
+",
+        )
+            .into_response(),
     }
 }
 
@@ -477,17 +420,14 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     })
 }
 
-#[allow(clippy::too_many_arguments)] // the extractors of the two routes, handed on as they are
-fn open(
-    state: AppState,
-    peer: std::net::SocketAddr,
-    agent_id: String,
-    route: Route,
-    query: Option<String>,
-    headers: HeaderMap,
-    admission: Option<axum::Extension<std::sync::Arc<super::server::Admission>>>,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
-) -> Response {
+fn open(state: AppState, agent_id: String, route: Route, up: Upgrade) -> Response {
+    let Upgrade {
+        peer: ConnectInfo(peer),
+        query: RawQuery(query),
+        headers,
+        admission,
+        ws,
+    } = up;
     let (ws, addr) = match admit(&state, peer, &headers, ws) {
         Ok(admitted) => admitted,
         Err(refused) => return *refused,

@@ -126,6 +126,16 @@ impl Upstream {
         Upstream { url, seen }
     }
 
+    /// Wait until the upstream got a close frame with `code`.
+    async fn closed_with(&self, code: u16) {
+        let what = format!("the upstream got {code}");
+        wait_until(&what, FRAME_WAIT, || {
+            let seen = self.seen.clone();
+            async move { seen.lock().unwrap().close.as_ref().map(|c| c.0) == Some(code) }
+        })
+        .await;
+    }
+
     fn header(&self, name: &str) -> Vec<String> {
         let s = self.seen.lock().unwrap();
         s.headers
@@ -401,22 +411,14 @@ async fn a_dropped_client_gives_the_upstream_1001_and_shutdown_closes_both_with_
     ws.send(Message::text("hi")).await.unwrap();
     assert_eq!(next(&mut ws).await, Message::text("hi"));
     drop(ws); // TCP goes, no close frame
-    wait_until("the upstream got 1001", FRAME_WAIT, || {
-        let seen = up.seen.clone();
-        async move { seen.lock().unwrap().close.as_ref().map(|c| c.0) == Some(1001) }
-    })
-    .await;
+    up.closed_with(1001).await;
 
     let mut ws = client(&app, &token("42"), &[]).await;
     ws.send(Message::text("hi")).await.unwrap();
     assert_eq!(next(&mut ws).await, Message::text("hi"));
     app.shutdown.cancel();
     assert_eq!(closed(&mut ws).await.0, 1012);
-    wait_until("the upstream got 1012", FRAME_WAIT, || {
-        let seen = up.seen.clone();
-        async move { seen.lock().unwrap().close.as_ref().map(|c| c.0) == Some(1012) }
-    })
-    .await;
+    up.closed_with(1012).await;
     app.stop().await;
 }
 
@@ -440,11 +442,7 @@ async fn an_expiring_token_closes_the_client_with_4401_and_the_upstream_with_100
         "unauthenticated"
     );
     assert_eq!(closed(&mut ws).await.0, 4401);
-    wait_until("the upstream got 1000", FRAME_WAIT, || {
-        let seen = up.seen.clone();
-        async move { seen.lock().unwrap().close.as_ref().map(|c| c.0) == Some(1000) }
-    })
-    .await;
+    up.closed_with(1000).await;
     app.stop().await;
 }
 
@@ -460,11 +458,7 @@ async fn a_client_that_stops_reading_is_closed_with_4408_and_the_upstream_with_1
     let app = spawn_gateway_files(config).await;
     // The client reads nothing while the upstream floods it.
     let mut ws = client(&app, &token("42"), &[]).await;
-    wait_until("the upstream got 1001", FRAME_WAIT, || {
-        let seen = up.seen.clone();
-        async move { seen.lock().unwrap().close.as_ref().map(|c| c.0) == Some(1001) }
-    })
-    .await;
+    up.closed_with(1001).await;
     // Reading now: the backlog, then the 4408 close.
     let close = tokio::time::timeout(FRAME_WAIT, async {
         while let Some(Ok(m)) = ws.next().await {

@@ -28,6 +28,20 @@ async fn app_with(engine: EngineConfig, tweak: impl FnOnce(&mut GatewayConfig)) 
     .await
 }
 
+/// The forbidden form: an "Access blocked" error frame, then 1008 with an empty reason.
+async fn assert_blocked(err: &Value, w: &mut DialectSocket) {
+    assert_eq!(err["code"], "forbidden");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Access blocked: "),
+        "{err}"
+    );
+    assert!(w.next().await.is_none());
+    assert_eq!(w.close, Some((1008, String::new())));
+}
+
 /// Connect as the widget does: `?token=` in the URL.
 async fn connect(app: &TestApp, token: &str) -> DialectSocket {
     let url = format!("ws://{}/ws/chat?token={token}", app.addr);
@@ -117,16 +131,7 @@ async fn forbidden_is_access_blocked_then_1008_with_an_empty_reason() {
     w.send(json!({"type": "message", "text": "hi"})).await;
     let turn = read_turn(&mut w).await;
     let err = turn.last().unwrap();
-    assert_eq!(err["code"], "forbidden");
-    assert!(
-        err["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("Access blocked: "),
-        "{err}"
-    );
-    assert!(w.next().await.is_none());
-    assert_eq!(w.close, Some((1008, String::new())));
+    assert_blocked(err, &mut w).await;
     app.stop().await;
 }
 
@@ -371,16 +376,7 @@ async fn behind_a_trusted_proxy_x_user_id_must_name_the_tokens_user() {
     drop(w);
     let mut w = DialectSocket::connect_request(request(&app, "7"), assert_omni2_frame).await;
     let err = w.next().await.unwrap();
-    assert_eq!(err["code"], "forbidden");
-    assert!(
-        err["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("Access blocked: "),
-        "{err}"
-    );
-    assert!(w.next().await.is_none());
-    assert_eq!(w.close, Some((1008, String::new())));
+    assert_blocked(&err, &mut w).await;
     app.stop().await;
 
     // From a peer that is not a trusted proxy the header means nothing.

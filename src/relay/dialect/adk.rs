@@ -229,18 +229,6 @@ impl Dialect for Adk {
         Some(&self.conversation)
     }
 
-    fn pong(&mut self) -> Option<Utf8Bytes> {
-        Some(Utf8Bytes::from_static(r#"{"type":"pong"}"#))
-    }
-
-    fn soft_message_limit(&self, config: &crate::config::GatewayConfig) -> Option<usize> {
-        Some(config.max_client_message_bytes)
-    }
-
-    fn rebuilds_on_resume(&self) -> bool {
-        true
-    }
-
     fn take_answer(&mut self) -> Option<String> {
         self.finished.take()
     }

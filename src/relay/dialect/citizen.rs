@@ -484,16 +484,8 @@ impl Dialect for Citizen {
         Some(&self.conversation)
     }
 
-    fn pong(&mut self) -> Option<Utf8Bytes> {
-        Some(Utf8Bytes::from_static(r#"{"type":"pong"}"#))
-    }
-
     fn soft_message_limit(&self, config: &crate::config::GatewayConfig) -> Option<usize> {
         Some(config.citizen_max_message_bytes)
-    }
-
-    fn rebuilds_on_resume(&self) -> bool {
-        true
     }
 
     fn take_answer(&mut self) -> Option<String> {

@@ -316,14 +316,6 @@ impl Dialect for Copilot {
         )
     }
 
-    fn soft_message_limit(&self, config: &crate::config::GatewayConfig) -> Option<usize> {
-        Some(config.max_client_message_bytes)
-    }
-
-    fn rebuilds_on_resume(&self) -> bool {
-        true
-    }
-
     fn take_answer(&mut self) -> Option<String> {
         self.finished.take()
     }

@@ -60,14 +60,15 @@ pub trait Dialect: Send + 'static {
     /// message (DIALECTS.md rule 12): a longer text frame gets an `invalid_request` error and
     /// the socket stays open (the route's hard frame cap, a few times this, still closes with
     /// 1009). `None` (the native protocol): the frame cap alone, 1009.
-    fn soft_message_limit(&self, _config: &crate::config::GatewayConfig) -> Option<usize> {
-        None
+    fn soft_message_limit(&self, config: &crate::config::GatewayConfig) -> Option<usize> {
+        Some(config.max_client_message_bytes)
     }
 
     /// The dialect keeps state across a turn's frames (the answer so far, open blocks): on a
     /// resume after `seq` N it first reads frames 1…N without writing them (DIALECTS.md rule 6).
+    /// The native protocol writes frames as they are and needs none.
     fn rebuilds_on_resume(&self) -> bool {
-        false
+        true
     }
 
     /// The `code` of the error answering the frame [`Dialect::decode`] just refused
@@ -118,9 +119,9 @@ pub trait Dialect: Send + 'static {
         None
     }
 
-    /// The answer to the dialect's application-level ping.
+    /// The answer to flowgate's `{"type":"ping"}` control frame (DIALECTS.md rule 8).
     fn pong(&mut self) -> Option<Utf8Bytes> {
-        None
+        Some(Utf8Bytes::from_static(r#"{"type":"pong"}"#))
     }
 
     /// The answer text of the turn whose terminal frame was just encoded (once).
@@ -184,6 +185,14 @@ impl Dialect for NeuraLabs {
 
     fn error(&mut self, code: ErrorCode, message: &str) -> Vec<Utf8Bytes> {
         vec![protocol::error_frame(code, message).into()]
+    }
+
+    fn soft_message_limit(&self, _config: &crate::config::GatewayConfig) -> Option<usize> {
+        None
+    }
+
+    fn rebuilds_on_resume(&self) -> bool {
+        false
     }
 }
 
