@@ -342,6 +342,14 @@ impl<D: Dialect> Session<D> {
                 };
                 let mut texts = self.dialect.encode(batch, lagging);
                 let mut written = texts.len();
+                // A lagging client of a dialect that loses bursts gets its merged batches apart.
+                if lagging
+                    && !texts.is_empty()
+                    && self.dialect.paces_bursts()
+                    && let Some(gap) = self.dialect.turn_end_gap()
+                {
+                    tokio::time::sleep_until(self.last_written + gap).await;
+                }
                 if let Some((terminal, gap)) = paced {
                     if !texts.is_empty() {
                         if !write_batch(&mut self.socket, texts, timeout).await {
@@ -745,12 +753,25 @@ impl<D: Dialect> Session<D> {
             Some(gap) if ends && encoded.len() > 1 => encoded.pop().map(|end| (end, gap)),
             _ => None,
         };
+        // A dialect that loses bursts gets the (merged, few) replayed frames one at a time.
+        let pace = self
+            .dialect
+            .turn_end_gap()
+            .filter(|_| self.dialect.paces_bursts());
+        let per_write = if pace.is_some() {
+            1
+        } else {
+            state.config.client_batch.max(1)
+        };
         let mut texts = encoded.into_iter().peekable();
+        let mut first = true;
         while texts.peek().is_some() {
-            let batch: Vec<Utf8Bytes> = texts
-                .by_ref()
-                .take(state.config.client_batch.max(1))
-                .collect();
+            if let Some(gap) = pace
+                && !std::mem::take(&mut first)
+            {
+                tokio::time::sleep(gap).await;
+            }
+            let batch: Vec<Utf8Bytes> = texts.by_ref().take(per_write).collect();
             if !write_batch(&mut self.socket, batch, state.config.client_write_timeout).await {
                 return Resumed::TooSlow;
             }

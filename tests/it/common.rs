@@ -141,6 +141,24 @@ impl TestApp {
         })
         .await
     }
+
+    /// The concatenated `llm_chunk` contents of an ended run, from the run log.
+    pub async fn run_text(&self, run_id: &str) -> String {
+        self.ended_run(run_id).await;
+        let id = uuid::Uuid::parse_str(run_id).expect("a run id");
+        let frames = self
+            .state
+            .runlog
+            .replay(id, 0)
+            .await
+            .expect("the run log answers");
+        frames
+            .iter()
+            .map(|b| serde_json::from_slice::<serde_json::Value>(b).expect("logged JSON"))
+            .filter(|v| v["type"] == "llm_chunk")
+            .map(|v| v["data"]["content"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
 }
 
 pub async fn spawn_gateway(

@@ -224,6 +224,69 @@ async fn a_replayed_turn_ends_after_a_pause_too() {
         gap >= Duration::from_millis(15),
         "replayed end {gap:?} after the last token"
     );
+    // The replayed text comes as a few paced tokens, never the whole turn in one burst.
+    let live: Vec<&str> = frames
+        .iter()
+        .filter(|f| f["type"] == "stream_token")
+        .map(|f| f["token"].as_str().unwrap())
+        .collect();
+    let replayed: Vec<(Instant, &str)> = timed
+        .iter()
+        .filter(|(_, f)| f["type"] == "stream_token")
+        .map(|(at, f)| (*at, f["token"].as_str().unwrap()))
+        .collect();
+    assert!(live.len() > flowgate::relay::dialect::copilot::REPLAY_TOKENS);
+    assert!(
+        (2..=flowgate::relay::dialect::copilot::REPLAY_TOKENS).contains(&replayed.len()),
+        "{replayed:?}"
+    );
+    assert_eq!(
+        replayed.iter().map(|(_, t)| *t).collect::<String>(),
+        live.concat()
+    );
+    assert_apart(replayed.iter().map(|(at, _)| *at));
+    drop(c);
+    app.stop().await;
+}
+
+/// Consecutive instants at least 15 ms apart (the 20 ms pacing, less timer slack).
+fn assert_apart(at: impl Iterator<Item = Instant>) {
+    let at: Vec<Instant> = at.collect();
+    for pair in at.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(gap >= Duration::from_millis(15), "tokens {gap:?} apart");
+    }
+}
+
+#[tokio::test]
+async fn a_lagging_client_gets_merged_tokens_paced() {
+    let app = spawn_app_with(EngineConfig::for_tests(), |c| {
+        copilot(c);
+        // Every batch counts as lagging: its chunks are merged into one paced token.
+        c.merge_lag = 0;
+    })
+    .await;
+    let mut c = connect(&app, "u1").await;
+    c.send(json!({"action": "message", "message": "What is flowgate?", "conversationId": null, "streaming": true}))
+        .await;
+    let timed = timed_turn(&mut c).await;
+    let frames: Vec<Value> = timed.iter().map(|(_, f)| f.clone()).collect();
+    assert_eq!(frames.last().unwrap()["type"], "stream_complete");
+    let tokens: Vec<(Instant, &Value)> = timed
+        .iter()
+        .filter(|(_, f)| f["type"] == "stream_token")
+        .map(|(at, f)| (*at, f))
+        .collect();
+    assert!(!tokens.is_empty());
+    assert_apart(tokens.iter().map(|(at, _)| *at));
+    let text: String = tokens
+        .iter()
+        .map(|(_, f)| f["token"].as_str().unwrap())
+        .collect();
+    let run_id = frames[0]["run_id"].as_str().unwrap();
+    // The same text as the run log's chunks.
+    let logged = app.run_text(run_id).await;
+    assert_eq!(text, logged);
     drop(c);
     app.stop().await;
 }

@@ -17,6 +17,7 @@ use serde_json::{Map, Value, json};
 use super::Dialect;
 use super::answer::{Answer, Piece};
 use crate::relay::protocol::{BadFrame, ClientFrame, ErrorCode, RunRequest, TurnTag};
+use crate::relay::registry::Frame;
 
 /// Messages remembered for a turn's history (the original's window).
 pub const HISTORY_WINDOW: usize = 5;
@@ -45,6 +46,10 @@ pub struct Copilot {
     started: bool,
     tokens: u64,
     finished: Option<String>,
+    /// While merging (a lagging client, a replay): text chunks per `stream_token`, and the
+    /// token being gathered (its text, the frame of its last chunk, chunks so far).
+    merge: Option<usize>,
+    pending: Option<(String, Value, usize)>,
 }
 
 impl Copilot {
@@ -91,8 +96,41 @@ impl Copilot {
             self.started = true;
             out.push(self.frame("stream_start", &[("metadata", json!({}))], true, v));
         }
+        if let Some(group) = self.merge {
+            // Merged chunks carry the last `seq` they cover (DIALECTS.md rule 6).
+            let (merged, last, count) = self
+                .pending
+                .get_or_insert_with(|| (String::new(), Value::Null, 0));
+            merged.push_str(&text);
+            *last = v.clone();
+            *count += 1;
+            if *count >= group {
+                self.flush(out);
+            }
+            return;
+        }
         self.tokens += 1;
         out.push(self.frame("stream_token", &[("token", text.into())], true, v));
+    }
+
+    /// Write the token being gathered, if any.
+    fn flush(&mut self, out: &mut Vec<Utf8Bytes>) {
+        if let Some((text, v, _)) = self.pending.take() {
+            self.tokens += 1;
+            out.push(self.frame("stream_token", &[("token", text.into())], true, &v));
+        }
+    }
+
+    /// Encode `texts` with consecutive chunks merged, `group` per `stream_token`.
+    fn merged<'a>(&mut self, texts: impl Iterator<Item = &'a str>, group: usize) -> Vec<Utf8Bytes> {
+        self.merge = Some(group.max(1));
+        let mut out = Vec::new();
+        for t in texts {
+            self.encode_text(t, &mut out);
+        }
+        self.flush(&mut out);
+        self.merge = None;
+        out
     }
 
     fn end(&mut self) {
@@ -103,7 +141,39 @@ impl Copilot {
     }
 }
 
+/// A replayed turn's text is sent as at most this many `stream_token`s (paced), never a whole
+/// turn at once nor one frame per chunk (DIALECTS.md 2.2, pacing).
+pub const REPLAY_TOKENS: usize = 4;
+
 impl Dialect for Copilot {
+    /// A lagging client gets each batch's chunks as one `stream_token` (the session paces the
+    /// batches, [`Dialect::paces_bursts`]).
+    fn encode(&mut self, batch: Vec<Frame>, lagging: bool) -> Vec<Utf8Bytes> {
+        if lagging {
+            return self.merged(batch.iter().map(|f| f.text.as_str()), usize::MAX);
+        }
+        let mut out = Vec::with_capacity(batch.len());
+        for f in batch {
+            self.encode_text(f.text.as_str(), &mut out);
+        }
+        out
+    }
+
+    fn encode_logged(&mut self, texts: Vec<Utf8Bytes>) -> Vec<Utf8Bytes> {
+        let chunks = texts
+            .iter()
+            .filter(|t| t.as_str().contains("llm_chunk"))
+            .count();
+        self.merged(
+            texts.iter().map(|t| t.as_str()),
+            chunks.div_ceil(REPLAY_TOKENS),
+        )
+    }
+
+    fn paces_bursts(&self) -> bool {
+        true
+    }
+
     fn decode(&mut self, text: &str) -> Result<ClientFrame, BadFrame> {
         let v: Value = serde_json::from_str(text).map_err(|e| {
             BadFrame(format!(
@@ -190,7 +260,12 @@ impl Dialect for Copilot {
             return;
         };
         let data = &v["data"];
-        match v["type"].as_str().unwrap_or_default() {
+        let kind = v["type"].as_str().unwrap_or_default();
+        if !matches!(kind, "llm_chunk" | "final_output") {
+            // Anything but text ends the token being gathered first (order is kept).
+            self.flush(out);
+        }
+        match kind {
             "status" if v["seq"] == 1 => {
                 if self.streaming {
                     out.push(self.frame("typing", &[], false, &v));
@@ -380,6 +455,61 @@ mod tests {
         assert_eq!(out[0]["message"], "Retrieving workflow...");
         assert_eq!(out[1]["content"], "Hello from");
         assert_eq!(out[1]["metadata"]["executionTime"], 31);
+    }
+
+    #[test]
+    fn a_lagging_batch_is_one_token_and_a_replay_a_few() {
+        let done = json!({"type":"flow_completed","data":{},"run_id":"r","seq":40});
+        let mut events = reference(done);
+        let last = events.pop().unwrap();
+        for i in 0..10 {
+            events.push(json!({"type":"llm_chunk","data":{"content":format!(" {i}")},"run_id":"r","seq":20 + i}));
+        }
+        events.push(last);
+        let texts: Vec<Utf8Bytes> = events.iter().map(|e| e.to_string().into()).collect();
+        let tagged = || {
+            let mut d = Copilot::new();
+            d.begin_turn(Some(&TurnTag {
+                conversation: Some("conv_1".into()),
+                streaming: true,
+                ..TurnTag::default()
+            }));
+            d
+        };
+        let frames = |out: Vec<Utf8Bytes>| -> Vec<Value> {
+            out.iter()
+                .map(|t| serde_json::from_str(t.as_str()).unwrap())
+                .collect()
+        };
+        let batch: Vec<Frame> = texts
+            .iter()
+            .map(|t| Frame {
+                seq: 0,
+                text: t.clone(),
+                chunk: false,
+                received: std::time::Instant::now(),
+                end: None,
+            })
+            .collect();
+        let out = frames(tagged().encode(batch, true));
+        let types: Vec<&str> = out.iter().map(|f| f["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            types,
+            ["typing", "stream_start", "stream_token", "stream_complete"]
+        );
+        assert_eq!(out[2]["token"], "Hello from 0 1 2 3 4 5 6 7 8 9");
+        assert_eq!(out[2]["seq"], 29, "a merged token carries its last seq");
+        assert_eq!(out[3]["metadata"]["tokenCount"], 1);
+
+        let out = frames(tagged().encode_logged(texts));
+        let tokens: Vec<&str> = out
+            .iter()
+            .filter(|f| f["type"] == "stream_token")
+            .map(|f| f["token"].as_str().unwrap())
+            .collect();
+        assert_eq!(tokens.len(), REPLAY_TOKENS);
+        assert_eq!(tokens.concat(), "Hello from 0 1 2 3 4 5 6 7 8 9");
+        assert_eq!(out.last().unwrap()["type"], "stream_complete");
     }
 
     #[test]

@@ -119,6 +119,12 @@ pub trait Dialect: Send + 'static {
         None
     }
 
+    /// Frames a lagging client gets merged, or a replay, are written with
+    /// [`Dialect::turn_end_gap`] between them (the dialect merges them into a few).
+    fn paces_bursts(&self) -> bool {
+        false
+    }
+
     /// The answer to flowgate's `{"type":"ping"}` control frame (DIALECTS.md rule 8).
     fn pong(&mut self) -> Option<Utf8Bytes> {
         Some(Utf8Bytes::from_static(r#"{"type":"pong"}"#))
