@@ -409,9 +409,18 @@ pub struct GatewayConfig {
     #[arg(long = "hop", env = "FLOWGATE_HOPS", value_delimiter = ',', value_parser = parse_hop)]
     pub hops: Vec<Hop>,
 
-    /// Time allowed for a hop's upstream connect and upgrade.
+    /// Time allowed for a hop's upstream connect and upgrade (and for the auth service's
+    /// answer, `--hop-auth-url`).
     #[arg(long, env = "FLOWGATE_HOP_CONNECT_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub hop_connect_timeout: Duration,
+
+    /// An auth service's validate endpoint the hops also ask before connecting upstream (the
+    /// OMNI2 chain's `GET http://mcp-auth-service:8700/api/v1/auth/validate`), so revoked
+    /// tokens count: it gets the token as `Authorization: Bearer`; 200 admits the client and its
+    /// `X-User-Id`, `X-User-Username` and `X-User-Role` go upstream; 401 and 403 refuse it
+    /// (4401, 4403); anything else, or no answer in time, refuses it too (fails closed, 1011).
+    #[arg(long, env = "FLOWGATE_HOP_AUTH_URL", value_parser = parse_http_url)]
+    pub hop_auth_url: Option<String>,
 
     /// Refused tokens an address may present on the dialect and hop routes per minute (0: no
     /// limit); past that, their upgrades get HTTP 401 before any socket (DIALECTS.md rule 11:
@@ -501,6 +510,20 @@ fn parse_hop(text: &str) -> Result<Hop, String> {
         path: path.to_owned(),
         upstream: upstream.to_owned(),
     })
+}
+
+fn parse_http_url(text: &str) -> Result<String, String> {
+    let url = text.trim();
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("`{url}` must be an http:// or https:// URL"))?;
+    if rest.is_empty() || rest.starts_with('/') || url.contains(char::is_whitespace) {
+        return Err(format!(
+            "`{url}` has no host: e.g. http://auth:8700/api/v1/auth/validate"
+        ));
+    }
+    Ok(url.to_owned())
 }
 
 /// Default of `--adk-jwt-user-claim`.
@@ -599,6 +622,7 @@ impl GatewayConfig {
             trusted_proxies: Vec::new(),
             refused_tokens_per_minute: 10,
             hop_connect_timeout: Duration::from_secs(5),
+            hop_auth_url: None,
             sse_heartbeat: Duration::from_secs(15),
             log_format: LogFormat::Text,
         }
@@ -629,6 +653,16 @@ mod tests {
         );
         assert!(parse_hop("/a=wss://x").unwrap_err().contains("wss://"));
         assert!(parse_hop("/a=http://x").unwrap_err().contains("ws:// URL"));
+        assert_eq!(
+            parse_http_url("http://auth:8700/api/v1/auth/validate").unwrap(),
+            "http://auth:8700/api/v1/auth/validate"
+        );
+        assert!(parse_http_url("auth:8700").unwrap_err().contains("http://"));
+        assert!(
+            parse_http_url("https:///x")
+                .unwrap_err()
+                .contains("no host")
+        );
     }
 
     /// The limits tests do not shorten must be the production defaults, written once.

@@ -65,6 +65,8 @@ pub enum StartError {
     Auth(String),
     #[error("cannot start the run log: {0}")]
     RunLog(String),
+    #[error("cannot set up the outbound HTTP client (TLS roots): {0}")]
+    Http(String),
     #[error(
         "no agent store configured: pass --database-url (DATABASE_URL) or --flows-dir (FLOWGATE_FLOWS_DIR)"
     )]
@@ -171,6 +173,11 @@ impl Gateway {
             )),
             adk_sessions: Arc::default(),
             citizen_sessions: Arc::new(crate::relay::dialect::citizen::Sessions::new(citizen_ttl)),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| StartError::Http(e.to_string()))?,
         };
         Ok(Gateway {
             listener,

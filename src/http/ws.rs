@@ -269,6 +269,24 @@ pub async fn upgrade_hop(
     if identity.is_err() {
         state.refusals.allow(addr);
     }
+    // The client's subprotocols go upstream, except flowgate's `bearer` and the token after it.
+    let offered: Vec<String> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let bearer = offered
+        .first()
+        .is_some_and(|p| p.eq_ignore_ascii_case("bearer"));
+    let protocols = if bearer {
+        offered[2.min(offered.len())..].to_vec()
+    } else {
+        offered
+    };
     let client = crate::relay::hop::Client {
         identity,
         token,
@@ -277,18 +295,31 @@ pub async fn upgrade_hop(
             .get(header::ORIGIN)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
+        protocols,
     };
-    let subprotocol = headers
-        .get(header::SEC_WEBSOCKET_PROTOCOL)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("bearer"));
+    let span = tracing::info_span!("hop", path = %matched.as_str());
+    // The upstream leg opens before the client's upgrade is answered (with the subprotocol the
+    // upstream chose); a refusal is written to the client after the upgrade (rule 11).
+    let full = state
+        .open_sessions
+        .load(std::sync::atomic::Ordering::SeqCst)
+        >= state.config.max_sessions;
+    let opened = if full {
+        // `hold_a_place` closes it with 1013: no upstream leg for a client that cannot stay.
+        crate::relay::hop::Opened::not_opened()
+    } else {
+        crate::relay::hop::open(&state, &upstream, client)
+            .instrument(span.clone())
+            .await
+    };
     let mut ws = ws
         .max_message_size(state.config.max_client_message_bytes)
         .max_frame_size(state.config.max_client_message_bytes);
-    if subprotocol {
+    if let Some(chosen) = opened.protocol() {
+        ws = ws.protocols([chosen.to_owned()]);
+    } else if bearer {
         ws = ws.protocols(["bearer"]);
     }
-    let span = tracing::info_span!("hop", path = %matched.as_str());
     let sessions = state.sessions.clone();
     ws.on_upgrade(move |socket| {
         sessions.track_future(
@@ -296,7 +327,7 @@ pub async fn upgrade_hop(
                 let _admission = admission;
                 let serving = state.clone();
                 hold_a_place(&state, socket, move |socket| {
-                    crate::relay::hop::serve(serving, socket, upstream, client)
+                    crate::relay::hop::serve(serving, socket, opened)
                 })
                 .await;
             }

@@ -26,6 +26,9 @@ enum Mode {
     Drop,
     /// Send many large frames right after the upgrade (and record the close it gets).
     Flood,
+    /// Upgrade (choosing `chat.v1` when offered), then neither read nor write: no pong, no
+    /// frame taken.
+    Silent,
 }
 
 #[derive(Default)]
@@ -67,12 +70,27 @@ impl Upstream {
                                 *refused.status_mut() = status.try_into().unwrap();
                                 return Err(refused);
                             }
+                            let mut resp = resp;
+                            let offered = req
+                                .headers()
+                                .get("sec-websocket-protocol")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("");
+                            if offered.split(',').any(|p| p.trim() == "chat.v1") {
+                                resp.headers_mut()
+                                    .insert("sec-websocket-protocol", "chat.v1".parse().unwrap());
+                            }
                             Ok(resp)
                         };
                     let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await
                     else {
                         return;
                     };
+                    if let Mode::Silent = mode {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        drop(ws);
+                        return;
+                    }
                     if let Mode::Flood = mode {
                         let (mut tx, mut rx) = ws.split();
                         let flood = tokio::spawn(async move {
@@ -471,5 +489,305 @@ async fn a_client_that_stops_reading_is_closed_with_4408_and_the_upstream_with_1
     .await
     .expect("the close in time");
     assert_eq!(close, Some(4408));
+    app.stop().await;
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn hop_config(url: &str) -> GatewayConfig {
+    let mut config = GatewayConfig::for_tests("ws://127.0.0.1:1");
+    config.hops = vec![Hop {
+        path: "/ws/chat".into(),
+        upstream: url.into(),
+    }];
+    // A side that does not answer a close (the silent upstream) holds the test no longer.
+    config.client_close_timeout = Duration::from_millis(500);
+    config
+}
+
+/// Connect to the hop with `query` (e.g. `?token=…`) and these headers; the upgrade's answer too.
+async fn upgrade(
+    app: &TestApp,
+    query: &str,
+    headers: &[(&str, &str)],
+) -> (
+    Socket,
+    tokio_tungstenite::tungstenite::handshake::client::Response,
+) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{}/ws/chat{query}", app.addr)
+        .into_client_request()
+        .unwrap();
+    for (k, v) in headers {
+        let name: tokio_tungstenite::tungstenite::http::HeaderName = k.parse().unwrap();
+        req.headers_mut().insert(name, v.parse().unwrap());
+    }
+    tokio_tungstenite::connect_async(req)
+        .await
+        .expect("upgrade")
+}
+
+/// The error frame's `code`, then the close code.
+async fn refused_with(ws: &mut Socket) -> (String, u16) {
+    let Message::Text(t) = next(ws).await else {
+        panic!("an error frame")
+    };
+    let code = serde_json::from_str::<Value>(&t).unwrap()["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (code, closed(ws).await.0)
+}
+
+#[tokio::test]
+async fn the_clients_subprotocols_go_upstream_and_the_upstreams_choice_comes_back() {
+    let up = Upstream::start(Mode::Echo).await;
+    let app = hop_to(&up.url).await;
+    let t = token("42");
+    let protocol = |r: &tokio_tungstenite::tungstenite::handshake::client::Response| {
+        r.headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+
+    // Token in the query, an application subprotocol offered: the upstream chooses it.
+    let query = format!("?token={t}");
+    let (mut ws, answer) = upgrade(&app, &query, &[("sec-websocket-protocol", "chat.v1")]).await;
+    assert_eq!(protocol(&answer).as_deref(), Some("chat.v1"));
+    assert_eq!(up.header("sec-websocket-protocol"), ["chat.v1"]);
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::text("hi"));
+    drop(ws);
+
+    // The token in the `bearer` subprotocol: only the application's protocols go upstream.
+    let offered = format!("bearer, {t}, chat.v1");
+    let (mut ws, answer) = upgrade(&app, "", &[("sec-websocket-protocol", &offered)]).await;
+    assert_eq!(protocol(&answer).as_deref(), Some("chat.v1"));
+    assert_eq!(up.header("sec-websocket-protocol"), ["chat.v1"]);
+    assert_eq!(up.header("authorization"), [format!("Bearer {t}")]);
+    ws.send(Message::text("again")).await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::text("again"));
+    drop(ws);
+
+    // `bearer` alone: the client is answered `bearer`, the upstream is offered nothing.
+    let offered = format!("bearer, {t}");
+    let (ws, answer) = upgrade(&app, "", &[("sec-websocket-protocol", &offered)]).await;
+    assert_eq!(protocol(&answer).as_deref(), Some("bearer"));
+    assert!(up.header("sec-websocket-protocol").is_empty());
+    drop(ws);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_hop_pings_each_leg_and_a_silent_side_is_gone() {
+    // An upstream that stops answering (no pong, no frame): the client gets engine_lost, 1011.
+    let up = Upstream::start(Mode::Silent).await;
+    let mut config = hop_config(&up.url);
+    config.ping_interval = Duration::from_millis(100);
+    let app = spawn_gateway_files(config).await;
+    let mut ws = client(&app, &token("42"), &[]).await;
+    let started = std::time::Instant::now();
+    // The client's own leg is pinged (and the client's pongs keep it alive meanwhile).
+    let mut pinged = false;
+    let (code, close) = loop {
+        match next(&mut ws).await {
+            Message::Ping(_) => pinged = true,
+            Message::Text(t) => {
+                let code = serde_json::from_str::<Value>(&t).unwrap()["code"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                break (code, closed(&mut ws).await.0);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(pinged, "the hop pings the client");
+    assert_eq!((code.as_str(), close), ("engine_lost", 1011));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    app.stop().await;
+
+    // A client that stops answering: the upstream gets 1001, the client 4408 when it reads.
+    let up = Upstream::start(Mode::Echo).await;
+    let mut config = hop_config(&up.url);
+    config.ping_interval = Duration::from_millis(100);
+    let app = spawn_gateway_files(config).await;
+    let mut ws = client(&app, &token("42"), &[]).await;
+    up.closed_with(1001).await;
+    let close = tokio::time::timeout(FRAME_WAIT, async {
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Close(f) = m {
+                return f.map(|f| (u16::from(f.code), f.reason.to_string()));
+            }
+        }
+        None
+    })
+    .await
+    .expect("the close in time");
+    assert_eq!(close, Some((4408, "idle: no pong".into())));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_upstream_that_takes_no_frames_is_engine_timeout_for_the_client() {
+    let up = Upstream::start(Mode::Silent).await;
+    let mut config = hop_config(&up.url);
+    config.client_write_timeout = Duration::from_millis(300);
+    let app = spawn_gateway_files(config).await;
+    let ws = client(&app, &token("42"), &[]).await;
+    let (mut tx, mut rx) = ws.split();
+    // Frames until the upstream's buffers are full and the hop's write to it times out.
+    let flood = tokio::spawn(async move {
+        let chunk = "x".repeat(32 * 1024);
+        for _ in 0..4000 {
+            if tx.send(Message::text(chunk.clone())).await.is_err() {
+                return;
+            }
+        }
+    });
+    let frames = tokio::time::timeout(FRAME_WAIT, async {
+        let mut got = Vec::new();
+        while let Some(Ok(m)) = rx.next().await {
+            let end = matches!(m, Message::Close(_));
+            got.push(m);
+            if end {
+                break;
+            }
+        }
+        got
+    })
+    .await
+    .expect("the refusal in time");
+    flood.abort();
+    let Some(Message::Text(t)) = frames.first() else {
+        panic!("an error frame first: {frames:?}")
+    };
+    let err: Value = serde_json::from_str(t).unwrap();
+    assert_eq!(err["code"], "engine_timeout");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("did not take a frame"),
+        "{err}"
+    );
+    let Some(Message::Close(Some(f))) = frames.last() else {
+        panic!("a close last: {frames:?}")
+    };
+    assert_eq!(u16::from(f.code), 1011);
+    app.stop().await;
+}
+
+/// A mock auth service (the OMNI2 chain's validate endpoint): answers `status` after `delay`,
+/// with `X-User-Id: 42`, `X-User-Username: alice`, `X-User-Role: admin`; records the
+/// `Authorization` headers it got.
+async fn auth_service(status: u16, delay: Duration) -> (String, Arc<Mutex<Vec<String>>>) {
+    use axum::http::{HeaderMap, StatusCode};
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let app = axum::Router::new().route(
+        "/api/v1/auth/validate",
+        axum::routing::get(move |headers: HeaderMap| {
+            let record = record.clone();
+            async move {
+                let auth = headers
+                    .get("authorization")
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .unwrap_or_default();
+                record.lock().unwrap().push(auth);
+                tokio::time::sleep(delay).await;
+                (
+                    StatusCode::from_u16(status).unwrap(),
+                    [
+                        ("x-user-id", "42"),
+                        ("x-user-username", "alice"),
+                        ("x-user-role", "admin"),
+                    ],
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/api/v1/auth/validate",
+        listener.local_addr().unwrap()
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn the_auth_service_is_asked_and_its_answers_map_to_the_clients_codes() {
+    let t = token("42");
+    // 200: admitted; its identity headers go upstream.
+    let up = Upstream::start(Mode::Echo).await;
+    let (auth, asked) = auth_service(200, Duration::ZERO).await;
+    let mut config = hop_config(&up.url);
+    config.hop_auth_url = Some(auth);
+    let app = spawn_gateway_files(config).await;
+    let mut ws = client(&app, &t, &[("x-user-role", "root")]).await;
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::text("hi"));
+    assert_eq!(*asked.lock().unwrap(), [format!("Bearer {t}")]);
+    assert_eq!(up.header("x-user-id"), ["42"]);
+    assert_eq!(up.header("x-user-username"), ["alice"]);
+    assert_eq!(
+        up.header("x-user-role"),
+        ["admin"],
+        "the service's, not the client's"
+    );
+    drop(ws);
+    app.stop().await;
+
+    // Refusals, errors and silence all refuse the client; none reaches the upstream.
+    let cases: [(u16, Duration, &str, &str, u16); 5] = [
+        (401, Duration::ZERO, "42", "unauthenticated", 4401),
+        (403, Duration::ZERO, "42", "forbidden", 4403),
+        (500, Duration::ZERO, "42", "engine_unavailable", 1011),
+        (
+            200,
+            Duration::from_secs(10),
+            "42",
+            "engine_unavailable",
+            1011,
+        ),
+        // The service names another user than the verified token's.
+        (200, Duration::ZERO, "7", "forbidden", 4403),
+    ];
+    for (status, delay, user, code, close) in cases {
+        let up = Upstream::start(Mode::Echo).await;
+        let (auth, asked) = auth_service(status, delay).await;
+        let mut config = hop_config(&up.url);
+        config.hop_auth_url = Some(auth);
+        config.hop_connect_timeout = Duration::from_millis(300);
+        let app = spawn_gateway_files(config).await;
+        let mut ws = client(&app, &token(user), &[]).await;
+        assert_eq!(
+            refused_with(&mut ws).await,
+            (code.to_owned(), close),
+            "auth service {status} after {delay:?} for user {user}"
+        );
+        assert_eq!(asked.lock().unwrap().len(), 1);
+        assert_eq!(up.seen.lock().unwrap().connections, 0);
+        app.stop().await;
+    }
+
+    // A bad token is refused before the auth service is asked.
+    let up = Upstream::start(Mode::Echo).await;
+    let (auth, asked) = auth_service(200, Duration::ZERO).await;
+    let mut config = hop_config(&up.url);
+    config.hop_auth_url = Some(auth);
+    let app = spawn_gateway_files(config).await;
+    let mut ws = client(&app, &forged_token("42"), &[]).await;
+    assert_eq!(
+        refused_with(&mut ws).await,
+        ("unauthenticated".to_owned(), 4401)
+    );
+    assert!(asked.lock().unwrap().is_empty());
     app.stop().await;
 }
