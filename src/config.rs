@@ -354,6 +354,11 @@ pub struct GatewayConfig {
     #[arg(long, env = "FLOWGATE_CITIZEN_AGENT_ID")]
     pub citizen_agent_id: Option<String>,
 
+    /// The agent `POST /api/chat` (`vercel`) runs when the body names no `agentId` (without
+    /// it, the body must name one).
+    #[arg(long, env = "FLOWGATE_VERCEL_AGENT_ID")]
+    pub vercel_agent_id: Option<String>,
+
     /// Path of the `citizen` socket (`?sessionId=`); on `/` a plain `GET /` still gets the
     /// chat page.
     #[arg(long, env = "FLOWGATE_CITIZEN_PATH", default_value = "/")]
@@ -468,6 +473,12 @@ pub enum DialectId {
     Copilot,
     /// Citizen Interface "Leoma": `POST /api/agent/session` and the socket on `--citizen-path`.
     Citizen,
+    /// OpenAI Chat Completions: `POST /v1/chat/completions`, `GET /v1/models`.
+    Openai,
+    /// The Vercel AI SDK's UI message stream: `POST /api/chat` and its resume and stop routes.
+    Vercel,
+    /// AG-UI over SSE: `POST /agui/{agent_id}`.
+    Agui,
 }
 
 /// How the welcome is sent (`--omni2-welcome-as`).
@@ -605,6 +616,7 @@ impl GatewayConfig {
             adk_agent_id: None,
             omni2_agent_id: None,
             copilot_agent_id: None,
+            vercel_agent_id: None,
             citizen_agent_id: None,
             citizen_path: "/".into(),
             citizen_session_ttl: Duration::from_secs(2 * 3600),

@@ -106,7 +106,11 @@ pub async fn run(args: DemoArgs) -> ExitCode {
         crate::config::DialectId::Omni2,
         crate::config::DialectId::Copilot,
         crate::config::DialectId::Citizen,
+        crate::config::DialectId::Openai,
+        crate::config::DialectId::Vercel,
+        crate::config::DialectId::Agui,
     ];
+    config.vercel_agent_id = Some("assistant".into());
     config.adk_agent_id = Some("assistant".into());
     config.omni2_agent_id = Some("assistant".into());
     config.copilot_agent_id = Some("assistant".into());
@@ -150,6 +154,15 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     );
     println!(
         "    adk over HTTP:     http://{addr}/run_sse, /run and /apps/assistant/users/{DEMO_USER}/sessions (Authorization: Bearer <the token>)"
+    );
+    println!(
+        "    openai (OpenAI SDK):  base_url http://{addr}/v1, api_key <the token>, model \"assistant\""
+    );
+    println!(
+        "    vercel (AI SDK):      DefaultChatTransport api http://{addr}/api/chat, headers Authorization: Bearer <the token>"
+    );
+    println!(
+        "    agui (AG-UI):         HttpAgent url http://{addr}/agui/assistant, headers Authorization: Bearer <the token>"
     );
     println!();
     println!("  Agents: echo, assistant, router (draft of bob: forbidden for alice), legacy.");

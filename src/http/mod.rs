@@ -9,13 +9,16 @@
 
 pub mod address;
 pub mod adk;
+pub mod agui;
 pub mod bearer;
 pub mod citizen;
 pub mod health;
 pub mod omni2;
+pub mod openai;
 pub mod page;
 pub mod server;
 pub mod sse;
+pub mod vercel;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -173,6 +176,7 @@ impl Gateway {
             )),
             adk_sessions: Arc::default(),
             citizen_sessions: Arc::new(crate::relay::dialect::citizen::Sessions::new(citizen_ttl)),
+            vercel_chats: Arc::default(),
             http: reqwest::Client::builder()
                 .no_proxy()
                 .redirect(reqwest::redirect::Policy::none())
@@ -395,6 +399,12 @@ fn check_dialects(config: &GatewayConfig) -> Result<(), StartError> {
     if on(DialectId::Adk) {
         taken.extend(["/run_sse", "/run"]);
     }
+    if on(DialectId::Openai) {
+        taken.extend(["/v1/chat/completions", "/v1/models"]);
+    }
+    if on(DialectId::Vercel) {
+        taken.push("/api/chat");
+    }
     for (i, hop) in config.hops.iter().enumerate() {
         let path = hop.path.as_str();
         if taken.contains(&path)
@@ -402,6 +412,8 @@ fn check_dialects(config: &GatewayConfig) -> Result<(), StartError> {
             || path.starts_with("/api/chat/execute/")
             || path.starts_with("/static/")
             || path.starts_with("/apps/")
+            || (on(DialectId::Vercel) && path.starts_with("/api/chat/"))
+            || (on(DialectId::Agui) && path.starts_with("/agui/"))
         {
             return Err(StartError::Dialect(format!(
                 "--hop {path}: that path is already served (by flowgate or another --hop): choose another path"
@@ -504,6 +516,32 @@ pub fn router(state: AppState) -> Router {
         public
             .route("/ws/{client_id}", get(ws::upgrade_adk))
             .merge(adk_routes(state.config.max_request_body_bytes))
+    } else {
+        public
+    };
+    let on = |d: crate::config::DialectId| state.config.dialects.contains(&d);
+    let limit = || axum::extract::DefaultBodyLimit::max(state.config.max_request_body_bytes);
+    use axum::routing::post;
+    let public = if on(crate::config::DialectId::Openai) {
+        public
+            .route(
+                "/v1/chat/completions",
+                post(openai::completions).layer(limit()),
+            )
+            .route("/v1/models", get(openai::models))
+    } else {
+        public
+    };
+    let public = if on(crate::config::DialectId::Vercel) {
+        public
+            .route("/api/chat", post(vercel::chat).layer(limit()))
+            .route("/api/chat/{chat_id}/stream", get(vercel::resume))
+            .route("/api/chat/{chat_id}/stop", post(vercel::stop))
+    } else {
+        public
+    };
+    let public = if on(crate::config::DialectId::Agui) {
+        public.route("/agui/{agent_id}", post(agui::run).layer(limit()))
     } else {
         public
     };

@@ -168,31 +168,44 @@ impl FromRequestParts<AppState> for BearerUser {
     }
 }
 
-/// `GET /api/agents`: `[{agent_id, name, description, status}]` of the agents the caller may run.
-pub async fn agents(State(state): State<AppState>, BearerUser(identity): BearerUser) -> Response {
+/// The agents `identity` may run (published ones and its own drafts), ordered by id; the
+/// error is the sentence for a store that cannot answer.
+pub async fn visible_agents(
+    state: &AppState,
+    identity: &crate::auth::Identity,
+) -> Result<Vec<crate::store::AgentRecord>, &'static str> {
     let listed = tokio::time::timeout(state.config.store_timeout, state.store.list_agents()).await;
     let records = match listed {
         Ok(Ok(records)) => records,
         Ok(Err(e)) => {
             tracing::warn!(error = %crate::logfmt::chain(&e), "cannot list agents");
-            return json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                "the agent store is unavailable, try again later".into(),
-            );
+            return Err("the agent store is unavailable, try again later");
         }
         Err(_) => {
             tracing::warn!(timeout = ?state.config.store_timeout, "listing agents timed out");
+            return Err("the agent store did not answer in time, try again later");
+        }
+    };
+    Ok(records
+        .into_iter()
+        .filter(|a| a.status == "Active" || a.owner == identity.user_id)
+        .collect())
+}
+
+/// `GET /api/agents`: `[{agent_id, name, description, status}]` of the agents the caller may run.
+pub async fn agents(State(state): State<AppState>, BearerUser(identity): BearerUser) -> Response {
+    let records = match visible_agents(&state, &identity).await {
+        Ok(records) => records,
+        Err(why) => {
             return json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",
-                "the agent store did not answer in time, try again later".into(),
+                why.into(),
             );
         }
     };
     let visible: Vec<AgentSummary> = records
         .into_iter()
-        .filter(|a| a.status == "Active" || a.owner == identity.user_id)
         .map(|a| AgentSummary {
             agent_id: a.agent_id,
             name: a.name,

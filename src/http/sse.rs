@@ -15,12 +15,23 @@ use axum::response::Response;
 
 use crate::relay::stream::{Follower, Payload, StreamEncoder};
 
-/// One SSE event: `event:` (when named), `data:`, blank line. Payload data is one line of JSON.
+/// One SSE event: `id:` (when numbered), `event:` (when named), `data:`, blank line; LF only.
+/// Payload data is one line of JSON (or a sentinel such as `[DONE]`).
 pub fn event_bytes(p: &Payload) -> Bytes {
-    let text = match p.event {
-        Some(name) => format!("event: {name}\ndata: {}\n\n", p.data),
-        None => format!("data: {}\n\n", p.data),
-    };
+    let mut text = String::with_capacity(p.data.len() + 32);
+    if let Some(id) = p.id {
+        text.push_str("id: ");
+        text.push_str(itoa::Buffer::new().format(id));
+        text.push('\n');
+    }
+    if let Some(name) = p.event {
+        text.push_str("event: ");
+        text.push_str(name);
+        text.push('\n');
+    }
+    text.push_str("data: ");
+    text.push_str(&p.data);
+    text.push_str("\n\n");
     Bytes::from(text)
 }
 
@@ -36,6 +47,7 @@ where
     E: StreamEncoder,
     F: FnOnce(&E) + Send + 'static,
 {
+    let run_id = follower.run_id();
     let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let state = Stream {
@@ -75,6 +87,9 @@ where
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Tell nginx-like proxies not to buffer the stream.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Ok(v) = HeaderValue::from_str(&run_id.to_string()) {
+        h.insert("x-flowgate-run-id", v);
+    }
     response
 }
 
@@ -96,5 +111,7 @@ mod tests {
         assert_eq!(&named[..], b"event: token\ndata: {\"text\":\"Hi\"}\n\n");
         let plain = event_bytes(&Payload::data("{}".into()));
         assert_eq!(&plain[..], b"data: {}\n\n");
+        let numbered = event_bytes(&Payload::data("{}".into()).with_id(7));
+        assert_eq!(&numbered[..], b"id: 7\ndata: {}\n\n");
     }
 }

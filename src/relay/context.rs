@@ -42,6 +42,8 @@ pub struct AppState {
     pub adk_sessions: Arc<crate::relay::dialect::adk_http::Sessions>,
     /// The `citizen` dialect's minted sessions.
     pub citizen_sessions: Arc<crate::relay::dialect::citizen::Sessions>,
+    /// The `vercel` chats' runs in progress (resume and stop).
+    pub vercel_chats: Arc<crate::relay::dialect::vercel::Chats>,
     /// Outbound HTTP (the hops' auth-service check): no proxy from the environment, no
     /// redirects, each call bounded by its caller.
     pub http: reqwest::Client,

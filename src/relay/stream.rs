@@ -6,9 +6,13 @@
 //! encoded as they come ([`Follower::next`]). The follower holds the run as an [`Attached`] with
 //! [`super::turn::OnDrop::Cancel`]: a client that closes the connection stops the run.
 
+use super::context::AppState;
 pub use super::dialect::{Payload, StreamEncoder};
+use super::protocol::RunRequest;
 use super::registry::{Follow, Frame};
-use super::turn::Attached;
+use super::trace::TraceContext;
+use super::turn::{self, Attached, OnDrop};
+use crate::auth::Identity;
 
 /// The run failed before `flow_started`: its `data.code` and sentence.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +29,30 @@ pub struct Follower<E> {
 }
 
 impl<E: StreamEncoder> Follower<E> {
+    /// Start a run of `agent_id` for an HTTP response and read it until `flow_started`: the
+    /// encoder is made for the new run's id. A failure before `flow_started` is the `Err`.
+    pub async fn start(
+        state: &AppState,
+        identity: Identity,
+        agent_id: String,
+        request: RunRequest,
+        on_drop: OnDrop,
+        encoder: impl FnOnce(uuid::Uuid) -> E,
+    ) -> Result<(Follower<E>, Vec<Payload>), EarlyFailure> {
+        let attached = turn::start(
+            state,
+            identity,
+            agent_id,
+            request,
+            TraceContext::new_root().child_header(),
+            on_drop,
+        );
+        let encoder = encoder(attached.shared.run_id);
+        let mut follower = Follower::new(attached, encoder, state.config.client_batch);
+        let first = follower.started().await?;
+        Ok((follower, first))
+    }
+
     pub fn new(attached: Attached, encoder: E, batch: usize) -> Follower<E> {
         Follower {
             attached,

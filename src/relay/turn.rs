@@ -86,6 +86,19 @@ pub fn check_limit(state: &AppState, identity: &Identity) -> Result<(), (ErrorCo
     Err((ErrorCode::TooManyRuns, why))
 }
 
+/// Follow a live run from after `cursor` (a resume), with `on_drop` when the follower lets go.
+pub fn follow(state: &AppState, shared: Arc<RunShared>, cursor: u64, on_drop: OnDrop) -> Attached {
+    shared.attach();
+    let lag_at_attach = shared.lag(cursor);
+    Attached {
+        shared,
+        cursor,
+        lag_at_attach,
+        state: state.clone(),
+        on_drop,
+    }
+}
+
 /// Start a run of `agent_id` as its own task and attach to it from the first frame.
 pub fn start(
     state: &AppState,

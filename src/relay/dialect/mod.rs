@@ -13,10 +13,14 @@
 
 pub mod adk;
 pub mod adk_http;
+pub mod agui;
 pub mod answer;
 pub mod citizen;
 pub mod copilot;
+pub mod messages;
 pub mod omni2;
+pub mod openai;
+pub mod vercel;
 
 use axum::extract::ws::Utf8Bytes;
 use serde_json::json;
@@ -147,24 +151,36 @@ pub trait StreamEncoder: Send + 'static {
     fn encode(&mut self, frame: &Frame) -> Vec<Payload>;
 }
 
-/// One event of an HTTP stream: an SSE event (`event:` name when the dialect uses one, and its
-/// `data:`), or one element of a JSON answer (the `data` alone).
+/// One event of an HTTP stream: an SSE event (`id:` when the dialect numbers events, `event:`
+/// name when it uses one, and its `data:`), or one element of a JSON answer (the `data` alone).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Payload {
+    pub id: Option<u64>,
     pub event: Option<&'static str>,
     pub data: String,
 }
 
 impl Payload {
     pub fn data(data: String) -> Payload {
-        Payload { event: None, data }
+        Payload {
+            id: None,
+            event: None,
+            data,
+        }
     }
 
     pub fn named(event: &'static str, data: String) -> Payload {
         Payload {
+            id: None,
             event: Some(event),
             data,
         }
+    }
+
+    /// The same event with an `id:` line (the `seq` of the frame it came from).
+    pub fn with_id(mut self, seq: u64) -> Payload {
+        self.id = Some(seq);
+        self
     }
 }
 
