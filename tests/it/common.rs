@@ -64,6 +64,8 @@ pub fn token(sub: &str) -> String {
 /// A running reference engine.
 pub struct TestEngine {
     pub addr: SocketAddr,
+    /// The engine's counters (e.g. runs ended: a cancel seen at the engine).
+    pub stats: std::sync::Arc<flowgate::engine::EngineStats>,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -83,10 +85,12 @@ impl Drop for TestEngine {
 pub async fn spawn_engine(config: EngineConfig) -> TestEngine {
     let engine = Engine::build(config).await.expect("engine binds");
     let addr = engine.local_addr();
+    let stats = engine.stats();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(engine.run(shutdown.clone()));
     TestEngine {
         addr,
+        stats,
         shutdown,
         task,
     }
@@ -604,4 +608,51 @@ impl DialectSocket {
         }
         panic!("the socket closed mid-turn: {out:#?}");
     }
+}
+
+/// One event of an SSE response: its `id:` and `data:`.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub id: String,
+    pub data: String,
+}
+
+/// The whole SSE body of `r`, parsed by eventsource-stream, after checking the transport: a 200
+/// `text/event-stream` that proxies do not buffer, LF line ends only (the AG-UI parser splits
+/// on `\n\n`).
+pub async fn sse_body(r: reqwest::Response) -> Vec<SseEvent> {
+    use eventsource_stream::Eventsource;
+    use futures_util::StreamExt;
+    assert_eq!(r.status(), 200, "an SSE stream");
+    let h = r.headers();
+    assert_eq!(h["content-type"], "text/event-stream");
+    assert_eq!(h["cache-control"], "no-cache");
+    assert_eq!(h["x-accel-buffering"], "no");
+    assert!(h.get("content-encoding").is_none());
+    assert!(h.contains_key("x-flowgate-run-id"));
+    let body = tokio::time::timeout(FRAME_WAIT, r.bytes())
+        .await
+        .expect("the stream ends in time")
+        .expect("the body reads");
+    assert!(!body.contains(&b'\r'), "LF line ends only");
+    let chunks = futures_util::stream::iter([Ok::<_, std::io::Error>(body)]);
+    chunks
+        .eventsource()
+        .map(|e| {
+            let e = e.expect("a well-formed SSE event");
+            SseEvent {
+                id: e.id,
+                data: e.data,
+            }
+        })
+        .collect()
+        .await
+}
+
+/// A reqwest client for the HTTP dialects' tests (every call bounded).
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(FRAME_WAIT)
+        .build()
+        .unwrap()
 }

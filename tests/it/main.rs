@@ -24,6 +24,7 @@ mod hardening;
 mod hop;
 mod layout;
 mod omni2;
+mod openai;
 mod ops;
 mod outage;
 mod page;

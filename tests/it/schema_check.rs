@@ -23,6 +23,9 @@ const ADK_SCHEMA: &str = include_str!("../../schemas/adk-server-frame.schema.jso
 const OMNI2_SCHEMA: &str = include_str!("../../schemas/omni2-server-frame.schema.json");
 const COPILOT_SCHEMA: &str = include_str!("../../schemas/copilot-server-frame.schema.json");
 const CITIZEN_SCHEMA: &str = include_str!("../../schemas/citizen-server-frame.schema.json");
+const OPENAI_SCHEMA: &str = include_str!("../../schemas/openai.schema.json");
+const VERCEL_SCHEMA: &str = include_str!("../../schemas/vercel.schema.json");
+const AGUI_SCHEMA: &str = include_str!("../../schemas/agui.schema.json");
 const PROTOCOL_DOC: &str = include_str!("../../docs/protocol.md");
 
 /// A compiled schema, plus one validator per top-level `oneOf` branch (`$defs/<name>`): a
@@ -106,6 +109,9 @@ static COPILOT: LazyLock<Contract> =
     LazyLock::new(|| Contract::new("copilot-server-frame", COPILOT_SCHEMA));
 static CITIZEN: LazyLock<Contract> =
     LazyLock::new(|| Contract::new("citizen-server-frame", CITIZEN_SCHEMA));
+static OPENAI: LazyLock<Contract> = LazyLock::new(|| Contract::new("openai", OPENAI_SCHEMA));
+static VERCEL: LazyLock<Contract> = LazyLock::new(|| Contract::new("vercel", VERCEL_SCHEMA));
+static AGUI: LazyLock<Contract> = LazyLock::new(|| Contract::new("agui", AGUI_SCHEMA));
 static STORED: LazyLock<Contract> =
     LazyLock::new(|| Contract::new("stored-workflow", STORED_SCHEMA));
 
@@ -165,6 +171,45 @@ pub fn assert_copilot_frame(frame: &Value) {
 pub fn assert_citizen_frame(frame: &Value) {
     let branch = frame["type"].as_str().unwrap_or("flat");
     if let Err(why) = CITIZEN.check(frame, Some(branch)) {
+        panic!("{why}");
+    }
+}
+
+/// Panic (with the validation errors and the event) unless `event` is a valid `openai` event
+/// or response body.
+pub fn assert_openai_event(event: &Value) {
+    let branch = match event["object"].as_str() {
+        Some("chat.completion.chunk") if event["choices"] == json!([]) => "usage_chunk",
+        Some("chat.completion.chunk") => "chunk",
+        Some("chat.completion") => "completion",
+        Some("list") => "model_list",
+        _ => "error",
+    };
+    if let Err(why) = OPENAI.check(event, Some(branch)) {
+        panic!("{why}");
+    }
+}
+
+/// Panic unless `part` is a valid `vercel` UI message stream part.
+pub fn assert_vercel_part(part: &Value) {
+    let branch = match part["type"].as_str().unwrap_or_default() {
+        "start-step" => "start_step",
+        "finish-step" => "finish_step",
+        "text-start" => "text_start",
+        "text-delta" => "text_delta",
+        "text-end" => "text_end",
+        "data-flowgate-element" => "element",
+        other => other,
+    }
+    .to_owned();
+    if let Err(why) = VERCEL.check(part, Some(&branch)) {
+        panic!("{why}");
+    }
+}
+
+/// Panic unless `event` is a valid `agui` event.
+pub fn assert_agui_event(event: &Value) {
+    if let Err(why) = AGUI.check(event, event["type"].as_str()) {
         panic!("{why}");
     }
 }
