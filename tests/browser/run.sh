@@ -10,5 +10,7 @@ bin="${1:-$root/target/debug/flowgate}"
 start_demo "$bin" --llm-token-delay 40ms
 export FLOWGATE_BROWSER_REQUIRED=1
 cd "$here"
-[ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund
+fi
 npm test

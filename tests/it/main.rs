@@ -3,6 +3,7 @@
 
 mod adk;
 mod adk_http;
+mod agui;
 mod auth;
 mod bench_smoke;
 mod binary;
@@ -35,6 +36,7 @@ mod schema_check;
 mod security;
 mod slow_database;
 mod store;
+mod vercel;
 mod workflow;
 
 /// The tests' database server when none is configured. Only this test process gets it: the

@@ -66,9 +66,10 @@ impl Completion {
                 "flowgate agents cannot call client tools: send no `tools`",
             ));
         }
+        // `auto` and `none` with no tools ask for nothing (some frameworks always send one);
+        // `required` or a named function cannot be honoured.
         if let Some(choice) = obj.get("tool_choice")
-            && !choice.is_null()
-            && choice != "none"
+            && !(choice.is_null() || choice == "none" || choice == "auto")
         {
             return Err(bad(
                 "tool_choice",
@@ -399,6 +400,16 @@ mod tests {
         assert_eq!(
             refused(r#"{"model":"a","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]}"#).param,
             "tools"
+        );
+        assert_eq!(
+            refused(r#"{"model":"a","messages":[{"role":"user","content":"x"}],"tool_choice":"required"}"#).param,
+            "tool_choice"
+        );
+        assert!(
+            Completion::parse(
+                br#"{"model":"a","messages":[{"role":"user","content":"x"}],"tool_choice":"auto"}"#
+            )
+            .is_ok()
         );
         assert_eq!(
             refused(r#"{"model":"a","messages":[{"role":"tool","content":"x"}]}"#).param,

@@ -163,12 +163,6 @@ impl Chats {
         Ok(started)
     }
 
-    /// `run` is now the chat's run.
-    pub fn set(&self, user: &str, chat: &str, run: Uuid) {
-        let key = (user.to_owned(), chat.to_owned());
-        Self::insert(&mut self.lock(), key, run);
-    }
-
     fn insert(inner: &mut ChatsInner, key: (String, String), run: Uuid) {
         if inner.runs.insert(key.clone(), run).is_none() {
             inner.order.push_back(key);
@@ -485,8 +479,22 @@ mod tests {
         assert!(ChatRequest::parse(br#"{"id":"a b","messages":[]}"#).is_err());
         let chats = Chats::default();
         let run = Uuid::new_v4();
-        chats.set("alice", "c1", run);
+        assert_eq!(
+            chats.start_if_idle("alice", "c1", |_| true, || ((), run)),
+            Ok(())
+        );
         assert_eq!(chats.run_of("alice", "c1"), Some(run));
         assert_eq!(chats.run_of("bob", "c1"), None, "chats are per user");
+        // Busy: refused with the running run; idle: the next run takes its place.
+        assert_eq!(
+            chats.start_if_idle("alice", "c1", |_| true, || ((), Uuid::nil())),
+            Err(run)
+        );
+        let next = Uuid::new_v4();
+        assert_eq!(
+            chats.start_if_idle("alice", "c1", |_| false, || ((), next)),
+            Ok(())
+        );
+        assert_eq!(chats.run_of("alice", "c1"), Some(next));
     }
 }
