@@ -252,7 +252,8 @@ pub struct GatewayConfig {
     /// Browser origins allowed to open a WebSocket (comma list, e.g.
     /// `https://chat.example.com`). Requests without `Origin` (non-browser clients) are always
     /// allowed; with the list empty, only same-origin pages (Origin host = Host header) are.
-    /// A disallowed Origin gets 403 before the upgrade.
+    /// A disallowed Origin gets 403 before the upgrade. The listed origins may also call the
+    /// HTTP dialects (`openai`, `vercel`, `agui`) from the browser (CORS).
     #[arg(long, env = "FLOWGATE_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 

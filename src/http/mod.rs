@@ -522,26 +522,36 @@ pub fn router(state: AppState) -> Router {
     let on = |d: crate::config::DialectId| state.config.dialects.contains(&d);
     let limit = || axum::extract::DefaultBodyLimit::max(state.config.max_request_body_bytes);
     use axum::routing::post;
+    // Browser pages on the listed origins may call the HTTP dialects (the SDKs send
+    // `Authorization`, so each call is preflighted); none listed: same-origin pages only.
+    let cors = cors(&state.config.allowed_origins);
+    let with_cors = |r: axum::routing::MethodRouter<AppState>| match &cors {
+        Some(c) => r.layer(c.clone()),
+        None => r,
+    };
     let public = if on(crate::config::DialectId::Openai) {
         public
             .route(
                 "/v1/chat/completions",
-                post(openai::completions).layer(limit()),
+                with_cors(post(openai::completions).layer(limit())),
             )
-            .route("/v1/models", get(openai::models))
+            .route("/v1/models", with_cors(get(openai::models)))
     } else {
         public
     };
     let public = if on(crate::config::DialectId::Vercel) {
         public
-            .route("/api/chat", post(vercel::chat).layer(limit()))
-            .route("/api/chat/{chat_id}/stream", get(vercel::resume))
-            .route("/api/chat/{chat_id}/stop", post(vercel::stop))
+            .route("/api/chat", with_cors(post(vercel::chat).layer(limit())))
+            .route("/api/chat/{chat_id}/stream", with_cors(get(vercel::resume)))
+            .route("/api/chat/{chat_id}/stop", with_cors(post(vercel::stop)))
     } else {
         public
     };
     let public = if on(crate::config::DialectId::Agui) {
-        public.route("/agui/{agent_id}", post(agui::run).layer(limit()))
+        public.route(
+            "/agui/{agent_id}",
+            with_cors(post(agui::run).layer(limit())),
+        )
     } else {
         public
     };
@@ -557,6 +567,29 @@ pub fn router(state: AppState) -> Router {
         public
     };
     public.with_state(state)
+}
+
+/// CORS for the HTTP dialects: the `--allowed-origins` (none: no CORS headers at all).
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderName, HeaderValue, Method, header};
+    let list: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok())
+        .collect();
+    if list.is_empty() {
+        return None;
+    }
+    Some(
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(list)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT])
+            .expose_headers([
+                HeaderName::from_static("x-flowgate-run-id"),
+                HeaderName::from_static("x-vercel-ai-ui-message-stream"),
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 /// The admin listener's router: `/healthz`, `/readyz`, `/metrics`.

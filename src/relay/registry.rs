@@ -88,6 +88,9 @@ pub enum CancelReason {
     Client,
     /// The client disconnected and the gateway runs with `--cancel-on-disconnect`.
     Disconnected,
+    /// An HTTP stream's client closed the connection (its protocol has no resume: a closed
+    /// connection is a stop).
+    StreamClosed,
     /// The client disconnected and nobody resumed the run within `--detach-grace`.
     NotResumed,
     /// The gateway is shutting down (`--shutdown-grace` is over, or the run was detached).
@@ -99,6 +102,7 @@ impl CancelReason {
         match self {
             CancelReason::Client => "cancelled by the client",
             CancelReason::Disconnected => "the client disconnected (--cancel-on-disconnect)",
+            CancelReason::StreamClosed => "the client closed the stream",
             CancelReason::NotResumed => {
                 "the client disconnected and did not resume within --detach-grace"
             }

@@ -41,7 +41,12 @@ impl Drop for Attached {
             return;
         }
         let config = &self.state.config;
-        if config.cancel_on_disconnect || self.on_drop == OnDrop::Cancel {
+        if self.on_drop == OnDrop::Cancel {
+            tracing::info!(run_id = %self.shared.run_id, "client closed the stream: cancelling its run");
+            self.shared.cancel(CancelReason::StreamClosed);
+            return;
+        }
+        if config.cancel_on_disconnect {
             tracing::info!(run_id = %self.shared.run_id, "client disconnected: cancelling its run");
             self.shared.cancel(CancelReason::Disconnected);
             return;

@@ -287,3 +287,62 @@ async fn closing_the_connection_cancels_the_run_at_the_engine() {
     .await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn browser_pages_on_the_allowed_origins_may_call_the_http_dialects() {
+    let app = spawn_app_with(EngineConfig::for_tests(), |c| {
+        c.dialects = vec![
+            DialectId::Neuralabs,
+            DialectId::Openai,
+            DialectId::Vercel,
+            DialectId::Agui,
+        ];
+        c.allowed_origins = vec!["https://chat.example.com".into()];
+    })
+    .await;
+    for path in ["/v1/chat/completions", "/api/chat", "/agui/assistant"] {
+        let preflight = |origin: &'static str| {
+            http_client()
+                .request(reqwest::Method::OPTIONS, app.http_url(path))
+                .header("origin", origin)
+                .header("access-control-request-method", "POST")
+                .header(
+                    "access-control-request-headers",
+                    "authorization,content-type",
+                )
+                .send()
+        };
+        let r = preflight("https://chat.example.com").await.unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        assert_eq!(
+            r.headers()["access-control-allow-origin"],
+            "https://chat.example.com"
+        );
+        let allowed = r.headers()["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .to_ascii_lowercase();
+        assert!(allowed.contains("authorization"), "{allowed}");
+        let r = preflight("https://evil.example.com").await.unwrap();
+        assert!(
+            r.headers().get("access-control-allow-origin").is_none(),
+            "{path}: another origin is not allowed"
+        );
+    }
+    let r = completion(&app, "alice", &ask(false))
+        .header("origin", "https://chat.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://chat.example.com"
+    );
+    let exposed = r.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(exposed.contains("x-flowgate-run-id"), "{exposed}");
+    app.stop().await;
+}
