@@ -428,6 +428,33 @@ pub struct GatewayConfig {
     #[arg(long, env = "FLOWGATE_HOP_AUTH_URL", value_parser = parse_http_url)]
     pub hop_auth_url: Option<String>,
 
+    /// NATS server(s) for running several gateways as one (docs/scaling.md): any gateway then
+    /// resumes or cancels any run. Needs --database-url (the shared run log). Unset: one
+    /// gateway, as always.
+    #[arg(long, env = "FLOWGATE_NATS_URL")]
+    pub nats_url: Option<String>,
+
+    /// The JetStream stream that carries the runs' frames between gateways.
+    #[arg(long, env = "FLOWGATE_NATS_STREAM", default_value = "FLOWGATE_RUNS")]
+    pub nats_stream: String,
+
+    /// Frames older than this leave the stream (finished runs replay from the run log).
+    #[arg(long, env = "FLOWGATE_NATS_MAX_AGE", default_value = "1h", value_parser = duration)]
+    pub nats_max_age: Duration,
+
+    /// Most bytes the stream keeps (the oldest frames are dropped first).
+    #[arg(long, env = "FLOWGATE_NATS_MAX_BYTES", default_value_t = 1 << 30)]
+    pub nats_max_bytes: i64,
+
+    /// Time allowed for a NATS call: the connect, a stream call, a request to another gateway
+    /// (a cancel that gets no answer in time treats the owner as lost).
+    #[arg(long, env = "FLOWGATE_NATS_TIMEOUT", default_value = "2s", value_parser = duration)]
+    pub nats_timeout: Duration,
+
+    /// Frames waiting to be published to NATS; beyond, they are counted as lost.
+    #[arg(long, env = "FLOWGATE_NATS_QUEUE", default_value_t = 65_536)]
+    pub nats_queue: usize,
+
     /// Refused tokens an address may present on the dialect and hop routes per minute (0: no
     /// limit); past that, their upgrades get HTTP 401 before any socket (DIALECTS.md rule 11:
     /// clients that reconnect on every close count failed connects and give up).
@@ -636,6 +663,12 @@ impl GatewayConfig {
             refused_tokens_per_minute: 10,
             hop_connect_timeout: Duration::from_secs(5),
             hop_auth_url: None,
+            nats_url: None,
+            nats_stream: "FLOWGATE_RUNS".into(),
+            nats_max_age: Duration::from_secs(3600),
+            nats_max_bytes: 1 << 30,
+            nats_timeout: Duration::from_secs(2),
+            nats_queue: 65_536,
             sse_heartbeat: Duration::from_secs(15),
             log_format: LogFormat::Text,
         }
@@ -724,6 +757,11 @@ mod tests {
         assert_eq!(parsed.max_request_body_bytes, tests.max_request_body_bytes);
         assert_eq!(parsed.sse_heartbeat, tests.sse_heartbeat);
         assert_eq!(parsed.hop_connect_timeout, tests.hop_connect_timeout);
+        assert_eq!(parsed.nats_stream, tests.nats_stream);
+        assert_eq!(parsed.nats_max_age, tests.nats_max_age);
+        assert_eq!(parsed.nats_max_bytes, tests.nats_max_bytes);
+        assert_eq!(parsed.nats_timeout, tests.nats_timeout);
+        assert_eq!(parsed.nats_queue, tests.nats_queue);
         assert_eq!(
             parsed.refused_tokens_per_minute,
             tests.refused_tokens_per_minute

@@ -16,6 +16,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod close;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod engine;

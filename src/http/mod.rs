@@ -70,6 +70,8 @@ pub enum StartError {
     RunLog(String),
     #[error("cannot set up the outbound HTTP client (TLS roots): {0}")]
     Http(String),
+    #[error("cannot join the cluster: {0}")]
+    Cluster(String),
     #[error(
         "no agent store configured: pass --database-url (DATABASE_URL) or --flows-dir (FLOWGATE_FLOWS_DIR)"
     )]
@@ -150,6 +152,27 @@ impl Gateway {
                 max_events_per_run: config.max_run_frames,
             })),
         };
+        let cluster = match (&config.nats_url, &runlog) {
+            (None, _) => None,
+            (Some(url), RunLog::Postgres(log)) => Some(
+                crate::cluster::Cluster::connect(crate::cluster::ClusterConfig {
+                    url: url.clone(),
+                    node: log.instance_id(),
+                    stream: config.nats_stream.clone(),
+                    max_age: config.nats_max_age,
+                    max_bytes: config.nats_max_bytes,
+                    timeout: config.nats_timeout,
+                    queue: config.nats_queue,
+                })
+                .await
+                .map_err(|e| StartError::Cluster(e.to_string()))?,
+            ),
+            (Some(_), RunLog::Memory(_)) => {
+                return Err(StartError::Cluster(
+                    "--nats-url needs --database-url: the gateways share the run log (who owns each run, finished runs' frames) in Postgres".into(),
+                ));
+            }
+        };
         let upgrade_limits = crate::relay::limits::PerAddress::new(
             config.upgrades_per_second,
             config.upgrades_per_second.saturating_mul(2),
@@ -177,6 +200,7 @@ impl Gateway {
             adk_sessions: Arc::default(),
             citizen_sessions: Arc::new(crate::relay::dialect::citizen::Sessions::new(citizen_ttl)),
             vercel_chats: Arc::default(),
+            cluster,
             http: reqwest::Client::builder()
                 .no_proxy()
                 .redirect(reqwest::redirect::Policy::none())
@@ -209,6 +233,19 @@ impl Gateway {
     /// Serve until `shutdown` is cancelled, then drain sessions within the grace period.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let state = self.state.clone();
+        if let Some(cluster) = &state.cluster {
+            // Other gateways' cancels and attach counts for the runs this one owns.
+            let answering = state.clone();
+            let served = cluster
+                .serve(
+                    move |ask, run_id| crate::relay::remote::answer(&answering, ask, run_id),
+                    state.shutdown.clone(),
+                )
+                .await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "cannot answer other gateways' requests yet");
+            }
+        }
         let app = router(state.clone());
         let admin_task = self.admin.map(|listener| {
             let settings = server::ServeSettings {

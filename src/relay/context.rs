@@ -44,6 +44,8 @@ pub struct AppState {
     pub citizen_sessions: Arc<crate::relay::dialect::citizen::Sessions>,
     /// The `vercel` chats' runs in progress (resume and stop).
     pub vercel_chats: Arc<crate::relay::dialect::vercel::Chats>,
+    /// The other gateways (NATS JetStream), when `--nats-url` is set.
+    pub cluster: Option<crate::cluster::Cluster>,
     /// Outbound HTTP (the hops' auth-service check): no proxy from the environment, no
     /// redirects, each call bounded by its caller.
     pub http: reqwest::Client,

@@ -18,6 +18,7 @@ pub mod limits;
 pub mod memory;
 pub mod protocol;
 pub mod registry;
+pub mod remote;
 pub mod run;
 pub mod session;
 pub mod stream;

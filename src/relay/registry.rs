@@ -128,6 +128,17 @@ pub struct RunShared {
     /// Whose run limit it counts against: the user id, or [`ANONYMOUS_RUNS`] for anonymous
     /// callers (each its own principal, all under one limit).
     count_key: String,
+    /// `Some` for a mirror of a run another gateway owns (fed from the cluster stream).
+    pub remote: Option<Remote>,
+}
+
+/// What a mirror knows of the run it follows for this gateway's clients.
+#[derive(Debug)]
+pub struct Remote {
+    /// The gateway that owns the run.
+    pub owner: Uuid,
+    /// Cancelled when the last local client let go (the mirror stops following).
+    pub unfollowed: CancellationToken,
 }
 
 /// The run-limit key shared by every anonymous caller.
@@ -197,6 +208,13 @@ impl RunShared {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Mark a mirror finished without its terminal frame (its follow broke): its sessions end
+    /// with `close_after`.
+    pub fn finish_with(&self, close_after: AfterEnd) {
+        self.lock().close_after = close_after;
+        self.finish();
     }
 
     /// Mark the run finished (after its terminal frame).
@@ -327,9 +345,54 @@ impl Registry {
             counts: self.counts.clone(),
             counted: AtomicBool::new(true),
             count_key,
+            remote: None,
         });
         self.lock().insert(run_id, run.clone());
         run
+    }
+
+    /// The mirror of a run `owner` runs (one per run on this gateway, attached once more for
+    /// the caller); `true` when it was made now (the caller starts feeding it). Not counted
+    /// against any run limit: the owner counts the run.
+    pub fn mirror(
+        &self,
+        run_id: Uuid,
+        user_id: String,
+        agent_id: String,
+        owner: Uuid,
+    ) -> (Arc<RunShared>, bool) {
+        let mut runs = self.lock();
+        // A mirror whose clients all left is stopping: a new one takes its place.
+        if let Some(run) = runs.get(&run_id)
+            && run
+                .remote
+                .as_ref()
+                .is_none_or(|r| !r.unfollowed.is_cancelled())
+        {
+            run.attach();
+            return (run.clone(), false);
+        }
+        let run = Arc::new(RunShared {
+            run_id,
+            user_id,
+            agent_id,
+            cancel: CancellationToken::new(),
+            cancel_reason: std::sync::OnceLock::new(),
+            buf: Mutex::new(Buf {
+                attached: 1,
+                ..Buf::default()
+            }),
+            notify: Notify::new(),
+            counts: self.counts.clone(),
+            counted: AtomicBool::new(false),
+            count_key: String::new(),
+            remote: Some(Remote {
+                owner,
+                unfollowed: CancellationToken::new(),
+            }),
+        });
+        runs.insert(run_id, run.clone());
+        (run, true)
     }
 
     pub fn get(&self, run_id: &Uuid) -> Option<Arc<RunShared>> {
@@ -338,6 +401,15 @@ impl Registry {
 
     pub fn remove(&self, run_id: &Uuid) {
         self.lock().remove(run_id);
+    }
+
+    /// Remove `run` if it is still the registered run of its id (a mirror replaced by a newer
+    /// one stays).
+    pub fn remove_if(&self, run: &Arc<RunShared>) {
+        let mut runs = self.lock();
+        if runs.get(&run.run_id).is_some_and(|r| Arc::ptr_eq(r, run)) {
+            runs.remove(&run.run_id);
+        }
     }
 
     /// Runs counted against `key` in progress (started, terminal frame not yet produced).

@@ -62,6 +62,8 @@ struct Emitter {
     log_incomplete: bool,
     /// The run's `agent` label in the metrics: set once the store knows the agent.
     agent_label: Arc<str>,
+    /// Where the other gateways follow the run (`--nats-url`).
+    cluster: Option<crate::cluster::Cluster>,
 }
 
 impl Emitter {
@@ -139,11 +141,15 @@ impl Emitter {
     /// close code that follows it and ends the run's output.
     fn push(&mut self, text: String, chunk: bool, terminal: bool) {
         let text = Utf8Bytes::from(text);
-        // Same bytes, no copy: the log and the buffer share one allocation.
+        // Same bytes, no copy: the log, the cluster and the buffer share one allocation.
+        let frame = bytes::Bytes::from(text.clone());
+        if let Some(cluster) = &self.cluster {
+            cluster.publish(self.run_id, self.seq, frame.clone());
+        }
         self.record(Record::Event {
             run_id: self.run_id,
             seq: self.seq,
-            frame: bytes::Bytes::from(text.clone()),
+            frame,
         });
         self.shared.push(Frame {
             seq: self.seq,
@@ -262,6 +268,7 @@ pub async fn execute(state: AppState, spec: RunSpec, shared: Arc<RunShared>) {
         close_after: AfterEnd::KeepOpen,
         outcome: Outcome::completed(),
         agent_label: crate::metrics::UNKNOWN_AGENT.into(),
+        cluster: state.cluster.clone(),
     };
     em.record(Record::Start(RunStart {
         run_id: spec.run_id,

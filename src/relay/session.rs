@@ -700,6 +700,21 @@ impl<D: Dialect> Session<D> {
         if info.user_id != identity.user_id {
             return self.refuse_resume(ErrorCode::Forbidden, &not_yours()).await;
         }
+        // Live on another gateway: follow it through the cluster.
+        if !info.status.is_finished()
+            && let Some(cluster) = &state.cluster
+            && let Some(owner) = info.owner.filter(|o| *o != cluster.node())
+        {
+            return match super::remote::follow(&state, &info, owner, after_seq).await {
+                Ok(shared) => {
+                    if self.dialect.rebuilds_on_resume() {
+                        let _ = self.dialect.encode(shared.prefix(after_seq), false);
+                    }
+                    Resumed::Live(shared)
+                }
+                Err(why) => self.refuse_resume(ErrorCode::EngineUnavailable, &why).await,
+            };
+        }
         // A dialect that rebuilds its state reads the frames before the cursor too.
         let from = if self.dialect.rebuilds_on_resume() {
             0

@@ -37,39 +37,54 @@ pub enum OnDrop {
 
 impl Drop for Attached {
     fn drop(&mut self) {
-        if self.shared.detach() > 0 || self.shared.is_finished() {
-            return;
-        }
-        let config = &self.state.config;
-        if self.on_drop == OnDrop::Cancel {
-            tracing::info!(run_id = %self.shared.run_id, "client closed the stream: cancelling its run");
-            self.shared.cancel(CancelReason::StreamClosed);
-            return;
-        }
-        if config.cancel_on_disconnect {
-            tracing::info!(run_id = %self.shared.run_id, "client disconnected: cancelling its run");
-            self.shared.cancel(CancelReason::Disconnected);
-            return;
-        }
-        tracing::info!(run_id = %self.shared.run_id, grace = ?config.detach_grace, "client disconnected: run continues detached");
-        let grace = config.detach_grace;
-        let shutdown = self.state.shutdown.clone();
-        // A weak handle: a run that ends meanwhile frees its buffer without waiting for the grace.
-        let weak = Arc::downgrade(&self.shared);
-        self.state.sessions.spawn(async move {
-            let why = tokio::select! {
-                _ = tokio::time::sleep(grace) => CancelReason::NotResumed,
-                _ = shutdown.cancelled() => CancelReason::Shutdown,
-            };
-            if let Some(shared) = weak.upgrade()
-                && shared.attached() == 0
-                && !shared.is_finished()
-            {
-                tracing::info!(run_id = %shared.run_id, reason = why.sentence(), "cancelling a detached run");
-                shared.cancel(why);
+        let left = self.shared.detach();
+        if let Some(remote) = &self.shared.remote {
+            // A mirror: the owner applies the detach policy once the mirror lets go.
+            if left == 0 {
+                remote.unfollowed.cancel();
             }
-        });
+            return;
+        }
+        if left > 0 || self.shared.is_finished() {
+            return;
+        }
+        let_go(&self.state, &self.shared, self.on_drop);
     }
+}
+
+/// The last client of a run this gateway owns let go (here, or a mirror on another gateway):
+/// cancel it (`OnDrop::Cancel`, `--cancel-on-disconnect`) or let it run detached for
+/// `--detach-grace`.
+pub fn let_go(state: &AppState, shared: &Arc<RunShared>, on_drop: OnDrop) {
+    let config = &state.config;
+    if on_drop == OnDrop::Cancel {
+        tracing::info!(run_id = %shared.run_id, "client closed the stream: cancelling its run");
+        shared.cancel(CancelReason::StreamClosed);
+        return;
+    }
+    if config.cancel_on_disconnect {
+        tracing::info!(run_id = %shared.run_id, "client disconnected: cancelling its run");
+        shared.cancel(CancelReason::Disconnected);
+        return;
+    }
+    tracing::info!(run_id = %shared.run_id, grace = ?config.detach_grace, "client disconnected: run continues detached");
+    let grace = config.detach_grace;
+    let shutdown = state.shutdown.clone();
+    // A weak handle: a run that ends meanwhile frees its buffer without waiting for the grace.
+    let weak = Arc::downgrade(shared);
+    state.sessions.spawn(async move {
+        let why = tokio::select! {
+            _ = tokio::time::sleep(grace) => CancelReason::NotResumed,
+            _ = shutdown.cancelled() => CancelReason::Shutdown,
+        };
+        if let Some(shared) = weak.upgrade()
+            && shared.attached() == 0
+            && !shared.is_finished()
+        {
+            tracing::info!(run_id = %shared.run_id, reason = why.sentence(), "cancelling a detached run");
+            shared.cancel(why);
+        }
+    });
 }
 
 /// Refuse a run the caller may not start now (`too_many_runs`), with the sentence to show.

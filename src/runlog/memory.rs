@@ -125,6 +125,7 @@ impl MemoryRunLog {
             started_at: Some(chrono::Utc::now()),
             ended_at: None,
             events_dropped: 0,
+            owner: None,
         };
         state.order.push_back(run.run_id);
         state.runs.insert(

@@ -359,7 +359,7 @@ impl PgRunLog {
         self.barrier().await;
         let query = sqlx::query(
             "SELECT run_id, agent_id, user_id, version, workflow_hash, status, last_seq, \
-               error_code, error_message, started_at, ended_at, events_dropped \
+               error_code, error_message, started_at, ended_at, events_dropped, instance_id \
              FROM flowgate_run WHERE run_id = $1",
         )
         .bind(run_id)
@@ -386,6 +386,7 @@ impl PgRunLog {
             started_at: row.try_get("started_at").map_err(corrupt)?,
             ended_at: row.try_get("ended_at").map_err(corrupt)?,
             events_dropped: u64::try_from(dropped).unwrap_or(0),
+            owner: row.try_get("instance_id").map_err(corrupt)?,
         }))
     }
 

@@ -123,6 +123,8 @@ pub struct RunInfo {
     pub ended_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Frames of this run that were not logged: a replay of it is incomplete.
     pub events_dropped: u64,
+    /// The gateway instance that owns the run (its run log instance id; `None` in memory).
+    pub owner: Option<uuid::Uuid>,
 }
 
 /// Counters of the run log (for metrics and `/readyz`).

@@ -12,6 +12,7 @@ mod chain_pg;
 mod chat_client;
 mod citizen;
 mod closing;
+mod cluster;
 mod common;
 mod copilot;
 mod deploy;

@@ -1,0 +1,215 @@
+//! Runs another gateway owns (issue 16, docs/scaling.md): a resume that lands on this gateway
+//! follows the run through a local mirror fed from the cluster stream; a cancel on the mirror
+//! goes to the owner; the owner learns of the mirror's clients (attach/detach) so its detach
+//! policy counts them. And the owner's side: answering other gateways' requests.
+//!
+//! Design note. A mirror is a [`RunShared`] like a local run's, so sessions and HTTP streams
+//! follow it unchanged. Its task reads the run's subject from the first frame on (one ordered
+//! consumer: what was stored, then what comes, no race between the two), drops a `seq` it has
+//! already seen, and stops at a gap: a frame is never delivered out of order or skipped
+//! silently; the sessions then close with 1012 and can resume again (a finished run replays
+//! from the run log).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use futures_util::StreamExt;
+use uuid::Uuid;
+
+use super::context::AppState;
+use super::protocol::CloseCode;
+use super::registry::{AfterEnd, CancelReason, Frame, RunShared};
+use super::turn::{self, OnDrop};
+use crate::cluster::{Ask, Cluster};
+use crate::runlog::RunInfo;
+
+/// Follow `info`'s run, owned by `owner`, for a client resuming after `after_seq`: the mirror
+/// (attached for the caller) once it holds the frames up to `after_seq`, or the sentence saying
+/// why not.
+pub async fn follow(
+    state: &AppState,
+    info: &RunInfo,
+    owner: Uuid,
+    after_seq: u64,
+) -> Result<Arc<RunShared>, String> {
+    let run_id = info.run_id;
+    let Some(cluster) = state.cluster.as_ref().filter(|c| c.ready()) else {
+        return Err(format!(
+            "run `{run_id}` is in progress on another gateway, and following it from here needs \
+             NATS, which is unreachable now: resume again later (once the run has ended it is \
+             replayed from the run log)"
+        ));
+    };
+    let (shared, created) =
+        state
+            .runs
+            .mirror(run_id, info.user_id.clone(), info.agent_id.clone(), owner);
+    if created {
+        match cluster.follow(run_id).await {
+            Ok(frames) => {
+                let task = mirror(state.clone(), shared.clone(), cluster.clone(), frames);
+                state.sessions.spawn(task);
+            }
+            Err(e) => {
+                state.runs.remove_if(&shared);
+                shared.finish_with(AfterEnd::KeepOpen);
+                return Err(format!(
+                    "cannot follow run `{run_id}` on another gateway: {e}; resume again later"
+                ));
+            }
+        }
+    }
+    // A dialect rebuilds its state from the frames up to `after_seq`: wait for them (bounded).
+    let wait = state.config.nats_timeout;
+    let arrived = tokio::time::timeout(wait, async {
+        while (shared.len() as u64) < after_seq && !shared.is_finished() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    if arrived.is_err() || (shared.len() as u64) < after_seq {
+        release(&shared);
+        return Err(format!(
+            "run `{run_id}` on another gateway has no frame {after_seq} yet (within {wait:?}): \
+             resume with an `after_seq` you received"
+        ));
+    }
+    Ok(shared)
+}
+
+/// Let go of a mirror the caller attached to without following it.
+fn release(shared: &Arc<RunShared>) {
+    if shared.detach() == 0
+        && let Some(remote) = &shared.remote
+    {
+        remote.unfollowed.cancel();
+    }
+}
+
+/// Why a mirror stopped.
+enum Stop {
+    /// The run's terminal frame arrived.
+    Ended,
+    /// Its last local client let go.
+    Unfollowed,
+    /// The stream broke, has a gap, or went quiet: the sentence for the log.
+    Broken(String),
+}
+
+/// Feed `shared` from the run's frames until its terminal frame, its last local client leaves,
+/// or the follow breaks.
+async fn mirror(
+    state: AppState,
+    shared: Arc<RunShared>,
+    cluster: Cluster,
+    frames: impl futures_util::Stream<Item = Result<(u64, bytes::Bytes), crate::cluster::ClusterError>>,
+) {
+    let run_id = shared.run_id;
+    let Some(remote) = shared.remote.as_ref() else {
+        return;
+    };
+    let (owner, unfollowed) = (remote.owner, remote.unfollowed.clone());
+    // The owner counts this gateway's clients while the mirror follows (best effort: a gone
+    // owner is noticed by the sweep).
+    let attached = matches!(cluster.ask(owner, run_id, Ask::Attach).await, Ok(true));
+    // Longer than any quiet the owner allows itself before it ends the run on its own.
+    let quiet = state.config.engine_idle_timeout * 2 + state.config.nats_timeout;
+    let mut frames = std::pin::pin!(frames);
+    let mut expected = 1u64;
+    let mut cancel_asked = false;
+    let stop = loop {
+        tokio::select! {
+            _ = unfollowed.cancelled() => break Stop::Unfollowed,
+            _ = shared.cancel.cancelled(), if !cancel_asked => {
+                cancel_asked = true;
+                match cluster.ask(owner, run_id, Ask::Cancel).await {
+                    // The owner cancels the engine; its `flow_cancelled` comes through the stream.
+                    Ok(true) => tracing::info!(%run_id, %owner, "asked the run's owner to cancel it"),
+                    Ok(false) => tracing::warn!(%run_id, %owner, "the owner no longer has the run"),
+                    Err(e) => tracing::warn!(%run_id, %owner, error = %e, "the run's owner did not answer the cancel"),
+                }
+            }
+            next = tokio::time::timeout(quiet, frames.next()) => match next {
+                Err(_) => break Stop::Broken(format!("no frame from the owner for {quiet:?}")),
+                Ok(None) => break Stop::Broken("the stream ended".into()),
+                Ok(Some(Err(e))) => break Stop::Broken(e.to_string()),
+                Ok(Some(Ok((seq, bytes)))) => {
+                    if seq < expected {
+                        continue; // stored twice (a retried publish): already delivered
+                    }
+                    if seq > expected {
+                        break Stop::Broken(format!("frames {expected} to {} are missing from the stream", seq - 1));
+                    }
+                    let Ok(text) = String::from_utf8(bytes.to_vec()) else {
+                        break Stop::Broken(format!("frame {seq} is not UTF-8"));
+                    };
+                    let kind = frame_type(&text);
+                    let terminal = matches!(
+                        kind.as_deref(),
+                        Some("flow_completed" | "flow_error" | "flow_cancelled")
+                    );
+                    shared.push(Frame {
+                        seq,
+                        text: Utf8Bytes::from(text),
+                        chunk: kind.as_deref() == Some("llm_chunk"),
+                        received: std::time::Instant::now(),
+                        end: terminal.then_some(AfterEnd::KeepOpen),
+                    });
+                    expected += 1;
+                    if terminal {
+                        break Stop::Ended;
+                    }
+                }
+            },
+        }
+    };
+    match stop {
+        Stop::Ended => shared.finish(),
+        Stop::Unfollowed => shared.finish_with(AfterEnd::KeepOpen),
+        Stop::Broken(why) => {
+            tracing::warn!(%run_id, %owner, cause = %why, "following a run of another gateway broke: its clients can resume again");
+            shared.finish_with(AfterEnd::Close(
+                CloseCode::Restart,
+                "lost the run's stream: resume again",
+            ));
+        }
+    }
+    state.runs.remove_if(&shared);
+    if attached {
+        let _ = cluster.ask(owner, run_id, Ask::Detach).await;
+    }
+}
+
+/// The `type` of a stamped frame.
+fn frame_type(text: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Kind {
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    serde_json::from_str::<Kind>(text).ok().map(|k| k.kind)
+}
+
+/// Answer another gateway's request about a run this gateway owns; `true` when done.
+pub fn answer(state: &AppState, ask: Ask, run_id: Uuid) -> bool {
+    let Some(shared) = state.runs.get(&run_id) else {
+        return false;
+    };
+    if shared.remote.is_some() || shared.is_finished() {
+        return false;
+    }
+    match ask {
+        Ask::Cancel => {
+            tracing::info!(%run_id, "cancelled by a client on another gateway");
+            shared.cancel(CancelReason::Client);
+        }
+        Ask::Attach => shared.attach(),
+        Ask::Detach => {
+            if shared.detach() == 0 {
+                turn::let_go(state, &shared, OnDrop::Policy);
+            }
+        }
+    }
+    true
+}

