@@ -35,6 +35,8 @@ pub struct Metrics {
     pub connect_to_flow_started: Histogram,
     pub engine_connect_failures: Counter,
     pub resumes: Counter,
+    /// Runs of lost gateways this gateway took over and ended (`gateway_lost`).
+    pub runs_taken_over: Counter,
     pub coalesced_chunks: Counter,
     pub runlog_events_written: Gauge<u64, AtomicU64>,
     pub runlog_events_dropped: Gauge<u64, AtomicU64>,
@@ -138,6 +140,12 @@ impl Metrics {
         );
         let resumes = Counter::default();
         registry.register("resumes", "Resume requests served", resumes.clone());
+        let runs_taken_over = Counter::default();
+        registry.register(
+            "runs_taken_over",
+            "Runs of lost gateways this gateway took over and ended with gateway_lost",
+            runs_taken_over.clone(),
+        );
         let coalesced_chunks = Counter::default();
         registry.register(
             "coalesced_chunks",
@@ -192,6 +200,7 @@ impl Metrics {
             connect_to_flow_started,
             engine_connect_failures,
             resumes,
+            runs_taken_over,
             coalesced_chunks,
             runlog_events_written,
             runlog_events_dropped,

@@ -117,6 +117,15 @@ impl Ask {
     }
 }
 
+/// The `seq` in a stored frame's message id (`<run_id>:<seq>`; 0 when there is none).
+fn seq_of(headers: Option<&async_nats::HeaderMap>) -> u64 {
+    headers
+        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+        .and_then(|id| id.as_str().rsplit_once(':'))
+        .and_then(|(_, seq)| seq.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The subject of a run's frames.
 fn run_subject(run_id: Uuid) -> String {
     format!("flowgate.run.{run_id}")
@@ -286,15 +295,67 @@ impl Cluster {
                 stream: name.clone(),
                 cause: e.to_string(),
             })?;
-            let seq = m
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-                .and_then(|id| id.as_str().rsplit_once(':'))
-                .and_then(|(_, seq)| seq.parse().ok())
-                .unwrap_or(0);
-            Ok((seq, m.payload.clone()))
+            Ok((seq_of(m.headers.as_ref()), m.payload.clone()))
         }))
+    }
+
+    /// The `seq` of the last frame stored for `run_id` (0 when there is none).
+    pub async fn last_seq(&self, run_id: Uuid) -> Result<u64, ClusterError> {
+        let timeout = self.inner.config.timeout;
+        let name = &self.inner.config.stream;
+        let stream_error = |cause: String| ClusterError::Stream {
+            stream: name.clone(),
+            cause,
+        };
+        let get = async {
+            let stream = self
+                .inner
+                .js
+                .get_stream(name)
+                .await
+                .map_err(|e| stream_error(e.to_string()))?;
+            match stream
+                .get_last_raw_message_by_subject(&run_subject(run_id))
+                .await
+            {
+                Ok(m) => Ok(seq_of(Some(&m.headers))),
+                Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
+                Err(e) => Err(stream_error(e.to_string())),
+            }
+        };
+        tokio::time::timeout(timeout, get)
+            .await
+            .map_err(|_| ClusterError::Timeout(timeout))?
+    }
+
+    /// Store a frame now (not queued) and wait for the stream's answer: `Ok(true)` when it was
+    /// stored, `Ok(false)` when a frame with its `seq` was already there (someone else wrote it).
+    pub async fn publish_now(
+        &self,
+        run_id: Uuid,
+        seq: u64,
+        frame: Bytes,
+    ) -> Result<bool, ClusterError> {
+        let timeout = self.inner.config.timeout;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("{run_id}:{seq}").as_str(),
+        );
+        let publish = async {
+            let ack = self
+                .inner
+                .js
+                .publish_with_headers(run_subject(run_id), headers, frame)
+                .await
+                .map_err(|e| ClusterError::Request(e.to_string()))?
+                .await
+                .map_err(|e| ClusterError::Request(e.to_string()))?;
+            Ok(!ack.duplicate)
+        };
+        tokio::time::timeout(timeout, publish)
+            .await
+            .map_err(|_| ClusterError::Timeout(timeout))?
     }
 
     /// Ask the gateway `owner` about `run_id`; `Ok(true)` when it has the run and did it.

@@ -49,7 +49,9 @@ pub fn status_of(code: &str) -> StatusCode {
         "store_unavailable" | "engine_unavailable" | "engine_timeout" | "cancelled" => {
             StatusCode::SERVICE_UNAVAILABLE
         }
-        "engine_lost" | "engine_protocol_error" | "flow_error" => StatusCode::BAD_GATEWAY,
+        "engine_lost" | "gateway_lost" | "engine_protocol_error" | "flow_error" => {
+            StatusCode::BAD_GATEWAY
+        }
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

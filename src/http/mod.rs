@@ -130,6 +130,9 @@ impl Gateway {
                     write_attempts: config.runlog_write_attempts.max(1),
                     retry_delay: config.runlog_retry_delay,
                     prune_batch: config.runlog_prune_batch.max(1),
+                    // With NATS, the relay takes lost gateways' runs over (and ends them with a
+                    // terminal frame) instead.
+                    sweep: config.nats_url.is_none(),
                 };
                 // A pool of its own, to the same database: the run log's writes and the
                 // store's lookups never queue behind each other.
@@ -245,6 +248,8 @@ impl Gateway {
             if let Err(e) = served {
                 tracing::warn!(error = %e, "cannot answer other gateways' requests yet");
             }
+            // Lost gateways' runs: taken over and ended here (the run log's sweep is off).
+            tokio::spawn(crate::relay::remote::take_over_lost_runs(state.clone()));
         }
         let app = router(state.clone());
         let admin_task = self.admin.map(|listener| {

@@ -17,6 +17,8 @@ pub enum ErrorCode {
     EngineUnavailable,
     EngineTimeout,
     EngineLost,
+    /// The gateway serving the run stopped (another gateway ended the run for it).
+    GatewayLost,
     EngineProtocolError,
     TooManyRuns,
     Internal,
@@ -35,6 +37,7 @@ impl ErrorCode {
             ErrorCode::EngineUnavailable => "engine_unavailable",
             ErrorCode::EngineTimeout => "engine_timeout",
             ErrorCode::EngineLost => "engine_lost",
+            ErrorCode::GatewayLost => "gateway_lost",
             ErrorCode::EngineProtocolError => "engine_protocol_error",
             ErrorCode::TooManyRuns => "too_many_runs",
             ErrorCode::Internal => "internal",

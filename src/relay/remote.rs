@@ -112,7 +112,10 @@ async fn mirror(
     let (owner, unfollowed) = (remote.owner, remote.unfollowed.clone());
     // The owner counts this gateway's clients while the mirror follows (best effort: a gone
     // owner is noticed by the sweep).
-    let attached = matches!(cluster.ask(owner, run_id, Ask::Attach).await, Ok(true));
+    let attach = {
+        let cluster = cluster.clone();
+        tokio::spawn(async move { cluster.ask(owner, run_id, Ask::Attach).await })
+    };
     // Longer than any quiet the owner allows itself before it ends the run on its own.
     let quiet = state.config.engine_idle_timeout * 2 + state.config.nats_timeout;
     let mut frames = std::pin::pin!(frames);
@@ -176,7 +179,7 @@ async fn mirror(
         }
     }
     state.runs.remove_if(&shared);
-    if attached {
+    if matches!(attach.await, Ok(Ok(true))) {
         let _ = cluster.ask(owner, run_id, Ask::Detach).await;
     }
 }
@@ -212,4 +215,177 @@ pub fn answer(state: &AppState, ask: Ask, run_id: Uuid) -> bool {
         }
     }
     true
+}
+
+/// Lost gateways' runs: every `--heartbeat-interval`, take over the `running` runs of gateways
+/// silent for six intervals (their lease) and end each with one terminal `flow_error`
+/// (`gateway_lost`) after the last frame any client can have seen. A run is never run again
+/// (the engine call is not idempotent).
+pub async fn take_over_lost_runs(state: AppState) {
+    let crate::runlog::RunLog::Postgres(log) = &state.runlog else {
+        return;
+    };
+    let every = state
+        .config
+        .heartbeat_interval
+        .max(Duration::from_millis(10));
+    let lease = every * 6;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match log.claim_lost_runs(lease, 100).await {
+            Ok(runs) => {
+                for (run_id, logged) in runs {
+                    end_lost_run(&state, run_id, logged).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::logfmt::chain(&e), "cannot look for lost gateways' runs");
+            }
+        }
+    }
+}
+
+/// End a run taken over from a lost gateway: the frames only the stream has go to the run log,
+/// then the terminal frame goes to both, then the run is marked failed.
+async fn end_lost_run(state: &AppState, run_id: Uuid, logged: u64) {
+    tracing::warn!(%run_id, logged, "taking over a run of a lost gateway");
+    let wait = state.config.store_timeout;
+    // What clients can have seen: the stream has every frame the owner sent (the run log may
+    // lag behind it); without NATS, the run log is all there is.
+    let mut frames: Vec<(u64, bytes::Bytes)> = match state.runlog.replay(run_id, 0).await {
+        // The gap-free prefix of what was logged.
+        Ok(f) => f
+            .into_iter()
+            .map(|f| (logged_seq(&f), f))
+            .zip(1u64..)
+            .take_while(|((seq, _), want)| seq == want)
+            .map(|(frame, _)| frame)
+            .collect(),
+        Err(e) => {
+            tracing::warn!(%run_id, error = %crate::logfmt::chain(&e), "cannot read a lost run's log");
+            Vec::new()
+        }
+    };
+    if let Some(cluster) = state.cluster.as_ref().filter(|c| c.ready()) {
+        match stream_frames(cluster, run_id).await {
+            Ok(streamed) => {
+                for (seq, frame) in streamed {
+                    if seq == frames.len() as u64 + 1 {
+                        let record = crate::runlog::Record::Event {
+                            run_id,
+                            seq,
+                            frame: frame.clone(),
+                        };
+                        state.runlog.deliver(record, wait).await;
+                        frames.push((seq, frame));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%run_id, error = %e, "cannot read a lost run's stream: ending it after its logged frames");
+            }
+        }
+    }
+    let last = frames.last().map_or(0, |(seq, _)| *seq);
+    let partial: String = frames
+        .iter()
+        .filter_map(|(_, f)| serde_json::from_slice::<serde_json::Value>(f).ok())
+        .filter(|v| v["type"] == "llm_chunk")
+        .filter_map(|v| v["data"]["content"].as_str().map(str::to_owned))
+        .collect();
+    let message = "the gateway serving this run stopped: the run cannot continue (its frames up to here are kept)";
+    let terminal = serde_json::json!({
+        "type": "flow_error",
+        "timestamp": super::protocol::now_ts(),
+        "data": {"error": message, "code": super::protocol::ErrorCode::GatewayLost.as_str(), "partial_output": partial},
+        "run_id": run_id.to_string(),
+        "seq": last + 1,
+    });
+    let terminal = bytes::Bytes::from(terminal.to_string());
+    if let Some(cluster) = state.cluster.as_ref() {
+        match cluster
+            .publish_now(run_id, last + 1, terminal.clone())
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(%run_id, seq = last + 1, "a frame with the terminal's seq is already in the stream: the owner may still be alive");
+            }
+            Err(e) => {
+                tracing::warn!(%run_id, error = %e, "cannot publish a lost run's terminal frame")
+            }
+        }
+    }
+    state
+        .runlog
+        .deliver(
+            crate::runlog::Record::Event {
+                run_id,
+                seq: last + 1,
+                frame: terminal,
+            },
+            wait,
+        )
+        .await;
+    state
+        .runlog
+        .deliver(
+            crate::runlog::Record::Finish {
+                run_id,
+                status: crate::runlog::RunStatus::Failed,
+                code: Some(crate::runlog::GATEWAY_LOST.into()),
+                message: Some(message.into()),
+            },
+            wait,
+        )
+        .await;
+    state.metrics.runs_taken_over.inc();
+    tracing::warn!(%run_id, last_seq = last, "took over a run of a lost gateway and ended it (gateway_lost)");
+}
+
+/// The `seq` of a stamped frame (0 when it has none).
+fn logged_seq(frame: &[u8]) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct Seq {
+        seq: u64,
+    }
+    serde_json::from_slice::<Seq>(frame).map_or(0, |s| s.seq)
+}
+
+/// Every frame the stream has for `run_id`, in order.
+async fn stream_frames(
+    cluster: &Cluster,
+    run_id: Uuid,
+) -> Result<Vec<(u64, bytes::Bytes)>, crate::cluster::ClusterError> {
+    let last = cluster.last_seq(run_id).await?;
+    let mut out = Vec::new();
+    if last == 0 {
+        return Ok(out);
+    }
+    let frames = cluster.follow(run_id).await?;
+    let mut frames = std::pin::pin!(frames);
+    let read = async {
+        while let Some(next) = frames.next().await {
+            let (seq, frame) = next?;
+            if seq as usize == out.len() + 1 {
+                out.push((seq, frame));
+            }
+            if seq >= last {
+                break;
+            }
+        }
+        Ok::<_, crate::cluster::ClusterError>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(10), read).await {
+        Ok(r) => r?,
+        Err(_) => {
+            tracing::warn!(%run_id, got = out.len(), last, "reading a lost run's stream timed out")
+        }
+    }
+    Ok(out)
 }

@@ -55,6 +55,9 @@ pub struct PgRunLogConfig {
     pub retention: Duration,
     /// Most runs deleted per heartbeat tick (keeps each delete short).
     pub prune_batch: usize,
+    /// Fail lost gateways' runs in the heartbeat task (one gateway, or no NATS). Off when the
+    /// relay takes them over instead, appending their terminal frame ([`PgRunLog::claim_lost_runs`]).
+    pub sweep: bool,
 }
 
 /// Default of [`PgRunLogConfig::buffer`] (and of the gateway's `--runlog-buffer`).
@@ -82,6 +85,7 @@ impl Default for PgRunLogConfig {
             stale_after: Duration::from_secs(60),
             retention: DEFAULT_RETENTION,
             prune_batch: DEFAULT_PRUNE_BATCH,
+            sweep: true,
         }
     }
 }
@@ -388,6 +392,39 @@ impl PgRunLog {
             events_dropped: u64::try_from(dropped).unwrap_or(0),
             owner: row.try_get("instance_id").map_err(corrupt)?,
         }))
+    }
+
+    /// Take over the `running` runs of gateways whose heartbeat (their lease) is older than
+    /// `stale_after`, at most `limit` at a time: each becomes this gateway's, its epoch bumped
+    /// (a concurrent sweeper skips the rows locked here). Returns `(run_id, last_seq logged)`.
+    pub async fn claim_lost_runs(
+        &self,
+        stale_after: Duration,
+        limit: usize,
+    ) -> Result<Vec<(Uuid, u64)>, RunLogError> {
+        let query = sqlx::query(
+            "WITH lost AS ( \
+               SELECT r.run_id FROM flowgate_run r \
+               JOIN flowgate_instance i ON i.instance_id = r.instance_id \
+               WHERE r.status = 'running' AND r.instance_id <> $1 \
+                 AND i.heartbeat_at < now() - make_interval(secs => $2) \
+               LIMIT $3 FOR UPDATE OF r SKIP LOCKED) \
+             UPDATE flowgate_run r SET instance_id = $1, epoch = r.epoch + 1 \
+             FROM lost WHERE r.run_id = lost.run_id \
+             RETURNING r.run_id, r.last_seq",
+        )
+        .bind(self.shared.instance_id)
+        .bind(stale_after.as_secs_f64())
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.shared.pool);
+        let rows = bounded(self.shared.config.write_timeout, query).await?;
+        rows.iter()
+            .map(|row| {
+                let run_id: Uuid = row.try_get("run_id").map_err(corrupt)?;
+                let last: i64 = row.try_get("last_seq").map_err(corrupt)?;
+                Ok((run_id, u64::try_from(last).unwrap_or(0)))
+            })
+            .collect()
     }
 
     pub async fn replay(&self, run_id: Uuid, after_seq: u64) -> Result<Vec<Bytes>, RunLogError> {
@@ -850,13 +887,14 @@ async fn write_batch(pool: &PgPool, instance_id: Uuid, batch: &Batch) -> Result<
             .map(|f| i64::try_from(f.dropped).unwrap_or(i64::MAX))
             .collect();
         let at: Vec<DateTime<Utc>> = f.iter().map(|f| f.at).collect();
-        // A run the sweep wrongly declared lost (paused gateway) gets its real ending.
+        // A run the sweep wrongly declared lost (paused gateway) gets its real ending, unless
+        // another gateway took it over meanwhile (it is then that gateway's to end).
         sqlx::query(
             "UPDATE flowgate_run r SET status = f.status, ended_at = f.at, error_code = f.code, \
                error_message = f.message, events_dropped = r.events_dropped + f.dropped \
              FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::timestamptz[]) \
                AS f(run_id, status, code, message, dropped, at) \
-             WHERE r.run_id = f.run_id \
+             WHERE r.run_id = f.run_id AND r.instance_id = $8 \
                AND (r.status = 'running' OR r.error_code = $7)",
         )
         .bind(ids)
@@ -866,6 +904,7 @@ async fn write_batch(pool: &PgPool, instance_id: Uuid, batch: &Batch) -> Result<
         .bind(dropped)
         .bind(at)
         .bind(GATEWAY_LOST)
+        .bind(instance_id)
         .execute(&mut *tx)
         .await?;
     }
@@ -925,8 +964,17 @@ async fn heartbeat_loop(
             tracing::warn!(error = %crate::logfmt::chain(&e), "run log heartbeat failed");
             continue;
         }
+        if config.sweep {
+            sweep(&pool, instance_id, &config).await;
+        }
+        prune_finished(&pool, &config).await;
+    }
+}
+
+async fn sweep(pool: &PgPool, instance_id: Uuid, config: &PgRunLogConfig) {
+    {
         match sweep_lost_runs(
-            &pool,
+            pool,
             config.stale_after,
             Some(instance_id),
             config.write_timeout,
@@ -940,18 +988,21 @@ async fn heartbeat_loop(
             ),
             Err(e) => tracing::warn!(error = %crate::logfmt::chain(&e), "run log sweep failed"),
         }
-        match prune(
-            &pool,
-            config.retention,
-            config.prune_batch,
-            config.write_timeout,
-        )
-        .await
-        {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(runs = n, "old runs deleted from the run log"),
-            Err(e) => tracing::warn!(error = %crate::logfmt::chain(&e), "run log pruning failed"),
-        }
+    }
+}
+
+async fn prune_finished(pool: &PgPool, config: &PgRunLogConfig) {
+    match prune(
+        pool,
+        config.retention,
+        config.prune_batch,
+        config.write_timeout,
+    )
+    .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(runs = n, "old runs deleted from the run log"),
+        Err(e) => tracing::warn!(error = %crate::logfmt::chain(&e), "run log pruning failed"),
     }
 }
 

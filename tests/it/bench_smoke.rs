@@ -5,6 +5,8 @@
 use flowgate::bench::{self, BenchArgs};
 use serde_json::Value;
 
+use crate::common::child_database_url;
+
 fn args(extra: &[&str]) -> BenchArgs {
     let flows = concat!(env!("CARGO_MANIFEST_DIR"), "/flows");
     let mut argv = vec![
@@ -129,24 +131,6 @@ async fn nginx_reference_path_relays_the_direct_clients_frames() {
         "{:?}",
         report.notes
     );
-}
-
-/// The test database's URL for a child process: `DATABASE_URL` (the suite's server, see
-/// `tests/it/main.rs`) with the fresh database's name.
-fn child_database_url(pool: &sqlx::PgPool) -> String {
-    let db = pool
-        .connect_options()
-        .get_database()
-        .expect("#[sqlx::test] names its database")
-        .to_owned();
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for the tests");
-    let base = base.split('?').next().unwrap_or_default();
-    let authority_end = base
-        .find("://")
-        .map(|i| i + 3)
-        .and_then(|start| base[start..].find('/').map(|j| start + j))
-        .unwrap_or(base.len());
-    format!("{}/{db}", &base[..authority_end])
 }
 
 #[sqlx::test]

@@ -267,3 +267,119 @@ async fn without_nats_a_run_of_another_gateway_is_refused_clearly(pool: PgPool) 
         app.stop().await;
     }
 }
+
+/// `flowgate serve` in its own process on the test database, in the cluster; its address.
+async fn serve_process(
+    pool: &PgPool,
+    engine_url: &str,
+    nats: &Nats,
+) -> (tokio::process::Child, String) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowgate"));
+    cmd.arg("serve")
+        .env_clear()
+        .env("FLOWGATE_LISTEN", "127.0.0.1:0")
+        .env("DATABASE_URL", child_database_url(pool))
+        .env("FLOWGATE_JWT_SECRET", "test-secret")
+        .env("FLOWGATE_ENGINE_URL", engine_url)
+        .env("FLOWGATE_NATS_URL", &nats.url)
+        .env("FLOWGATE_HEARTBEAT_INTERVAL", "200ms")
+        .env("FLOWGATE_LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("the binary starts");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("gateway listening") {
+                let v: Value = serde_json::from_str(&line).expect("a JSON log line");
+                return v["addr"].as_str().unwrap().to_owned();
+            }
+        }
+        panic!("the gateway exited before listening");
+    })
+    .await
+    .expect("the gateway logs its address");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+#[sqlx::test]
+async fn a_killed_owners_run_ends_with_gateway_lost_after_every_frame_it_sent(pool: PgPool) {
+    let nats = Nats::start().await;
+    let mut engine = EngineConfig::for_tests();
+    engine.llm_tokens = 1000;
+    engine.llm_token_delay = Duration::from_millis(10);
+    // B, in process (it holds the engine), and the owner, a process of its own.
+    let flows = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("flows");
+    flowgate::store::import::import_dir(&pool, &flows)
+        .await
+        .unwrap();
+    let engine = spawn_engine(engine).await;
+    let engine_url = engine.url();
+    let store = Store::Postgres(flowgate::store::postgres::PgStore::from_pool(
+        pool.clone(),
+        Duration::from_secs(3),
+    ));
+    let mut config = GatewayConfig::for_tests(engine_url.clone());
+    config.nats_url = Some(nats.url.clone());
+    config.heartbeat_interval = Duration::from_millis(200);
+    let b = spawn_gateway(config, store, Some(engine)).await;
+    let (mut owner, addr) = serve_process(&pool, &engine_url, &nats).await;
+
+    let url = format!("ws://{addr}/api/chat/execute/assistant");
+    let mut c = Client::connect_bearer(&url, Some(&token("alice"))).await;
+    c.send_json(json!({"type": "run", "message": "talk a lot"}))
+        .await;
+    let mut seen = Vec::new();
+    while seen.len() < 30 {
+        seen.push(c.next().await.unwrap());
+    }
+    let run_id = seen[0]["run_id"].as_str().unwrap().to_owned();
+    known(&b, &run_id).await;
+    owner.start_kill().unwrap(); // SIGKILL: no goodbye of any kind
+    let killed = Instant::now();
+    // The client sees its connection drop; it resumes on B from the last frame it has.
+    while c.next().await.is_some() {}
+    let mut r = b.connect("assistant", "alice").await;
+    r.send_json(json!({"type": "resume", "run_id": run_id, "after_seq": 30}))
+        .await;
+    let rest = r.collect_run().await;
+    let end = rest.last().unwrap().clone();
+    assert_eq!(end["type"], "flow_error", "{end}");
+    assert_eq!(end["data"]["code"], "gateway_lost", "{end}");
+    // Within the lease (6 heartbeats), a sweep interval and a second.
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_millis(1200 + 200 + 1000 + 500),
+        "{took:?}"
+    );
+    // Gap-free: what the client saw before, then every frame the owner sent, then the end.
+    let mut all = seen;
+    all.extend(rest);
+    assert_run_stamps(&all);
+    let streamed: String = all
+        .iter()
+        .filter(|f| f["type"] == "llm_chunk")
+        .map(|f| f["data"]["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(end["data"]["partial_output"], streamed.as_str());
+    // The run log has the same frames and the run is failed (gateway_lost).
+    let info = b.ended_run(&run_id).await;
+    assert_eq!(info.status, flowgate::runlog::RunState::Failed);
+    assert_eq!(info.error_code.as_deref(), Some("gateway_lost"));
+    let logged = b
+        .state
+        .runlog
+        .replay(uuid::Uuid::parse_str(&run_id).unwrap(), 0)
+        .await
+        .unwrap();
+    let logged: Vec<Value> = logged
+        .iter()
+        .map(|f| serde_json::from_slice(f).unwrap())
+        .collect();
+    assert_eq!(logged, all);
+    drop((c, r));
+    b.stop().await;
+}

@@ -656,3 +656,21 @@ pub fn http_client() -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// The test database's URL for a child process: `DATABASE_URL` (the suite's server, see
+/// `tests/it/main.rs`) with the fresh database's name.
+pub fn child_database_url(pool: &sqlx::PgPool) -> String {
+    let db = pool
+        .connect_options()
+        .get_database()
+        .expect("#[sqlx::test] names its database")
+        .to_owned();
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for the tests");
+    let base = base.split('?').next().unwrap_or_default();
+    let authority_end = base
+        .find("://")
+        .map(|i| i + 3)
+        .and_then(|start| base[start..].find('/').map(|j| start + j))
+        .unwrap_or(base.len());
+    format!("{}/{db}", &base[..authority_end])
+}

@@ -409,7 +409,7 @@ impl Dialect for Citizen {
                 let error = data["error"].as_str().unwrap_or("the run failed");
                 let partial = matches!(
                     code,
-                    "engine_lost" | "engine_timeout" | "engine_protocol_error"
+                    "engine_lost" | "gateway_lost" | "engine_timeout" | "engine_protocol_error"
                 )
                 .then(|| self.answer.full().to_owned());
                 let m = if flat {
