@@ -39,6 +39,12 @@ pub struct Metrics {
     pub runs_taken_over: Counter,
     pub coalesced_chunks: Counter,
     pub runlog_events_written: Gauge<u64, AtomicU64>,
+    /// Frames published to the cluster stream (`--nats-url`).
+    pub cluster_frames_published: Gauge<u64, AtomicU64>,
+    /// Frames not published to the cluster stream (queue full, NATS down).
+    pub cluster_publish_failures: Gauge<u64, AtomicU64>,
+    /// 1 when cross-gateway resume and cancel work (NATS connected, stream there, probe back).
+    pub cluster_ready: Gauge,
     pub runlog_events_dropped: Gauge<u64, AtomicU64>,
     pub runlog_write_lag_ms_max: Gauge<u64, AtomicU64>,
     /// Frames the run log has accepted and not yet committed (read from its counters at
@@ -152,6 +158,24 @@ impl Metrics {
             "llm_chunk frames merged into others for lagging clients",
             coalesced_chunks.clone(),
         );
+        let cluster_frames_published = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "cluster_frames_published",
+            "Frames published to the cluster stream (--nats-url)",
+            cluster_frames_published.clone(),
+        );
+        let cluster_publish_failures = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "cluster_publish_failures",
+            "Frames not published to the cluster stream (queue full or NATS down): followers of those runs see a gap",
+            cluster_publish_failures.clone(),
+        );
+        let cluster_ready = Gauge::default();
+        registry.register(
+            "cluster_ready",
+            "1 when cross-gateway resume and cancel work (NATS connected, stream there, probe back)",
+            cluster_ready.clone(),
+        );
         let runlog_events_written = Gauge::<u64, AtomicU64>::default();
         registry.register(
             "runlog_events_written",
@@ -203,6 +227,9 @@ impl Metrics {
             runs_taken_over,
             coalesced_chunks,
             runlog_events_written,
+            cluster_frames_published,
+            cluster_publish_failures,
+            cluster_ready,
             runlog_events_dropped,
             runlog_write_lag_ms_max,
             runlog_events_pending,

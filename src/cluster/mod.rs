@@ -67,6 +67,9 @@ pub struct ClusterStats {
     pub healthy: AtomicBool,
     /// The stream was made (or found).
     pub ready: AtomicBool,
+    /// The last probe came back: a message this gateway published reached its own
+    /// subscription in time (a connection that looks up but delivers nothing fails it).
+    pub probe_ok: AtomicBool,
 }
 
 /// A cheap-to-clone handle on the cluster.
@@ -193,7 +196,14 @@ impl Cluster {
                 }
             });
         }
-        tokio::spawn(publisher(js, rx, stats, stop));
+        tokio::spawn(publisher(js, rx, stats, stop.clone()));
+        tokio::spawn(probe(
+            cluster.inner.client.clone(),
+            cluster.node(),
+            cluster.inner.config.timeout,
+            cluster.inner.stats.clone(),
+            stop,
+        ));
         Ok(cluster)
     }
 
@@ -223,13 +233,40 @@ impl Cluster {
             })?;
         self.inner.stats.ready.store(true, Ordering::SeqCst);
         self.inner.stats.healthy.store(true, Ordering::SeqCst);
+        // The probe task confirms delivery from here on.
+        self.inner.stats.probe_ok.store(true, Ordering::SeqCst);
         Ok(())
     }
 
     /// The stream exists and NATS is connected: runs can be followed and cancelled across
     /// gateways.
     pub fn ready(&self) -> bool {
-        self.inner.stats.ready.load(Ordering::SeqCst) && self.connected()
+        self.inner.stats.ready.load(Ordering::SeqCst)
+            && self.inner.stats.probe_ok.load(Ordering::SeqCst)
+            && self.connected()
+    }
+
+    /// Why the cluster is not ready (for `/readyz`), or `None`.
+    pub fn trouble(&self) -> Option<String> {
+        let stats = &self.inner.stats;
+        if !self.connected() {
+            Some(format!(
+                "not connected to NATS at {}",
+                self.inner.config.url
+            ))
+        } else if !stats.ready.load(Ordering::SeqCst) {
+            Some(format!(
+                "the JetStream stream `{}` is not available",
+                self.inner.config.stream
+            ))
+        } else if !stats.probe_ok.load(Ordering::SeqCst) {
+            Some(
+                "connected, but a probe message did not come back in time (a stalled connection)"
+                    .into(),
+            )
+        } else {
+            None
+        }
     }
 
     pub fn node(&self) -> Uuid {
@@ -431,6 +468,68 @@ impl Cluster {
         self.inner.client.connection_state() == async_nats::connection::State::Connected
     }
 }
+
+/// Every few seconds, publish a nonce to this gateway's probe subject and wait for it on its
+/// own subscription: a connection that says it is up but delivers nothing (the stall users of
+/// such systems hit most) makes the cluster not ready until a probe comes back.
+async fn probe(
+    client: async_nats::Client,
+    node: Uuid,
+    timeout: Duration,
+    stats: Arc<ClusterStats>,
+    stop: CancellationToken,
+) {
+    let subject = format!("flowgate.probe.{node}");
+    let mut tick = tokio::time::interval(PROBE_INTERVAL.min(timeout * 2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sub: Option<async_nats::Subscriber> = None;
+    let mut n = 0u64;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if sub.is_none() {
+            sub = client.subscribe(subject.clone()).await.ok();
+        }
+        let Some(s) = sub.as_mut() else {
+            stats.probe_ok.store(false, Ordering::SeqCst);
+            continue;
+        };
+        n += 1;
+        let nonce = n.to_string();
+        let sent = client
+            .publish(subject.clone(), Bytes::from(nonce.clone()))
+            .await
+            .is_ok();
+        let came_back = sent
+            && tokio::time::timeout(timeout, async {
+                while let Some(m) = s.next().await {
+                    if m.payload == nonce.as_bytes() {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await
+            .unwrap_or(false);
+        let was = stats.probe_ok.swap(came_back, Ordering::SeqCst);
+        if was && !came_back {
+            tracing::warn!(
+                "NATS probe did not come back within {timeout:?}: the cluster is degraded"
+            );
+        } else if !was && came_back && n > 1 {
+            tracing::info!("NATS probe came back: the cluster is ready again");
+        }
+        if !came_back {
+            // A fresh subscription next time (the old one may be the stalled part).
+            sub = None;
+        }
+    }
+}
+
+/// How often the probe runs (at most twice the NATS timeout).
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Publish queued frames in order; acks are awaited concurrently (bounded by the client's
 /// in-flight limit). A failed publish is counted and marks the cluster unhealthy.

@@ -28,15 +28,26 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(json!({
-            "status": if ready { "ready" } else { "not_ready" },
-            "store": store,
-            "engine": engine,
-            "shutting_down": state.shutdown.is_cancelled(),
-        })),
-    )
+    // Without NATS the gateway still serves its own clients: degraded, not unready.
+    let cluster = state.cluster.as_ref().map(|c| match c.trouble() {
+        None => json!({"ok": true, "node": c.node()}),
+        Some(why) => json!({"ok": false, "node": c.node(), "error": why}),
+    });
+    let degraded = cluster.as_ref().is_some_and(|c| c["ok"] == false);
+    let mut body = json!({
+        "status": match (ready, degraded) {
+            (false, _) => "not_ready",
+            (true, true) => "degraded",
+            (true, false) => "ready",
+        },
+        "store": store,
+        "engine": engine,
+        "shutting_down": state.shutdown.is_cancelled(),
+    });
+    if let Some(cluster) = cluster {
+        body["cluster"] = cluster;
+    }
+    (status, Json(body))
 }
 
 /// A TCP connect to the engine's host and port, bounded by the engine connect timeout.
@@ -77,6 +88,16 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     m.runlog_events_pending.set(stats.events_pending);
     m.runlog_write_lag_ms_max.set(stats.write_lag_ms_max);
     m.workflow_cache_hits.set(state.cache.hits());
+    if let Some(cluster) = &state.cluster {
+        let c = cluster.stats();
+        m.cluster_frames_published
+            .set(c.published.load(std::sync::atomic::Ordering::Relaxed));
+        m.cluster_publish_failures.set(
+            c.publish_failures
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        m.cluster_ready.set(i64::from(cluster.ready()));
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

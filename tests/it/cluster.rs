@@ -161,6 +161,22 @@ async fn a_run_resumed_on_another_gateway_continues_where_it_left_off(pool: PgPo
         .map(|b| serde_json::from_slice(b).unwrap())
         .collect();
     assert_eq!(logged, all);
+    let metrics = http_client()
+        .get(a.http_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let published: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("flowgate_cluster_frames_published "))
+        .expect("the published-frames gauge")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(published >= all.len() as u64, "{published} < {}", all.len());
     drop(c);
     for app in apps {
         app.stop().await;
@@ -237,6 +253,20 @@ async fn without_nats_a_run_of_another_gateway_is_refused_clearly(pool: PgPool) 
     let first = c.next().await.unwrap();
     let run_id = first["run_id"].as_str().unwrap().to_owned();
     known(b, &run_id).await;
+    let readyz = |app: &TestApp| {
+        let url = app.http_url("/readyz");
+        async move {
+            let r = http_client().get(url).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, body) = readyz(b).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("ready")),
+        "{body}"
+    );
+    assert_eq!(body["cluster"]["ok"], true);
     drop(nats);
     let cluster = b.state.cluster.clone().unwrap();
     wait_until("NATS is gone", FRAME_WAIT, || {
@@ -244,6 +274,18 @@ async fn without_nats_a_run_of_another_gateway_is_refused_clearly(pool: PgPool) 
         async move { !cluster.ready() }
     })
     .await;
+    // Still serving its own clients: degraded, not unready (a load balancer keeps it).
+    let (status, body) = readyz(b).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("degraded")),
+        "{body}"
+    );
+    assert_eq!(body["cluster"]["ok"], false);
+    assert!(
+        body["cluster"]["error"].as_str().unwrap().contains("NATS"),
+        "{body}"
+    );
     // Resume on the other gateway: refused, saying why, while the run goes on.
     let mut r = b.connect("assistant", "alice").await;
     r.send_json(json!({"type": "resume", "run_id": run_id, "after_seq": 1}))

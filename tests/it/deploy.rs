@@ -91,7 +91,7 @@ fn port_of(addr: &str) -> &str {
 }
 
 #[test]
-fn compose_has_the_four_services_running_the_right_subcommands() {
+fn compose_has_its_services_running_the_right_subcommands() {
     let compose = compose();
     let names: BTreeSet<&str> = compose["services"]
         .as_object()
@@ -101,7 +101,15 @@ fn compose_has_the_four_services_running_the_right_subcommands() {
         .collect();
     assert_eq!(
         names,
-        BTreeSet::from(["postgres", "engine", "import", "gateway"])
+        BTreeSet::from([
+            "postgres",
+            "nats",
+            "engine",
+            "import",
+            "gateway",
+            "gateway-2",
+            "lb"
+        ])
     );
 
     let postgres = service(&compose, "postgres");
@@ -118,7 +126,11 @@ fn compose_has_the_four_services_running_the_right_subcommands() {
         ["agents", "import", "/app/flows"]
     );
     assert_eq!(command(service(&compose, "gateway")), ["serve"]);
-    for name in ["engine", "import", "gateway"] {
+    assert_eq!(command(service(&compose, "gateway-2")), ["serve"]);
+    // JetStream on, with its store on a volume.
+    let nats = command(service(&compose, "nats"));
+    assert!(nats.contains(&"-js".to_owned()), "{nats:?}");
+    for name in ["engine", "import", "gateway", "gateway-2"] {
         assert_eq!(
             service(&compose, name)["image"],
             "flowgate:local",
@@ -132,6 +144,7 @@ fn every_flowgate_env_var_in_compose_is_read_by_its_subcommand() {
     let compose = compose();
     for (name, path) in [
         ("gateway", &["serve"][..]),
+        ("gateway-2", &["serve"][..]),
         ("engine", &["engine"][..]),
         ("import", &["agents", "import"][..]),
     ] {
@@ -153,7 +166,7 @@ fn every_flowgate_env_var_in_compose_is_read_by_its_subcommand() {
 }
 
 #[test]
-fn the_gateway_is_published_and_reaches_its_neighbours() {
+fn the_load_balancer_is_published_and_the_gateways_are_one_cluster() {
     let compose = compose();
     let gateway = service(&compose, "gateway");
     let engine = service(&compose, "engine");
@@ -162,14 +175,50 @@ fn the_gateway_is_published_and_reaches_its_neighbours() {
         listen.starts_with("0.0.0.0:"),
         "listens on all interfaces: {listen}"
     );
-    let ports: Vec<String> = gateway["ports"]
+    // Only the load balancer is published; it spreads clients over both gateways.
+    let lb = service(&compose, "lb");
+    let ports: Vec<String> = lb["ports"]
         .as_array()
         .unwrap()
         .iter()
         .map(|p| p.as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(ports, [format!("8000:{}", port_of(&listen))]);
-    assert!(engine.get("ports").is_none(), "the engine is not published");
+    assert_eq!(ports, ["8000:8000"]);
+    for name in ["gateway", "gateway-2", "engine", "nats", "postgres"] {
+        assert!(
+            service(&compose, name).get("ports").is_none(),
+            "{name} is not published"
+        );
+    }
+    let conf = repo_file("deploy/nginx-lb.conf");
+    let mounted = lb["volumes"].to_string();
+    assert!(mounted.contains("./deploy/nginx-lb.conf:"), "{mounted}");
+    for line in [
+        format!("server gateway:{};", port_of(&listen)),
+        format!("server gateway-2:{};", port_of(&listen)),
+        "listen 8000;".to_owned(),
+        "proxy_set_header Upgrade $http_upgrade;".to_owned(),
+        "proxy_buffering off;".to_owned(),
+    ] {
+        assert!(conf.contains(&line), "deploy/nginx-lb.conf lacks `{line}`");
+    }
+    let directives: Vec<&str> = conf
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .collect();
+    assert!(
+        !directives
+            .iter()
+            .any(|l| l.starts_with("ip_hash") || l.starts_with("hash ") || l.starts_with("sticky")),
+        "no sticky sessions"
+    );
+    // The two gateways are configured alike, on the same NATS, database and engine.
+    assert_eq!(
+        environment(gateway),
+        environment(service(&compose, "gateway-2"))
+    );
+    assert_eq!(env_value(gateway, "FLOWGATE_NATS_URL"), "nats://nats:4222");
 
     let engine_listen = env_value(engine, "FLOWGATE_ENGINE_LISTEN");
     assert!(engine_listen.starts_with("0.0.0.0:"), "{engine_listen}");
