@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use flowgate::config::GatewayConfig;
 use flowgate::engine::EngineConfig;
 use flowgate::store::Store;
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -424,4 +425,192 @@ async fn a_killed_owners_run_ends_with_gateway_lost_after_every_frame_it_sent(po
     assert_eq!(logged, all);
     drop((c, r));
     b.stop().await;
+}
+
+/// A small deterministic generator (xorshift64*), seeded per test run and printed on failure.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Resume `run_id` after `after` on `app`, retrying while the gateway does not know the run
+/// yet (its row is written asynchronously by the owner). The connected client, or `None` when
+/// the run ended before and its replay brought nothing new.
+async fn resume_on(
+    app: &TestApp,
+    user: &str,
+    run_id: &str,
+    after: u64,
+    got: &mut Vec<Value>,
+) -> Option<Client> {
+    for _ in 0..100 {
+        let mut c = app.connect("assistant", user).await;
+        c.send_json(json!({"type": "resume", "run_id": run_id, "after_seq": after}))
+            .await;
+        let first = c.next().await.expect("an answer to the resume");
+        if first["type"] == "error" {
+            let why = first["data"]["error"].as_str().unwrap_or_default();
+            assert!(why.contains("unknown"), "resume refused: {first}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        let terminal = is_terminal(&first);
+        got.push(first);
+        return (!terminal).then_some(c);
+    }
+    panic!("run {run_id} stayed unknown");
+}
+
+/// The next frame; on a timeout or a closed socket, panic with what happened to the run.
+async fn next_or_trace(c: &mut Client, trace: &[String], got: &[Value]) -> Value {
+    let next = tokio::time::timeout(Duration::from_secs(5), c.ws.next()).await;
+    let last = got
+        .last()
+        .map(|f| (f["run_id"].clone(), f["seq"].clone(), f["type"].clone()));
+    match next {
+        Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
+            serde_json::from_str(&t).unwrap()
+        }
+        other => panic!("no frame ({other:?}) after {last:?}; {trace:?}"),
+    }
+}
+
+#[sqlx::test]
+async fn a_bounded_chaos_soak_across_three_gateways_keeps_every_run_whole(pool: PgPool) {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("chaos seed {seed}");
+    let nats = Nats::start().await;
+    let mut engine = EngineConfig::for_tests();
+    engine.llm_tokens = 30;
+    engine.llm_token_delay = Duration::from_millis(4);
+    let apps = std::sync::Arc::new(gateways(pool, &nats, engine, 3).await);
+    const RUNS: u64 = 150;
+    const AT_ONCE: u64 = 15;
+    let mut tasks = Vec::new();
+    for worker in 0..AT_ONCE {
+        let apps = apps.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng(seed ^ (worker + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut runs = Vec::new();
+            let (mut elsewhere, mut cancels) = (0u32, 0u32);
+            for _ in 0..RUNS / AT_ONCE {
+                let pick = |rng: &mut Rng| {
+                    let i = rng.below(3) as usize;
+                    (i, &apps[i])
+                };
+                let (g, app) = pick(&mut rng);
+                let owner = g;
+                let mut trace = vec![format!("run on gateway {g}")];
+                // One user per worker: the per-user run limit is not what is tested here.
+                let user = format!("chaos-{worker}");
+                let mut c = app.connect("assistant", &user).await;
+                c.send_json(json!({"type": "run", "message": "chaos"}))
+                    .await;
+                let mut got: Vec<Value> = Vec::new();
+                let mut conn = Some(c);
+                let mut cancelled = false;
+                // Up to three interruptions: a dropped connection resumed on a random gateway,
+                // or a cancel (on whichever gateway the client is on).
+                for _ in 0..3 {
+                    let Some(c) = conn.as_mut() else { break };
+                    let read = rng.below(25);
+                    for _ in 0..read {
+                        let f = next_or_trace(c, &trace, &got).await;
+                        let end = is_terminal(&f);
+                        got.push(f);
+                        if end {
+                            conn = None;
+                            break;
+                        }
+                    }
+                    let Some(c) = conn.as_mut() else { break };
+                    match rng.below(10) {
+                        0..=4 => {
+                            let last = got.last().map_or(0, |f| f["seq"].as_u64().unwrap());
+                            if last == 0 {
+                                continue; // no run id yet
+                            }
+                            let run_id = got[0]["run_id"].as_str().unwrap().to_owned();
+                            drop(conn.take()); // the connection drops
+                            let (g, app) = pick(&mut rng);
+                            trace.push(format!("resume after {last} on gateway {g}"));
+                            elsewhere += u32::from(g != owner);
+                            conn = resume_on(app, &user, &run_id, last, &mut got).await;
+                        }
+                        5..=6 if !cancelled => {
+                            trace.push(format!("cancel after {}", got.len()));
+                            c.send_json(json!({"type": "cancel"})).await;
+                            cancelled = true;
+                            cancels += 1;
+                        }
+                        _ => {}
+                    }
+                }
+                if let Some(c) = conn.as_mut() {
+                    loop {
+                        let f = next_or_trace(c, &trace, &got).await;
+                        let end = is_terminal(&f);
+                        got.push(f);
+                        if end {
+                            break;
+                        }
+                    }
+                }
+                runs.push(got);
+            }
+            (runs, elsewhere, cancels)
+        }));
+    }
+    let mut all_runs = Vec::new();
+    let (mut elsewhere, mut cancels) = (0, 0);
+    for t in tasks {
+        let (runs, e, c) = t.await.expect("a worker finished");
+        all_runs.extend(runs);
+        elsewhere += e;
+        cancels += c;
+    }
+    eprintln!(
+        "{} runs, {elsewhere} resumed on another gateway, {cancels} cancels",
+        all_runs.len()
+    );
+    // Not vacuous: the chaos happened.
+    assert!(
+        elsewhere >= 10 && cancels >= 10,
+        "{elsewhere} resumes elsewhere, {cancels} cancels"
+    );
+    assert_eq!(all_runs.len() as u64, RUNS / AT_ONCE * AT_ONCE);
+    for frames in &all_runs {
+        // Exactly 1..terminal, one terminal, last (seed printed above to replay a failure).
+        let run_id = assert_run_stamps(frames);
+        let terminals = frames.iter().filter(|f| is_terminal(f)).count();
+        assert_eq!(terminals, 1, "run {run_id}: {frames:#?}");
+        assert!(is_terminal(frames.last().unwrap()), "run {run_id}");
+        let end = frames.last().unwrap()["type"].as_str().unwrap();
+        assert!(
+            matches!(end, "flow_completed" | "flow_cancelled"),
+            "run {run_id} ended with {end}"
+        );
+        // No run left running in the shared run log.
+        let info = apps[0].ended_run(&run_id).await;
+        assert_eq!(info.last_seq as usize, frames.len(), "run {run_id}");
+    }
+    let apps = std::sync::Arc::try_unwrap(apps)
+        .ok()
+        .expect("the workers let go");
+    for app in apps {
+        app.stop().await;
+    }
 }
