@@ -531,45 +531,94 @@ async fn probe(
 /// How often the probe runs (at most twice the NATS timeout).
 const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Publish queued frames in order; acks are awaited concurrently (bounded by the client's
-/// in-flight limit). A failed publish is counted and marks the cluster unhealthy.
+/// Frames sent and not yet acknowledged, at most.
+const MAX_INFLIGHT: usize = 1024;
+
+type AckFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+            > + Send,
+    >,
+>;
+
+/// Publish queued frames in order. Acks are awaited in send order; when one fails (NATS went
+/// away, or restarted), every unacknowledged frame is sent again, in order, until NATS takes
+/// them (the message id makes a frame already stored a duplicate the stream drops), so a
+/// restart loses nothing; meanwhile new frames wait in the bounded queue (a full queue is
+/// counted and is a gap for followers).
 async fn publisher(
     js: jetstream::Context,
     mut rx: mpsc::Receiver<Publish>,
     stats: Arc<ClusterStats>,
     stop: CancellationToken,
 ) {
-    let mut acks = futures_util::stream::FuturesUnordered::new();
+    // Sends now (in order on the connection) and gives the future of its ack.
+    let send = |p: &Publish| {
+        let js = js.clone();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("{}:{}", p.run_id, p.seq).as_str(),
+        );
+        let subject = run_subject(p.run_id);
+        let frame = p.frame.clone();
+        async move {
+            let ack: AckFuture = match js.publish_with_headers(subject, headers, frame).await {
+                Ok(ack) => Box::pin(ack.into_future()),
+                Err(e) => Box::pin(std::future::ready(Err(e))),
+            };
+            ack
+        }
+    };
+    let mut inflight: std::collections::VecDeque<(Publish, AckFuture)> = Default::default();
+    let mut backoff = Duration::from_millis(50);
+    enum Event {
+        Stop,
+        Frame(Option<Publish>),
+        Ack(Result<jetstream::publish::PublishAck, jetstream::context::PublishError>),
+    }
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            next = rx.recv() => {
-                let Some(p) = next else { return };
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert(
-                    async_nats::header::NATS_MESSAGE_ID,
-                    format!("{}:{}", p.run_id, p.seq).as_str(),
-                );
-                match js.publish_with_headers(run_subject(p.run_id), headers, p.frame).await {
-                    Ok(ack) => acks.push(ack.into_future()),
-                    Err(e) => {
-                        tracing::warn!(run_id = %p.run_id, seq = p.seq, error = %e, "publishing a frame to NATS failed");
-                        stats.publish_failures.fetch_add(1, Ordering::Relaxed);
-                        stats.healthy.store(false, Ordering::SeqCst);
-                    }
+        let room = inflight.len() < MAX_INFLIGHT;
+        let event = {
+            let front = async {
+                match inflight.front_mut() {
+                    Some((_, ack)) => ack.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => Event::Stop,
+                next = rx.recv(), if room => Event::Frame(next),
+                ack = front => Event::Ack(ack),
+            }
+        };
+        match event {
+            Event::Stop | Event::Frame(None) => return,
+            Event::Frame(Some(p)) => {
+                let ack = send(&p).await;
+                inflight.push_back((p, ack));
+            }
+            Event::Ack(Ok(_)) => {
+                inflight.pop_front();
+                stats.published.fetch_add(1, Ordering::Relaxed);
+                stats.healthy.store(true, Ordering::SeqCst);
+                backoff = Duration::from_millis(50);
+            }
+            Event::Ack(Err(e)) => {
+                tracing::warn!(error = %e, waiting = inflight.len(), "NATS did not take a frame: sending the unacknowledged frames again");
+                stats.healthy.store(false, Ordering::SeqCst);
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                let again: Vec<Publish> = inflight.drain(..).map(|(p, _)| p).collect();
+                for p in again {
+                    let ack = send(&p).await;
+                    inflight.push_back((p, ack));
                 }
             }
-            Some(ack) = acks.next(), if !acks.is_empty() => match ack {
-                Ok(_) => {
-                    stats.published.fetch_add(1, Ordering::Relaxed);
-                    stats.healthy.store(true, Ordering::SeqCst);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "NATS did not acknowledge a frame");
-                    stats.publish_failures.fetch_add(1, Ordering::Relaxed);
-                    stats.healthy.store(false, Ordering::SeqCst);
-                }
-            },
         }
     }
 }

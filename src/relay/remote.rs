@@ -87,6 +87,9 @@ fn release(shared: &Arc<RunShared>) {
     }
 }
 
+/// Frames a mirror holds while waiting for a missing one (a resent frame stored late).
+const REORDER_WINDOW: usize = 4096;
+
 /// Why a mirror stopped.
 enum Stop {
     /// The run's terminal frame arrived.
@@ -103,7 +106,9 @@ async fn mirror(
     state: AppState,
     shared: Arc<RunShared>,
     cluster: Cluster,
-    frames: impl futures_util::Stream<Item = Result<(u64, bytes::Bytes), crate::cluster::ClusterError>>,
+    frames: impl futures_util::Stream<Item = Result<(u64, bytes::Bytes), crate::cluster::ClusterError>>
+    + Send
+    + 'static,
 ) {
     let run_id = shared.run_id;
     let Some(remote) = shared.remote.as_ref() else {
@@ -118,8 +123,19 @@ async fn mirror(
     };
     // Longer than any quiet the owner allows itself before it ends the run on its own.
     let quiet = state.config.engine_idle_timeout * 2 + state.config.nats_timeout;
-    let mut frames = std::pin::pin!(frames);
+    type Frames = std::pin::Pin<
+        Box<
+            dyn futures_util::Stream<
+                    Item = Result<(u64, bytes::Bytes), crate::cluster::ClusterError>,
+                > + Send,
+        >,
+    >;
+    let mut frames: Frames = Box::pin(frames);
+    // Silence after which the follow is made again (cheap: a new consumer).
+    let refollow = state.config.nats_timeout * 2;
+    let mut last_frame = tokio::time::Instant::now();
     let mut expected = 1u64;
+    let mut early: std::collections::BTreeMap<u64, bytes::Bytes> = Default::default();
     let mut cancel_asked = false;
     let stop = loop {
         tokio::select! {
@@ -133,34 +149,57 @@ async fn mirror(
                     Err(e) => tracing::warn!(%run_id, %owner, error = %e, "the run's owner did not answer the cancel"),
                 }
             }
-            next = tokio::time::timeout(quiet, frames.next()) => match next {
-                Err(_) => break Stop::Broken(format!("no frame from the owner for {quiet:?}")),
-                Ok(None) => break Stop::Broken("the stream ended".into()),
-                Ok(Some(Err(e))) => break Stop::Broken(e.to_string()),
+            next = tokio::time::timeout(refollow, frames.next()) => match next {
+                // Quiet, ended or failed (a NATS restart loses the consumer): follow again from
+                // the start (what was delivered is dropped by `seq`), until the owner has been
+                // quiet for longer than it allows itself.
+                Err(_) | Ok(None) | Ok(Some(Err(_))) => {
+                    if last_frame.elapsed() > quiet {
+                        break Stop::Broken(format!("no frame from the owner for {quiet:?}"));
+                    }
+                    match cluster.follow(run_id).await {
+                        Ok(again) => frames = Box::pin(again),
+                        Err(e) => {
+                            tracing::debug!(%run_id, error = %e, "cannot follow the run's stream again yet");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                }
                 Ok(Some(Ok((seq, bytes)))) => {
+                    last_frame = tokio::time::Instant::now();
                     if seq < expected {
                         continue; // stored twice (a retried publish): already delivered
                     }
-                    if seq > expected {
-                        break Stop::Broken(format!("frames {expected} to {} are missing from the stream", seq - 1));
+                    // A frame resent after an outage can be stored after later ones: hold
+                    // early frames (bounded) until the missing ones come.
+                    early.insert(seq, bytes);
+                    if early.len() > REORDER_WINDOW {
+                        break Stop::Broken(format!("frame {expected} is missing from the stream"));
                     }
-                    let Ok(text) = String::from_utf8(bytes.to_vec()) else {
-                        break Stop::Broken(format!("frame {seq} is not UTF-8"));
-                    };
-                    let kind = frame_type(&text);
-                    let terminal = matches!(
-                        kind.as_deref(),
-                        Some("flow_completed" | "flow_error" | "flow_cancelled")
-                    );
-                    shared.push(Frame {
-                        seq,
-                        text: Utf8Bytes::from(text),
-                        chunk: kind.as_deref() == Some("llm_chunk"),
-                        received: std::time::Instant::now(),
-                        end: terminal.then_some(AfterEnd::KeepOpen),
-                    });
-                    expected += 1;
-                    if terminal {
+                    let mut ended = false;
+                    while let Some(bytes) = early.remove(&expected) {
+                        let Ok(text) = String::from_utf8(bytes.to_vec()) else {
+                            break;
+                        };
+                        let kind = frame_type(&text);
+                        let terminal = matches!(
+                            kind.as_deref(),
+                            Some("flow_completed" | "flow_error" | "flow_cancelled")
+                        );
+                        shared.push(Frame {
+                            seq: expected,
+                            text: Utf8Bytes::from(text),
+                            chunk: kind.as_deref() == Some("llm_chunk"),
+                            received: std::time::Instant::now(),
+                            end: terminal.then_some(AfterEnd::KeepOpen),
+                        });
+                        expected += 1;
+                        if terminal {
+                            ended = true;
+                            break;
+                        }
+                    }
+                    if ended {
                         break Stop::Ended;
                     }
                 }
@@ -370,22 +409,27 @@ async fn stream_frames(
     let frames = cluster.follow(run_id).await?;
     let mut frames = std::pin::pin!(frames);
     let read = async {
+        let mut early = std::collections::BTreeMap::new();
         while let Some(next) = frames.next().await {
-            let (seq, frame) = next?;
-            if seq as usize == out.len() + 1 {
-                out.push((seq, frame));
+            let Ok((seq, frame)) = next else {
+                continue; // a hiccup: the ordered consumer goes on
+            };
+            if seq > out.len() as u64 {
+                early.insert(seq, frame);
             }
-            if seq >= last {
+            while let Some(frame) = early.remove(&(out.len() as u64 + 1)) {
+                out.push((out.len() as u64 + 1, frame));
+            }
+            if out.len() as u64 >= last || early.len() > REORDER_WINDOW {
                 break;
             }
         }
-        Ok::<_, crate::cluster::ClusterError>(())
     };
-    match tokio::time::timeout(Duration::from_secs(10), read).await {
-        Ok(r) => r?,
-        Err(_) => {
-            tracing::warn!(%run_id, got = out.len(), last, "reading a lost run's stream timed out")
-        }
+    if tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .is_err()
+    {
+        tracing::warn!(%run_id, last, "reading a lost run's stream timed out");
     }
     Ok(out)
 }

@@ -38,6 +38,7 @@ fn nats_server_binary() -> PathBuf {
 pub struct Nats {
     child: std::process::Child,
     pub url: String,
+    port: u16,
     dir: PathBuf,
 }
 
@@ -49,9 +50,19 @@ impl Nats {
         };
         let dir = std::env::temp_dir().join(format!("flowgate-nats-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
+        let child = Nats::spawn(port, &dir).await;
+        Nats {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            dir,
+        }
+    }
+
+    async fn spawn(port: u16, dir: &std::path::Path) -> std::process::Child {
         let child = std::process::Command::new(nats_server_binary())
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(&dir)
+            .arg(dir)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -62,11 +73,14 @@ impl Nats {
             async move { tokio::net::TcpStream::connect(addr).await.is_ok() }
         })
         .await;
-        Nats {
-            child,
-            url: format!("nats://{addr}"),
-            dir,
-        }
+        child
+    }
+
+    /// Kill the server and start it again on the same port and store.
+    pub async fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Nats::spawn(self.port, &self.dir).await;
     }
 }
 
@@ -80,6 +94,16 @@ impl Drop for Nats {
 
 /// `n` gateways on one database, one engine (the first gateway holds it) and `nats`.
 async fn gateways(pool: PgPool, nats: &Nats, engine: EngineConfig, n: usize) -> Vec<TestApp> {
+    gateways_with(pool, nats, engine, n, |_| {}).await
+}
+
+async fn gateways_with(
+    pool: PgPool,
+    nats: &Nats,
+    engine: EngineConfig,
+    n: usize,
+    tweak: impl Fn(&mut GatewayConfig),
+) -> Vec<TestApp> {
     let flows = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("flows");
     flowgate::store::import::import_dir(&pool, &flows)
         .await
@@ -95,6 +119,7 @@ async fn gateways(pool: PgPool, nats: &Nats, engine: EngineConfig, n: usize) -> 
         ));
         let mut config = GatewayConfig::for_tests(url.clone());
         config.nats_url = Some(nats.url.clone());
+        tweak(&mut config);
         apps.push(spawn_gateway(config, store, engine.take()).await);
     }
     for app in &apps {
@@ -472,7 +497,7 @@ async fn resume_on(
 
 /// The next frame; on a timeout or a closed socket, panic with what happened to the run.
 async fn next_or_trace(c: &mut Client, trace: &[String], got: &[Value]) -> Value {
-    let next = tokio::time::timeout(Duration::from_secs(5), c.ws.next()).await;
+    let next = tokio::time::timeout(FRAME_WAIT, c.ws.next()).await;
     let last = got
         .last()
         .map(|f| (f["run_id"].clone(), f["seq"].clone(), f["type"].clone()));
@@ -593,8 +618,19 @@ async fn a_bounded_chaos_soak_across_three_gateways_keeps_every_run_whole(pool: 
     );
     assert_eq!(all_runs.len() as u64, RUNS / AT_ONCE * AT_ONCE);
     for frames in &all_runs {
-        // Exactly 1..terminal, one terminal, last (seed printed above to replay a failure).
-        let run_id = assert_run_stamps(frames);
+        // Exactly 1..terminal, one terminal, last (seed printed above to replay a failure). A
+        // lagging client gets consecutive chunks merged: `merged_seqs` [a, b] covers a..=b.
+        let run_id = frames[0]["run_id"].as_str().unwrap().to_owned();
+        let mut expected = 1u64;
+        for f in frames {
+            assert_eq!(f["run_id"], run_id.as_str(), "{f}");
+            let (from, to) = match f["merged_seqs"].as_array() {
+                Some(r) => (r[0].as_u64().unwrap(), r[1].as_u64().unwrap()),
+                None => (f["seq"].as_u64().unwrap(), f["seq"].as_u64().unwrap()),
+            };
+            assert_eq!(from, expected, "run {run_id}: a gap or a repeat at {f}");
+            expected = to + 1;
+        }
         let terminals = frames.iter().filter(|f| is_terminal(f)).count();
         assert_eq!(terminals, 1, "run {run_id}: {frames:#?}");
         assert!(is_terminal(frames.last().unwrap()), "run {run_id}");
@@ -605,11 +641,70 @@ async fn a_bounded_chaos_soak_across_three_gateways_keeps_every_run_whole(pool: 
         );
         // No run left running in the shared run log.
         let info = apps[0].ended_run(&run_id).await;
-        assert_eq!(info.last_seq as usize, frames.len(), "run {run_id}");
+        assert_eq!(info.last_seq, expected - 1, "run {run_id}");
     }
     let apps = std::sync::Arc::try_unwrap(apps)
         .ok()
         .expect("the workers let go");
+    for app in apps {
+        app.stop().await;
+    }
+}
+
+#[sqlx::test]
+async fn a_nats_restart_mid_run_loses_no_frame_on_either_gateway(pool: PgPool) {
+    let mut nats = Nats::start().await;
+    let mut engine = EngineConfig::for_tests();
+    engine.llm_tokens = 300;
+    engine.llm_token_delay = Duration::from_millis(10);
+    // The follower catches up in a burst: no chunk merging, so both see identical frames.
+    let apps = gateways_with(pool, &nats, engine, 2, |c| c.merge_lag = usize::MAX).await;
+    let (a, b) = (&apps[0], &apps[1]);
+    let mut c = a.connect("assistant", "alice").await;
+    c.send_json(json!({"type": "run", "message": "talk through it"}))
+        .await;
+    let mut seen = Vec::new();
+    while seen.len() < 20 {
+        seen.push(c.next().await.unwrap());
+    }
+    let run_id = seen[0]["run_id"].as_str().unwrap().to_owned();
+    known(b, &run_id).await;
+    let mut f = b.connect("assistant", "alice").await;
+    f.send_json(json!({"type": "resume", "run_id": run_id, "after_seq": 20}))
+        .await;
+    let mut followed = vec![f.next().await.unwrap()];
+    assert_eq!(followed[0]["seq"], 21);
+    nats.restart().await;
+    // The owner's client streams on; the follower gets every frame once NATS is back.
+    let owner_rest = c.collect_run().await;
+    let mut owner_all = seen.clone();
+    owner_all.extend(owner_rest);
+    assert_run_stamps(&owner_all);
+    assert_completed(&owner_all);
+    followed.extend(f.collect_run().await);
+    let mut follower_all = seen;
+    follower_all.extend(followed);
+    let differs = follower_all
+        .iter()
+        .zip(&owner_all)
+        .position(|(x, y)| x != y);
+    assert!(
+        differs.is_none() && follower_all.len() == owner_all.len(),
+        "the follower saw another run: {} frames against {}, first difference at {differs:?}: {:?} / {:?}",
+        follower_all.len(),
+        owner_all.len(),
+        differs.map(|i| &follower_all[i]),
+        differs.map(|i| &owner_all[i]),
+    );
+    for app in &apps {
+        let cluster = app.state.cluster.clone().unwrap();
+        wait_until("the cluster is ready again", FRAME_WAIT, || {
+            let cluster = cluster.clone();
+            async move { cluster.ready() }
+        })
+        .await;
+    }
+    drop((c, f));
     for app in apps {
         app.stop().await;
     }
