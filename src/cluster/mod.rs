@@ -531,6 +531,9 @@ async fn probe(
 /// How often the probe runs (at most twice the NATS timeout).
 const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
+/// A frame handed to the connection: the future of its ack.
+struct Sent(AckFuture);
+
 /// Frames sent and not yet acknowledged, at most.
 const MAX_INFLIGHT: usize = 1024;
 
@@ -564,11 +567,12 @@ async fn publisher(
         let subject = run_subject(p.run_id);
         let frame = p.frame.clone();
         async move {
-            let ack: AckFuture = match js.publish_with_headers(subject, headers, frame).await {
-                Ok(ack) => Box::pin(ack.into_future()),
-                Err(e) => Box::pin(std::future::ready(Err(e))),
-            };
-            ack
+            Sent(
+                match js.publish_with_headers(subject, headers, frame).await {
+                    Ok(ack) => Box::pin(ack.into_future()),
+                    Err(e) => Box::pin(std::future::ready(Err(e))),
+                },
+            )
         }
     };
     let mut inflight: std::collections::VecDeque<(Publish, AckFuture)> = Default::default();
@@ -596,7 +600,7 @@ async fn publisher(
         match event {
             Event::Stop | Event::Frame(None) => return,
             Event::Frame(Some(p)) => {
-                let ack = send(&p).await;
+                let Sent(ack) = send(&p).await;
                 inflight.push_back((p, ack));
             }
             Event::Ack(Ok(_)) => {
@@ -615,7 +619,7 @@ async fn publisher(
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 let again: Vec<Publish> = inflight.drain(..).map(|(p, _)| p).collect();
                 for p in again {
-                    let ack = send(&p).await;
+                    let Sent(ack) = send(&p).await;
                     inflight.push_back((p, ack));
                 }
             }
