@@ -142,12 +142,7 @@ async fn mirror(
             _ = unfollowed.cancelled() => break Stop::Unfollowed,
             _ = shared.cancel.cancelled(), if !cancel_asked => {
                 cancel_asked = true;
-                match cluster.ask(owner, run_id, Ask::Cancel).await {
-                    // The owner cancels the engine; its `flow_cancelled` comes through the stream.
-                    Ok(true) => tracing::info!(%run_id, %owner, "asked the run's owner to cancel it"),
-                    Ok(false) => tracing::warn!(%run_id, %owner, "the owner no longer has the run"),
-                    Err(e) => tracing::warn!(%run_id, %owner, error = %e, "the run's owner did not answer the cancel"),
-                }
+                cancel_remote(&state, &cluster, run_id, owner).await;
             }
             next = tokio::time::timeout(refollow, frames.next()) => match next {
                 // Quiet, ended or failed (a NATS restart loses the consumer): follow again from
@@ -220,6 +215,33 @@ async fn mirror(
     state.runs.remove_if(&shared);
     if matches!(attach.await, Ok(Ok(true))) {
         let _ = cluster.ask(owner, run_id, Ask::Detach).await;
+    }
+}
+
+/// A client here cancels a run `owner` runs: record the request, then ask the owner; an owner
+/// that does not answer is treated as lost at once (the run is taken over and ended with
+/// `gateway_lost`, which reaches this mirror through the stream).
+async fn cancel_remote(state: &AppState, cluster: &Cluster, run_id: Uuid, owner: Uuid) {
+    let crate::runlog::RunLog::Postgres(log) = &state.runlog else {
+        return;
+    };
+    if let Err(e) = log.request_cancel(run_id).await {
+        tracing::warn!(%run_id, error = %crate::logfmt::chain(&e), "cannot record a cancel request");
+    }
+    match cluster.ask(owner, run_id, Ask::Cancel).await {
+        // The owner cancels the engine; its `flow_cancelled` comes through the stream.
+        Ok(true) => tracing::info!(%run_id, %owner, "asked the run's owner to cancel it"),
+        Ok(false) => tracing::info!(%run_id, %owner, "the owner no longer has the run"),
+        Err(e) => {
+            tracing::warn!(%run_id, %owner, error = %e, "the run's owner did not answer the cancel: taking the run over");
+            match log.claim_run(run_id, owner).await {
+                Ok(Some(logged)) => end_lost_run(state, run_id, logged).await,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(%run_id, error = %crate::logfmt::chain(&e), "cannot take the run over");
+                }
+            }
+        }
     }
 }
 

@@ -427,6 +427,39 @@ impl PgRunLog {
             .collect()
     }
 
+    /// Record that a client asked to cancel `run_id` (before its owner is asked).
+    pub async fn request_cancel(&self, run_id: Uuid) -> Result<(), RunLogError> {
+        let query = sqlx::query(
+            "UPDATE flowgate_run SET cancel_requested_at = now() \
+             WHERE run_id = $1 AND status = 'running'",
+        )
+        .bind(run_id)
+        .execute(&self.shared.pool);
+        bounded(self.shared.config.write_timeout, query)
+            .await
+            .map(|_| ())
+    }
+
+    /// Take over `run_id` from `owner` at once (it did not answer): `Some(last_seq logged)`
+    /// when this gateway now owns the run, `None` when it ended or someone else took it.
+    pub async fn claim_run(&self, run_id: Uuid, owner: Uuid) -> Result<Option<u64>, RunLogError> {
+        let query = sqlx::query(
+            "UPDATE flowgate_run SET instance_id = $1, epoch = epoch + 1 \
+             WHERE run_id = $2 AND instance_id = $3 AND status = 'running' \
+             RETURNING last_seq",
+        )
+        .bind(self.shared.instance_id)
+        .bind(run_id)
+        .bind(owner)
+        .fetch_optional(&self.shared.pool);
+        let row = bounded(self.shared.config.write_timeout, query).await?;
+        row.map(|row| {
+            let last: i64 = row.try_get("last_seq").map_err(corrupt)?;
+            Ok(u64::try_from(last).unwrap_or(0))
+        })
+        .transpose()
+    }
+
     pub async fn replay(&self, run_id: Uuid, after_seq: u64) -> Result<Vec<Bytes>, RunLogError> {
         self.barrier().await;
         let after = i64::try_from(after_seq).unwrap_or(i64::MAX);

@@ -341,6 +341,7 @@ async fn serve_process(
     pool: &PgPool,
     engine_url: &str,
     nats: &Nats,
+    heartbeat: &str,
 ) -> (tokio::process::Child, String) {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowgate"));
@@ -351,7 +352,7 @@ async fn serve_process(
         .env("FLOWGATE_JWT_SECRET", "test-secret")
         .env("FLOWGATE_ENGINE_URL", engine_url)
         .env("FLOWGATE_NATS_URL", &nats.url)
-        .env("FLOWGATE_HEARTBEAT_INTERVAL", "200ms")
+        .env("FLOWGATE_HEARTBEAT_INTERVAL", heartbeat)
         .env("FLOWGATE_LOG_FORMAT", "json")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -394,7 +395,7 @@ async fn a_killed_owners_run_ends_with_gateway_lost_after_every_frame_it_sent(po
     config.nats_url = Some(nats.url.clone());
     config.heartbeat_interval = Duration::from_millis(200);
     let b = spawn_gateway(config, store, Some(engine)).await;
-    let (mut owner, addr) = serve_process(&pool, &engine_url, &nats).await;
+    let (mut owner, addr) = serve_process(&pool, &engine_url, &nats, "200ms").await;
 
     let url = format!("ws://{addr}/api/chat/execute/assistant");
     let mut c = Client::connect_bearer(&url, Some(&token("alice"))).await;
@@ -708,4 +709,72 @@ async fn a_nats_restart_mid_run_loses_no_frame_on_either_gateway(pool: PgPool) {
     for app in apps {
         app.stop().await;
     }
+}
+
+#[sqlx::test]
+async fn a_cancel_the_owner_does_not_answer_ends_the_run_at_once(pool: PgPool) {
+    let nats = Nats::start().await;
+    let mut engine = EngineConfig::for_tests();
+    engine.llm_tokens = 1000;
+    engine.llm_token_delay = Duration::from_millis(10);
+    let flows = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("flows");
+    flowgate::store::import::import_dir(&pool, &flows)
+        .await
+        .unwrap();
+    let engine = spawn_engine(engine).await;
+    let engine_url = engine.url();
+    let store = Store::Postgres(flowgate::store::postgres::PgStore::from_pool(
+        pool.clone(),
+        Duration::from_secs(3),
+    ));
+    let mut config = GatewayConfig::for_tests(engine_url.clone());
+    config.nats_url = Some(nats.url.clone());
+    let b = spawn_gateway(config, store, Some(engine)).await;
+    // A long lease (a minute): only the unanswered cancel can end the run soon.
+    let (mut owner, addr) = serve_process(&pool, &engine_url, &nats, "10s").await;
+    let url = format!("ws://{addr}/api/chat/execute/assistant");
+    let mut c = Client::connect_bearer(&url, Some(&token("alice"))).await;
+    c.send_json(json!({"type": "run", "message": "talk a lot"}))
+        .await;
+    let mut seen = Vec::new();
+    while seen.len() < 20 {
+        seen.push(c.next().await.unwrap());
+    }
+    let run_id = seen[0]["run_id"].as_str().unwrap().to_owned();
+    known(&b, &run_id).await;
+    let mut f = b.connect("assistant", "alice").await;
+    f.send_json(json!({"type": "resume", "run_id": run_id, "after_seq": 20}))
+        .await;
+    assert_eq!(f.next().await.unwrap()["seq"], 21);
+    // The owner freezes (SIGSTOP): its sockets stay open, it answers nothing.
+    let pid = owner.id().unwrap().to_string();
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let asked = Instant::now();
+    f.send_json(json!({"type": "cancel"})).await;
+    let rest = f.collect_run().await;
+    let end = rest.last().unwrap().clone();
+    assert_eq!(end["data"]["code"], "gateway_lost", "{end}");
+    // The NATS timeout (2 s) and the takeover, not the minute-long lease.
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    let mut all = seen;
+    all.push(json!({"seq": 21})); // stands in for frame 21 read above
+    all.extend(rest);
+    let seqs: Vec<u64> = all.iter().map(|f| f["seq"].as_u64().unwrap()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "gap-free: {seqs:?}"
+    );
+    let info = b.ended_run(&run_id).await;
+    assert_eq!(info.error_code.as_deref(), Some("gateway_lost"));
+    let _ = owner.start_kill();
+    drop((c, f));
+    b.stop().await;
 }
