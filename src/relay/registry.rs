@@ -331,7 +331,21 @@ impl Registry {
             .unwrap_or_else(|p| p.into_inner())
             .entry(count_key.clone())
             .or_insert(0) += 1;
-        let run = Arc::new(RunShared {
+        let run = Arc::new(self.shared(run_id, user_id, agent_id, Some(count_key), None));
+        self.lock().insert(run_id, run.clone());
+        run
+    }
+
+    /// A run's shared state, attached once; counted against `count_key` when there is one.
+    fn shared(
+        &self,
+        run_id: Uuid,
+        user_id: String,
+        agent_id: String,
+        count_key: Option<String>,
+        remote: Option<Remote>,
+    ) -> RunShared {
+        RunShared {
             run_id,
             user_id,
             agent_id,
@@ -343,12 +357,10 @@ impl Registry {
             }),
             notify: Notify::new(),
             counts: self.counts.clone(),
-            counted: AtomicBool::new(true),
-            count_key,
-            remote: None,
-        });
-        self.lock().insert(run_id, run.clone());
-        run
+            counted: AtomicBool::new(count_key.is_some()),
+            count_key: count_key.unwrap_or_default(),
+            remote,
+        }
     }
 
     /// The mirror of a run `owner` runs (one per run on this gateway, attached once more for
@@ -372,25 +384,11 @@ impl Registry {
             run.attach();
             return (run.clone(), false);
         }
-        let run = Arc::new(RunShared {
-            run_id,
-            user_id,
-            agent_id,
-            cancel: CancellationToken::new(),
-            cancel_reason: std::sync::OnceLock::new(),
-            buf: Mutex::new(Buf {
-                attached: 1,
-                ..Buf::default()
-            }),
-            notify: Notify::new(),
-            counts: self.counts.clone(),
-            counted: AtomicBool::new(false),
-            count_key: String::new(),
-            remote: Some(Remote {
-                owner,
-                unfollowed: CancellationToken::new(),
-            }),
-        });
+        let remote = Remote {
+            owner,
+            unfollowed: CancellationToken::new(),
+        };
+        let run = Arc::new(self.shared(run_id, user_id, agent_id, None, Some(remote)));
         runs.insert(run_id, run.clone());
         (run, true)
     }

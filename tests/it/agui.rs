@@ -2,13 +2,10 @@
 //! every event checked against `schemas/agui.schema.json` and against the order rules
 //! `@ag-ui/client` enforces (which `tests/clients/` runs with the real client).
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use eventsource_stream::Eventsource;
 use flowgate::config::{DialectId, GatewayConfig};
 use flowgate::engine::{EngineConfig, Fault};
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use crate::common::*;
@@ -207,22 +204,6 @@ async fn aborting_the_request_cancels_the_run_at_the_engine() {
         .send()
         .await
         .unwrap();
-    let run_id = r.headers()["x-flowgate-run-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let mut stream = r.bytes_stream().eventsource();
-    for _ in 0..3 {
-        stream.next().await.unwrap().unwrap();
-    }
-    drop(stream);
-    let info = app.ended_run(&run_id).await;
-    assert_eq!(info.status, flowgate::runlog::RunState::Cancelled);
-    let stats = app.engine.as_ref().unwrap().stats.clone();
-    wait_until("the engine ended the run", Duration::from_secs(3), || {
-        let stats = stats.clone();
-        async move { stats.runs_ended.load(Ordering::SeqCst) == 1 }
-    })
-    .await;
+    assert_closing_the_stream_cancels(&app, r).await;
     app.stop().await;
 }

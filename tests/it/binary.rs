@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use flowgate::engine::EngineConfig;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::common::*;
 
@@ -35,20 +34,7 @@ async fn start_serve(
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("the binary starts");
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("gateway listening") {
-                let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
-                return v["addr"].as_str().unwrap().to_owned();
-            }
-        }
-        panic!("the gateway exited before listening");
-    })
-    .await
-    .expect("the gateway logs its address");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let addr = listening_address(&mut child).await;
     (child, addr)
 }
 

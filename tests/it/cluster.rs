@@ -8,7 +8,6 @@
 //! `/usr/sbin/nats-server`.
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use flowgate::config::GatewayConfig;
@@ -249,12 +248,7 @@ async fn a_cancel_from_a_third_gateway_stops_the_run_at_the_engine(pool: PgPool)
     assert_eq!(owner_end, end);
     let terminals = owner_rest.iter().filter(|f| is_terminal(f)).count();
     assert_eq!(terminals, 1);
-    let stats = a.engine.as_ref().unwrap().stats.clone();
-    wait_until("the engine ended the run", Duration::from_secs(2), || {
-        let stats = stats.clone();
-        async move { stats.runs_ended.load(Ordering::SeqCst) == 1 }
-    })
-    .await;
+    engine_ended_runs(a, 1).await;
     assert_eq!(
         a.ended_run(&run_id).await.status,
         flowgate::runlog::RunState::Cancelled
@@ -343,7 +337,6 @@ async fn serve_process(
     nats: &Nats,
     heartbeat: &str,
 ) -> (tokio::process::Child, String) {
-    use tokio::io::{AsyncBufReadExt, BufReader};
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowgate"));
     cmd.arg("serve")
         .env_clear()
@@ -358,31 +351,22 @@ async fn serve_process(
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
     let mut child = cmd.spawn().expect("the binary starts");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("gateway listening") {
-                let v: Value = serde_json::from_str(&line).expect("a JSON log line");
-                return v["addr"].as_str().unwrap().to_owned();
-            }
-        }
-        panic!("the gateway exited before listening");
-    })
-    .await
-    .expect("the gateway logs its address");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let addr = listening_address(&mut child).await;
     (child, addr)
 }
 
-#[sqlx::test]
-async fn a_killed_owners_run_ends_with_gateway_lost_after_every_frame_it_sent(pool: PgPool) {
-    let nats = Nats::start().await;
+/// A gateway B in process (holding a slow engine) and an owner, `flowgate serve` in a process
+/// of its own, both beating every `heartbeat`; a client of the owner that started a run.
+async fn owner_process_and_b(
+    pool: &PgPool,
+    nats: &Nats,
+    heartbeat: Duration,
+) -> (TestApp, tokio::process::Child, Client) {
     let mut engine = EngineConfig::for_tests();
     engine.llm_tokens = 1000;
     engine.llm_token_delay = Duration::from_millis(10);
-    // B, in process (it holds the engine), and the owner, a process of its own.
     let flows = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("flows");
-    flowgate::store::import::import_dir(&pool, &flows)
+    flowgate::store::import::import_dir(pool, &flows)
         .await
         .unwrap();
     let engine = spawn_engine(engine).await;
@@ -393,14 +377,21 @@ async fn a_killed_owners_run_ends_with_gateway_lost_after_every_frame_it_sent(po
     ));
     let mut config = GatewayConfig::for_tests(engine_url.clone());
     config.nats_url = Some(nats.url.clone());
-    config.heartbeat_interval = Duration::from_millis(200);
+    config.heartbeat_interval = heartbeat;
     let b = spawn_gateway(config, store, Some(engine)).await;
-    let (mut owner, addr) = serve_process(&pool, &engine_url, &nats, "200ms").await;
-
+    let beat = format!("{}ms", heartbeat.as_millis());
+    let (owner, addr) = serve_process(pool, &engine_url, nats, &beat).await;
     let url = format!("ws://{addr}/api/chat/execute/assistant");
     let mut c = Client::connect_bearer(&url, Some(&token("alice"))).await;
     c.send_json(json!({"type": "run", "message": "talk a lot"}))
         .await;
+    (b, owner, c)
+}
+
+#[sqlx::test]
+async fn a_killed_owners_run_ends_with_gateway_lost_after_every_frame_it_sent(pool: PgPool) {
+    let nats = Nats::start().await;
+    let (b, mut owner, mut c) = owner_process_and_b(&pool, &nats, Duration::from_millis(200)).await;
     let mut seen = Vec::new();
     while seen.len() < 30 {
         seen.push(c.next().await.unwrap());
@@ -714,28 +705,8 @@ async fn a_nats_restart_mid_run_loses_no_frame_on_either_gateway(pool: PgPool) {
 #[sqlx::test]
 async fn a_cancel_the_owner_does_not_answer_ends_the_run_at_once(pool: PgPool) {
     let nats = Nats::start().await;
-    let mut engine = EngineConfig::for_tests();
-    engine.llm_tokens = 1000;
-    engine.llm_token_delay = Duration::from_millis(10);
-    let flows = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("flows");
-    flowgate::store::import::import_dir(&pool, &flows)
-        .await
-        .unwrap();
-    let engine = spawn_engine(engine).await;
-    let engine_url = engine.url();
-    let store = Store::Postgres(flowgate::store::postgres::PgStore::from_pool(
-        pool.clone(),
-        Duration::from_secs(3),
-    ));
-    let mut config = GatewayConfig::for_tests(engine_url.clone());
-    config.nats_url = Some(nats.url.clone());
-    let b = spawn_gateway(config, store, Some(engine)).await;
     // A long lease (a minute): only the unanswered cancel can end the run soon.
-    let (mut owner, addr) = serve_process(&pool, &engine_url, &nats, "10s").await;
-    let url = format!("ws://{addr}/api/chat/execute/assistant");
-    let mut c = Client::connect_bearer(&url, Some(&token("alice"))).await;
-    c.send_json(json!({"type": "run", "message": "talk a lot"}))
-        .await;
+    let (b, mut owner, mut c) = owner_process_and_b(&pool, &nats, Duration::from_secs(10)).await;
     let mut seen = Vec::new();
     while seen.len() < 20 {
         seen.push(c.next().await.unwrap());

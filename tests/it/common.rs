@@ -674,3 +674,57 @@ pub fn child_database_url(pool: &sqlx::PgPool) -> String {
         .unwrap_or(base.len());
     format!("{}/{db}", &base[..authority_end])
 }
+
+/// Wait (3 s at most) until the app's engine has ended `n` runs: a cancel reached the engine
+/// (tests give it runs far longer than that).
+pub async fn engine_ended_runs(app: &TestApp, n: usize) {
+    let stats = app.engine.as_ref().expect("the app's engine").stats.clone();
+    wait_until("the engine ended the run", Duration::from_secs(3), || {
+        let stats = stats.clone();
+        async move { stats.runs_ended.load(std::sync::atomic::Ordering::SeqCst) == n }
+    })
+    .await;
+}
+
+/// Read a few events of an SSE response, then close it: its run must end cancelled, at the
+/// engine too.
+pub async fn assert_closing_the_stream_cancels(app: &TestApp, r: reqwest::Response) {
+    use eventsource_stream::Eventsource;
+    use futures_util::StreamExt;
+    let run_id = r.headers()["x-flowgate-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut stream = r.bytes_stream().eventsource();
+    for _ in 0..3 {
+        stream.next().await.unwrap().unwrap();
+    }
+    drop(stream);
+    let info = app.ended_run(&run_id).await;
+    assert_eq!(info.status, flowgate::runlog::RunState::Cancelled);
+    engine_ended_runs(app, 1).await;
+}
+
+/// The address a `flowgate serve` child logs (`"gateway listening"`, JSON logs on its standard
+/// error, piped); its later log lines are drained in the background.
+pub async fn listening_address(child: &mut tokio::process::Child) -> String {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let stderr = child
+        .stderr
+        .take()
+        .expect("the child's standard error is piped");
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("gateway listening") {
+                let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+                return v["addr"].as_str().unwrap().to_owned();
+            }
+        }
+        panic!("the gateway exited before listening");
+    })
+    .await
+    .expect("the gateway logs its address");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    addr
+}

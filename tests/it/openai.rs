@@ -3,13 +3,10 @@
 //! `schemas/openai.schema.json`. The Python `openai` SDK runs against the demo in
 //! `tests/clients/`.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use eventsource_stream::Eventsource;
 use flowgate::config::{DialectId, GatewayConfig};
 use flowgate::engine::{EngineConfig, Fault};
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use crate::common::*;
@@ -267,24 +264,7 @@ async fn closing_the_connection_cancels_the_run_at_the_engine() {
     engine.llm_token_delay = Duration::from_millis(20);
     let app = spawn_app_with(engine, openai).await;
     let r = completion(&app, "alice", &ask(true)).send().await.unwrap();
-    let run_id = r.headers()["x-flowgate-run-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let mut stream = r.bytes_stream().eventsource();
-    for _ in 0..3 {
-        stream.next().await.unwrap().unwrap();
-    }
-    drop(stream);
-    let info = app.ended_run(&run_id).await;
-    assert_eq!(info.status, flowgate::runlog::RunState::Cancelled);
-    // The engine stopped the run (500 tokens at 20 ms would take 10 s).
-    let stats = app.engine.as_ref().unwrap().stats.clone();
-    wait_until("the engine ended the run", Duration::from_secs(3), || {
-        let stats = stats.clone();
-        async move { stats.runs_ended.load(Ordering::SeqCst) == 1 }
-    })
-    .await;
+    assert_closing_the_stream_cancels(&app, r).await;
     app.stop().await;
 }
 

@@ -3,7 +3,6 @@
 //! as the SDK parses them); resume after a dropped connection, the stop route, one run per
 //! chat. The AI SDK itself runs against the demo in `tests/clients/`.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use eventsource_stream::Eventsource;
@@ -210,12 +209,7 @@ async fn the_stop_route_cancels_the_run_and_one_run_per_chat() {
     assert_blocks(&parts);
     let info = app.ended_run(&run_id).await;
     assert_eq!(info.status, flowgate::runlog::RunState::Cancelled);
-    let stats = app.engine.as_ref().unwrap().stats.clone();
-    wait_until("the engine ended the run", Duration::from_secs(3), || {
-        let stats = stats.clone();
-        async move { stats.runs_ended.load(Ordering::SeqCst) == 1 }
-    })
-    .await;
+    engine_ended_runs(&app, 1).await;
     app.stop().await;
 }
 

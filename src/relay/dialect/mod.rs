@@ -260,6 +260,18 @@ fn merge_chunks(batch: Vec<Frame>) -> Vec<Utf8Bytes> {
     out
 }
 
+/// Test helper: a run event (JSON value) as a live frame with its `seq`.
+#[cfg(test)]
+pub fn frame_of(v: &serde_json::Value) -> Frame {
+    Frame {
+        seq: v["seq"].as_u64().unwrap_or(0),
+        text: Utf8Bytes::from(v.to_string()),
+        chunk: v["type"] == "llm_chunk",
+        received: std::time::Instant::now(),
+        end: None,
+    }
+}
+
 /// Test helper: encode run events (JSON values) as logged frames and read the frames back.
 #[cfg(test)]
 pub fn encode_values(d: &mut impl Dialect, events: &[serde_json::Value]) -> Vec<serde_json::Value> {

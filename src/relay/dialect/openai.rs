@@ -347,13 +347,7 @@ mod tests {
     use super::*;
 
     fn frame(v: Value) -> Frame {
-        Frame {
-            seq: v["seq"].as_u64().unwrap_or(0),
-            text: v.to_string().into(),
-            chunk: false,
-            received: std::time::Instant::now(),
-            end: None,
-        }
+        super::super::frame_of(&v)
     }
 
     fn run(chunks: &mut Chunks, events: &[Value]) -> Vec<Payload> {
