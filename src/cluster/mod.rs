@@ -26,7 +26,8 @@ use uuid::Uuid;
 /// What [`Cluster::connect`] needs.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// `nats://host:port` (comma-separated for several servers).
+    /// `nats://host:port` (comma-separated for several servers; `nats://user:password@host`
+    /// for a server with accounts: the password is never shown).
     pub url: String,
     /// This gateway's id (its run log instance id: the owner of the runs it starts).
     pub node: Uuid,
@@ -120,6 +121,14 @@ impl Ask {
     }
 }
 
+/// The server list as logs and `/readyz` show it: no password.
+fn shown(urls: &str) -> String {
+    urls.split(',')
+        .map(|u| crate::startup::redacted_url(u.trim()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The `seq` in a stored frame's message id (`<run_id>:<seq>`; 0 when there is none).
 fn seq_of(headers: Option<&async_nats::HeaderMap>) -> u64 {
     headers
@@ -152,7 +161,7 @@ impl Cluster {
         let client = async_nats::connect_with_options(config.url.as_str(), options)
             .await
             .map_err(|e| ClusterError::Connect {
-                url: config.url.clone(),
+                url: shown(&config.url),
                 cause: e.to_string(),
             })?;
         let js = jetstream::new(client.clone());
@@ -178,7 +187,7 @@ impl Cluster {
                 Ok(Err(e)) => e.to_string(),
                 _ => format!("no answer within {:?}", cluster.inner.config.timeout),
             };
-            tracing::warn!(url = %cluster.inner.config.url, cause = %why, "NATS is not reachable yet: cross-gateway resume and cancel are off until it is");
+            tracing::warn!(url = %shown(&cluster.inner.config.url), cause = %why, "NATS is not reachable yet: cross-gateway resume and cancel are off until it is");
             let again = cluster.clone();
             let stop_setup = stop.clone();
             tokio::spawn(async move {
@@ -624,5 +633,16 @@ async fn publisher(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn server_lists_are_shown_without_passwords() {
+        assert_eq!(
+            super::shown("nats://flowgate:s3cret@nats-1:4222, nats://nats-2:4222"),
+            "nats://flowgate:***@nats-1:4222,nats://nats-2:4222"
+        );
     }
 }
