@@ -114,6 +114,12 @@ pub async fn chat(State(state): State<AppState>, headers: HeaderMap, body: Bytes
             ),
         );
     };
+    // Any gateway can resume or stop the chat's run (the shared run log knows it).
+    if let crate::runlog::RunLog::Postgres(log) = &state.runlog
+        && let Err(e) = log.set_chat_run(&user, &chat, attached.shared.run_id).await
+    {
+        tracing::warn!(error = %crate::logfmt::chain(&e), "cannot record the chat's run: only this gateway can resume it");
+    }
     let encoder = UiParts::new(attached.shared.run_id, agent_id);
     let mut follower = Follower::new(attached, encoder, state.config.client_batch);
     match follower.started().await {
@@ -122,17 +128,39 @@ pub async fn chat(State(state): State<AppState>, headers: HeaderMap, body: Bytes
     }
 }
 
-/// The live run of a chat of this caller, if any.
-fn live_run(
-    state: &AppState,
-    identity: &Identity,
-    chat: &str,
-) -> Option<std::sync::Arc<crate::relay::registry::RunShared>> {
-    let run_id = state.vercel_chats.run_of(&identity.user_id, chat)?;
-    state
-        .runs
-        .get(&run_id)
-        .filter(|r| !r.is_finished() && r.user_id == identity.user_id)
+/// Where the live run of a caller's chat is.
+enum Live {
+    /// On this gateway (its own run, or a mirror already following it).
+    Here(std::sync::Arc<crate::relay::registry::RunShared>),
+    /// Owned by another gateway (with `--nats-url`).
+    Elsewhere(Box<crate::runlog::RunInfo>, uuid::Uuid),
+}
+
+/// The live run of a caller's chat, if any: this gateway's chats first, then the shared run
+/// log (a chat started through another gateway).
+async fn live_run(state: &AppState, identity: &Identity, chat: &str) -> Option<Live> {
+    let here = |run_id: uuid::Uuid| {
+        state
+            .runs
+            .get(&run_id)
+            .filter(|r| !r.is_finished() && r.user_id == identity.user_id)
+    };
+    let local = state.vercel_chats.run_of(&identity.user_id, chat);
+    if let Some(run) = local.and_then(here) {
+        return Some(Live::Here(run));
+    }
+    let crate::runlog::RunLog::Postgres(log) = &state.runlog else {
+        return None;
+    };
+    let run_id = log.chat_run(&identity.user_id, chat).await.ok().flatten()?;
+    if let Some(run) = here(run_id) {
+        return Some(Live::Here(run));
+    }
+    let info = state.runlog.run_owner(run_id).await.ok().flatten()?;
+    let cluster = state.cluster.as_ref()?;
+    let owner = info.owner.filter(|o| *o != cluster.node())?;
+    (info.user_id == identity.user_id && !info.status.is_finished())
+        .then(|| Live::Elsewhere(Box::new(info), owner))
 }
 
 /// `GET /api/chat/{chat_id}/stream`: 204 when the chat has no run in progress, else the
@@ -146,13 +174,25 @@ pub async fn resume(
         Ok(id) => id,
         Err(refused) => return *refused,
     };
-    let Some(shared) = live_run(&state, &identity, &chat) else {
-        return StatusCode::NO_CONTENT.into_response();
+    let attached = match live_run(&state, &identity, &chat).await {
+        None => return StatusCode::NO_CONTENT.into_response(),
+        Some(Live::Here(shared)) => turn::follow(&state, shared, 0, OnDrop::Policy),
+        Some(Live::Elsewhere(info, owner)) => {
+            match crate::relay::remote::follow(&state, &info, owner, 0).await {
+                // The mirror is attached for this stream already.
+                Ok(shared) => turn::Attached {
+                    lag_at_attach: shared.lag(0),
+                    shared,
+                    cursor: 0,
+                    state: state.clone(),
+                    on_drop: OnDrop::Policy,
+                },
+                Err(why) => return refuse("engine_unavailable", why),
+            }
+        }
     };
     state.metrics.resumes.inc();
-    let agent_id = shared.agent_id.clone();
-    let encoder = UiParts::new(shared.run_id, agent_id);
-    let attached = turn::follow(&state, shared, 0, OnDrop::Policy);
+    let encoder = UiParts::new(attached.shared.run_id, attached.shared.agent_id.clone());
     let mut follower = Follower::new(attached, encoder, state.config.client_batch);
     match follower.started().await {
         Ok(first) => ui_stream(&state, follower, first),
@@ -171,9 +211,17 @@ pub async fn stop(
         Ok(id) => id,
         Err(refused) => return *refused,
     };
-    if let Some(shared) = live_run(&state, &identity, &chat) {
-        tracing::info!(run_id = %shared.run_id, "stopped by the client (vercel stop route)");
-        shared.cancel(CancelReason::Client);
+    match live_run(&state, &identity, &chat).await {
+        None => {}
+        Some(Live::Here(shared)) => {
+            tracing::info!(run_id = %shared.run_id, "stopped by the client (vercel stop route)");
+            shared.cancel(CancelReason::Client);
+        }
+        Some(Live::Elsewhere(info, owner)) => {
+            if let Some(cluster) = &state.cluster {
+                crate::relay::remote::cancel_remote(&state, cluster, info.run_id, owner).await;
+            }
+        }
     }
     StatusCode::NO_CONTENT.into_response()
 }

@@ -221,7 +221,7 @@ async fn mirror(
 /// A client here cancels a run `owner` runs: record the request, then ask the owner; an owner
 /// that does not answer is treated as lost at once (the run is taken over and ended with
 /// `gateway_lost`, which reaches this mirror through the stream).
-async fn cancel_remote(state: &AppState, cluster: &Cluster, run_id: Uuid, owner: Uuid) {
+pub async fn cancel_remote(state: &AppState, cluster: &Cluster, run_id: Uuid, owner: Uuid) {
     let crate::runlog::RunLog::Postgres(log) = &state.runlog else {
         return;
     };
@@ -316,72 +316,59 @@ pub async fn take_over_lost_runs(state: AppState) {
 async fn end_lost_run(state: &AppState, run_id: Uuid, logged: u64) {
     tracing::warn!(%run_id, logged, "taking over a run of a lost gateway");
     let wait = state.config.store_timeout;
-    // What clients can have seen: the stream has every frame the owner sent (the run log may
-    // lag behind it); without NATS, the run log is all there is.
-    let mut frames: Vec<(u64, bytes::Bytes)> = match state.runlog.replay(run_id, 0).await {
-        // The gap-free prefix of what was logged.
-        Ok(f) => f
-            .into_iter()
-            .map(|f| (logged_seq(&f), f))
-            .zip(1u64..)
-            .take_while(|((seq, _), want)| seq == want)
-            .map(|(frame, _)| frame)
-            .collect(),
-        Err(e) => {
-            tracing::warn!(%run_id, error = %crate::logfmt::chain(&e), "cannot read a lost run's log");
-            Vec::new()
-        }
-    };
-    if let Some(cluster) = state.cluster.as_ref().filter(|c| c.ready()) {
-        match stream_frames(cluster, run_id).await {
-            Ok(streamed) => {
-                for (seq, frame) in streamed {
-                    if seq == frames.len() as u64 + 1 {
-                        let record = crate::runlog::Record::Event {
-                            run_id,
-                            seq,
-                            frame: frame.clone(),
-                        };
-                        state.runlog.deliver(record, wait).await;
-                        frames.push((seq, frame));
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(%run_id, error = %e, "cannot read a lost run's stream: ending it after its logged frames");
-            }
-        }
-    }
-    let last = frames.last().map_or(0, |(seq, _)| *seq);
-    let partial: String = frames
-        .iter()
-        .filter_map(|(_, f)| serde_json::from_slice::<serde_json::Value>(f).ok())
-        .filter(|v| v["type"] == "llm_chunk")
-        .filter_map(|v| v["data"]["content"].as_str().map(str::to_owned))
-        .collect();
     let message = "the gateway serving this run stopped: the run cannot continue (its frames up to here are kept)";
-    let terminal = serde_json::json!({
-        "type": "flow_error",
-        "timestamp": super::protocol::now_ts(),
-        "data": {"error": message, "code": super::protocol::ErrorCode::GatewayLost.as_str(), "partial_output": partial},
-        "run_id": run_id.to_string(),
-        "seq": last + 1,
-    });
-    let terminal = bytes::Bytes::from(terminal.to_string());
-    if let Some(cluster) = state.cluster.as_ref() {
+    // What clients can have seen: the stream has every frame the owner sent (the run log may
+    // lag behind it); without NATS, the run log is all there is. A frozen owner's last frames
+    // can still reach NATS after we read it (they were in its socket buffer): then the
+    // terminal's `seq` is taken, and we read again and append after them (a few times).
+    let mut attempt = 0;
+    let (last, terminal) = loop {
+        attempt += 1;
+        let frames = frames_so_far(state, run_id).await;
+        let last = frames.last().map_or(0, |(seq, _)| *seq);
+        for (seq, frame) in frames.iter().filter(|(seq, _)| *seq > logged) {
+            let record = crate::runlog::Record::Event {
+                run_id,
+                seq: *seq,
+                frame: frame.clone(),
+            };
+            state.runlog.deliver(record, wait).await;
+        }
+        let partial: String = frames
+            .iter()
+            .filter_map(|(_, f)| serde_json::from_slice::<serde_json::Value>(f).ok())
+            .filter(|v| v["type"] == "llm_chunk")
+            .filter_map(|v| v["data"]["content"].as_str().map(str::to_owned))
+            .collect();
+        let terminal = serde_json::json!({
+            "type": "flow_error",
+            "timestamp": super::protocol::now_ts(),
+            "data": {"error": message, "code": super::protocol::ErrorCode::GatewayLost.as_str(), "partial_output": partial},
+            "run_id": run_id.to_string(),
+            "seq": last + 1,
+        });
+        let terminal = bytes::Bytes::from(terminal.to_string());
+        let Some(cluster) = state.cluster.as_ref() else {
+            break (last, terminal);
+        };
         match cluster
             .publish_now(run_id, last + 1, terminal.clone())
             .await
         {
-            Ok(true) => {}
+            Ok(true) => break (last, terminal),
+            Ok(false) if attempt < 5 => {
+                tracing::warn!(%run_id, seq = last + 1, "the stream got more frames of the lost run meanwhile: reading it again");
+            }
             Ok(false) => {
-                tracing::warn!(%run_id, seq = last + 1, "a frame with the terminal's seq is already in the stream: the owner may still be alive");
+                tracing::warn!(%run_id, seq = last + 1, "the lost run's stream keeps growing: its owner may be alive; ending it in the run log only");
+                break (last, terminal);
             }
             Err(e) => {
-                tracing::warn!(%run_id, error = %e, "cannot publish a lost run's terminal frame")
+                tracing::warn!(%run_id, error = %e, "cannot publish a lost run's terminal frame");
+                break (last, terminal);
             }
         }
-    }
+    };
     state
         .runlog
         .deliver(
@@ -409,6 +396,38 @@ async fn end_lost_run(state: &AppState, run_id: Uuid, logged: u64) {
     tracing::warn!(%run_id, last_seq = last, "took over a run of a lost gateway and ended it (gateway_lost)");
 }
 
+/// A run's frames from 1 on without a gap: the run log's, then what only the stream has.
+async fn frames_so_far(state: &AppState, run_id: Uuid) -> Vec<(u64, bytes::Bytes)> {
+    let mut frames: Vec<(u64, bytes::Bytes)> = match state.runlog.replay(run_id, 0).await {
+        Ok(f) => f
+            .into_iter()
+            .map(|f| (logged_seq(&f), f))
+            .zip(1u64..)
+            .take_while(|((seq, _), want)| seq == want)
+            .map(|(frame, _)| frame)
+            .collect(),
+        Err(e) => {
+            tracing::warn!(%run_id, error = %crate::logfmt::chain(&e), "cannot read a lost run's log");
+            Vec::new()
+        }
+    };
+    if let Some(cluster) = state.cluster.as_ref().filter(|c| c.ready()) {
+        match stream_frames(cluster, run_id, state.config.nats_timeout * 2).await {
+            Ok(streamed) => {
+                for (seq, frame) in streamed {
+                    if seq == frames.len() as u64 + 1 {
+                        frames.push((seq, frame));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%run_id, error = %e, "cannot read a lost run's stream: ending it after its logged frames");
+            }
+        }
+    }
+    frames
+}
+
 /// The `seq` of a stamped frame (0 when it has none).
 fn logged_seq(frame: &[u8]) -> u64 {
     #[derive(serde::Deserialize)]
@@ -422,6 +441,7 @@ fn logged_seq(frame: &[u8]) -> u64 {
 async fn stream_frames(
     cluster: &Cluster,
     run_id: Uuid,
+    within: Duration,
 ) -> Result<Vec<(u64, bytes::Bytes)>, crate::cluster::ClusterError> {
     let last = cluster.last_seq(run_id).await?;
     let mut out = Vec::new();
@@ -447,10 +467,7 @@ async fn stream_frames(
             }
         }
     };
-    if tokio::time::timeout(Duration::from_secs(10), read)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(within, read).await.is_err() {
         tracing::warn!(%run_id, last, "reading a lost run's stream timed out");
     }
     Ok(out)

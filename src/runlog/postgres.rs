@@ -427,6 +427,41 @@ impl PgRunLog {
             .collect()
     }
 
+    /// `run_id` is now the run of the `vercel` chat `chat_id` of `user_id`.
+    pub async fn set_chat_run(
+        &self,
+        user_id: &str,
+        chat_id: &str,
+        run_id: Uuid,
+    ) -> Result<(), RunLogError> {
+        let query = sqlx::query(
+            "INSERT INTO flowgate_chat (user_id, chat_id, run_id) VALUES ($1, $2, $3) \
+             ON CONFLICT (user_id, chat_id) DO UPDATE SET run_id = $3, started_at = now()",
+        )
+        .bind(user_id)
+        .bind(chat_id)
+        .bind(run_id)
+        .execute(&self.shared.pool);
+        bounded(self.shared.config.write_timeout, query)
+            .await
+            .map(|_| ())
+    }
+
+    /// The run the `vercel` chat `chat_id` of `user_id` started last.
+    pub async fn chat_run(
+        &self,
+        user_id: &str,
+        chat_id: &str,
+    ) -> Result<Option<Uuid>, RunLogError> {
+        let query = sqlx::query_scalar(
+            "SELECT run_id FROM flowgate_chat WHERE user_id = $1 AND chat_id = $2",
+        )
+        .bind(user_id)
+        .bind(chat_id)
+        .fetch_optional(&self.shared.pool);
+        bounded(self.shared.config.write_timeout, query).await
+    }
+
     /// Record that a client asked to cancel `run_id` (before its owner is asked).
     pub async fn request_cancel(&self, run_id: Uuid) -> Result<(), RunLogError> {
         let query = sqlx::query(
@@ -1064,6 +1099,10 @@ pub async fn prune(
                 .execute(&mut *tx)
                 .await?;
             sqlx::query("DELETE FROM flowgate_run WHERE run_id = ANY($1)")
+                .bind(&ids)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM flowgate_chat WHERE run_id = ANY($1)")
                 .bind(&ids)
                 .execute(&mut *tx)
                 .await?;

@@ -749,3 +749,86 @@ async fn a_cancel_the_owner_does_not_answer_ends_the_run_at_once(pool: PgPool) {
     drop((c, f));
     b.stop().await;
 }
+
+#[sqlx::test]
+async fn a_vercel_chat_resumes_and_stops_through_any_gateway(pool: PgPool) {
+    use eventsource_stream::Eventsource;
+    let nats = Nats::start().await;
+    let mut engine = EngineConfig::for_tests();
+    engine.llm_tokens = 200;
+    engine.llm_token_delay = Duration::from_millis(10);
+    let apps = gateways_with(pool, &nats, engine, 2, |c| {
+        c.dialects = vec![
+            flowgate::config::DialectId::Neuralabs,
+            flowgate::config::DialectId::Vercel,
+        ];
+        c.vercel_agent_id = Some("assistant".into());
+    })
+    .await;
+    let (a, b) = (&apps[0], &apps[1]);
+    let chat = |id: &str| json!({"id": id, "messages": [{"id": "m1", "role": "user", "parts": [{"type": "text", "text": "talk a while"}]}], "trigger": "submit-message"});
+    let post = |app: &TestApp, path: &str| {
+        http_client()
+            .post(app.http_url(path))
+            .bearer_auth(token("alice"))
+    };
+    // Started on A, the connection dropped, resumed on B: the whole message, then live.
+    let r = post(a, "/api/chat")
+        .json(&chat("chat-x"))
+        .send()
+        .await
+        .unwrap();
+    let run_id = r.headers()["x-flowgate-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut parts = r.bytes_stream().eventsource();
+    for _ in 0..10 {
+        parts.next().await.unwrap().unwrap();
+    }
+    drop(parts);
+    known(b, &run_id).await;
+    let r = http_client()
+        .get(b.http_url("/api/chat/chat-x/stream"))
+        .bearer_auth(token("alice"))
+        .send()
+        .await
+        .unwrap();
+    let events = sse_body(r).await;
+    let parts: Vec<Value> = events
+        .iter()
+        .filter(|e| e.data != "[DONE]")
+        .map(|e| serde_json::from_str(&e.data).unwrap())
+        .collect();
+    assert_eq!(parts[0]["type"], "start");
+    assert_eq!(parts.last().unwrap()["type"], "finish");
+    let text: String = parts
+        .iter()
+        .filter(|p| p["type"] == "text-delta")
+        .map(|p| p["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, a.run_text(&run_id).await);
+    // Started on A, stopped through B: A's stream ends with `abort`.
+    let r = post(a, "/api/chat")
+        .json(&chat("chat-y"))
+        .send()
+        .await
+        .unwrap();
+    let run_id = r.headers()["x-flowgate-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    known(b, &run_id).await;
+    let stopped = post(b, "/api/chat/chat-y/stop").send().await.unwrap();
+    assert_eq!(stopped.status(), 204);
+    let events = sse_body(r).await;
+    let last: Value = serde_json::from_str(&events[events.len() - 2].data).unwrap();
+    assert_eq!(last["type"], "abort", "{last}");
+    assert_eq!(
+        a.ended_run(&run_id).await.status,
+        flowgate::runlog::RunState::Cancelled
+    );
+    for app in apps {
+        app.stop().await;
+    }
+}
