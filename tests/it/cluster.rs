@@ -729,9 +729,10 @@ async fn a_cancel_the_owner_does_not_answer_ends_the_run_at_once(pool: PgPool) {
     let rest = f.collect_run().await;
     let end = rest.last().unwrap().clone();
     assert_eq!(end["data"]["code"], "gateway_lost", "{end}");
-    // The NATS timeout (2 s) and the takeover, not the minute-long lease.
+    // The NATS timeout (2 s) and the takeover, not the minute-long lease (with slack for a
+    // busy machine).
     assert!(
-        asked.elapsed() < Duration::from_secs(5),
+        asked.elapsed() < Duration::from_secs(8),
         "{:?}",
         asked.elapsed()
     );
