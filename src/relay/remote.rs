@@ -20,6 +20,7 @@ use uuid::Uuid;
 use super::context::AppState;
 use super::protocol::CloseCode;
 use super::registry::{AfterEnd, CancelReason, Frame, RunShared};
+use super::stream::frame_type;
 use super::turn::{self, OnDrop};
 use crate::cluster::{Ask, Cluster};
 use crate::runlog::RunInfo;
@@ -243,16 +244,6 @@ pub async fn cancel_remote(state: &AppState, cluster: &Cluster, run_id: Uuid, ow
             }
         }
     }
-}
-
-/// The `type` of a stamped frame.
-fn frame_type(text: &str) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Kind {
-        #[serde(rename = "type")]
-        kind: String,
-    }
-    serde_json::from_str::<Kind>(text).ok().map(|k| k.kind)
 }
 
 /// Answer another gateway's request about a run this gateway owns; `true` when done.

@@ -138,14 +138,17 @@ impl<E: StreamEncoder> Follower<E> {
 
 /// The `type` of a stamped frame.
 fn kind_of(frame: &Frame) -> Option<String> {
+    frame_type(frame.text.as_str())
+}
+
+/// The `type` of a stamped frame's text.
+pub fn frame_type(text: &str) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Kind {
         #[serde(rename = "type")]
         kind: String,
     }
-    serde_json::from_str::<Kind>(frame.text.as_str())
-        .ok()
-        .map(|k| k.kind)
+    serde_json::from_str::<Kind>(text).ok().map(|k| k.kind)
 }
 
 fn early_failure(frame: &Frame, kind: Option<&str>) -> EarlyFailure {

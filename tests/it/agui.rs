@@ -106,10 +106,7 @@ async fn a_run_streams_in_the_order_the_client_verifies() {
         .send()
         .await
         .unwrap();
-    let run_id = r.headers()["x-flowgate-run-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let run_id = run_id_header(&r);
     let events = checked(&sse_body(r).await);
     let first = &events[0];
     assert_eq!(first["threadId"], "t-91a0", "the client's ids are echoed");

@@ -132,6 +132,14 @@ async fn gateways_with(
     apps
 }
 
+/// Runs of ten seconds: still going whenever a test cancels or kills something.
+fn long_engine() -> EngineConfig {
+    let mut engine = EngineConfig::for_tests();
+    engine.llm_tokens = 1000;
+    engine.llm_token_delay = Duration::from_millis(10);
+    engine
+}
+
 fn slow_engine() -> EngineConfig {
     let mut engine = EngineConfig::for_tests();
     engine.llm_tokens = 120;
@@ -211,9 +219,7 @@ async fn a_run_resumed_on_another_gateway_continues_where_it_left_off(pool: PgPo
 #[sqlx::test]
 async fn a_cancel_from_a_third_gateway_stops_the_run_at_the_engine(pool: PgPool) {
     let nats = Nats::start().await;
-    let mut engine = EngineConfig::for_tests();
-    engine.llm_tokens = 1000;
-    engine.llm_token_delay = Duration::from_millis(10);
+    let engine = long_engine();
     let apps = gateways(pool, &nats, engine, 3).await;
     let (a, c3) = (&apps[0], &apps[2]);
     let mut owner_client = a.connect("assistant", "alice").await;
@@ -262,9 +268,7 @@ async fn a_cancel_from_a_third_gateway_stops_the_run_at_the_engine(pool: PgPool)
 #[sqlx::test]
 async fn without_nats_a_run_of_another_gateway_is_refused_clearly(pool: PgPool) {
     let nats = Nats::start().await;
-    let mut engine = EngineConfig::for_tests();
-    engine.llm_tokens = 1000;
-    engine.llm_token_delay = Duration::from_millis(10);
+    let engine = long_engine();
     let apps = gateways(pool, &nats, engine, 2).await;
     let (a, b) = (&apps[0], &apps[1]);
     let mut c = a.connect("assistant", "alice").await;
@@ -362,9 +366,7 @@ async fn owner_process_and_b(
     nats: &Nats,
     heartbeat: Duration,
 ) -> (TestApp, tokio::process::Child, Client) {
-    let mut engine = EngineConfig::for_tests();
-    engine.llm_tokens = 1000;
-    engine.llm_token_delay = Duration::from_millis(10);
+    let engine = long_engine();
     let flows = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("flows");
     flowgate::store::import::import_dir(pool, &flows)
         .await
@@ -779,10 +781,7 @@ async fn a_vercel_chat_resumes_and_stops_through_any_gateway(pool: PgPool) {
         .send()
         .await
         .unwrap();
-    let run_id = r.headers()["x-flowgate-run-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let run_id = run_id_header(&r);
     let mut parts = r.bytes_stream().eventsource();
     for _ in 0..10 {
         parts.next().await.unwrap().unwrap();
@@ -815,10 +814,7 @@ async fn a_vercel_chat_resumes_and_stops_through_any_gateway(pool: PgPool) {
         .send()
         .await
         .unwrap();
-    let run_id = r.headers()["x-flowgate-run-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let run_id = run_id_header(&r);
     known(b, &run_id).await;
     let stopped = post(b, "/api/chat/chat-y/stop").send().await.unwrap();
     assert_eq!(stopped.status(), 204);

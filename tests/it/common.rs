@@ -649,6 +649,14 @@ pub async fn sse_body(r: reqwest::Response) -> Vec<SseEvent> {
         .await
 }
 
+/// The `x-flowgate-run-id` header of an HTTP dialect's response.
+pub fn run_id_header(r: &reqwest::Response) -> String {
+    r.headers()["x-flowgate-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// A reqwest client for the HTTP dialects' tests (every call bounded).
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -691,10 +699,7 @@ pub async fn engine_ended_runs(app: &TestApp, n: usize) {
 pub async fn assert_closing_the_stream_cancels(app: &TestApp, r: reqwest::Response) {
     use eventsource_stream::Eventsource;
     use futures_util::StreamExt;
-    let run_id = r.headers()["x-flowgate-run-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let run_id = run_id_header(&r);
     let mut stream = r.bytes_stream().eventsource();
     for _ in 0..3 {
         stream.next().await.unwrap().unwrap();

@@ -61,10 +61,7 @@ fn content(chunks: &[Value]) -> String {
 async fn a_streamed_completion_then_the_same_answer_whole() {
     let app = spawn_app_with(EngineConfig::for_tests(), openai).await;
     let r = completion(&app, "alice", &ask(true)).send().await.unwrap();
-    let run_id = r.headers()["x-flowgate-run-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let run_id = run_id_header(&r);
     let events = sse_body(r).await;
     assert_eq!(events.last().unwrap().data, "[DONE]");
     let chunks = checked(&events);

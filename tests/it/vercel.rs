@@ -104,10 +104,7 @@ async fn a_chat_message_streams_as_strict_parts() {
         .await
         .unwrap();
     assert_eq!(r.headers()["x-vercel-ai-ui-message-stream"], "v1");
-    let run_id = r.headers()["x-flowgate-run-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let run_id = run_id_header(&r);
     let (parts, done) = checked(&sse_body(r).await);
     assert!(done, "[DONE] ends the stream");
     assert_eq!(parts[0]["type"], "start");
@@ -134,10 +131,7 @@ async fn a_dropped_connection_resumes_with_the_whole_message() {
         .send()
         .await
         .unwrap();
-    let run_id = r.headers()["x-flowgate-run-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let run_id = run_id_header(&r);
     let mut stream = r.bytes_stream().eventsource();
     let mut seen = 0;
     while seen < 12 {
@@ -184,10 +178,7 @@ async fn the_stop_route_cancels_the_run_and_one_run_per_chat() {
         .send()
         .await
         .unwrap();
-    let run_id = r.headers()["x-flowgate-run-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let run_id = run_id_header(&r);
     // A second message to the same chat while it runs: 409, in one readable sentence.
     let busy = post(&app, "alice", &body("chat-s", "and another"))
         .send()
