@@ -30,4 +30,5 @@ pub mod shutdown;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod workflow;

@@ -37,6 +37,7 @@ mod schema_check;
 mod security;
 mod slow_database;
 mod store;
+mod testca;
 mod vercel;
 mod workflow;
 

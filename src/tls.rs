@@ -1,0 +1,196 @@
+//! TLS for outbound connections (the engine hop's `wss://`, a hop's `wss://` upstream, the
+//! reference engine's `https://` model endpoint and `rest_api` calls): one rustls
+//! [`ClientConfig`] on aws-lc-rs, trusting the system's roots (Debian's `ca-certificates`, read
+//! by `rustls-native-certs`) plus, optionally, the certificates of one PEM file (a private CA).
+//!
+//! The insecure mode accepts any certificate; it exists for tests against a throwaway
+//! certificate and is named so in every flag that turns it on, and the caller logs a warning.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::ClientConfig;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+/// Why the TLS settings cannot be used. The text names the flag's file and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read the CA file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the CA file {path} is not PEM: {reason}")]
+    NotPem { path: PathBuf, reason: String },
+    #[error("the CA file {path} holds no certificate (expected `-----BEGIN CERTIFICATE-----`)")]
+    Empty { path: PathBuf },
+    #[error("a certificate in the CA file {path} is not usable as a root: {reason}")]
+    BadCert { path: PathBuf, reason: String },
+    #[error(
+        "no trusted root certificates: the system has none (install ca-certificates) and no CA \
+         file was given"
+    )]
+    NoRoots,
+}
+
+/// Where trust comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsTrust {
+    /// Extra trusted certificates (PEM), added to the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Accept any server certificate (tests only).
+    pub insecure_skip_verify: bool,
+}
+
+/// The client configuration for `trust`. Reads the system's roots and the CA file once: build it
+/// at startup and share it.
+pub fn client_config(trust: &TlsTrust) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("aws-lc-rs supports the default protocol versions");
+    let config = if trust.insecure_skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnything(provider)))
+            .with_no_client_auth()
+    } else {
+        builder
+            .with_root_certificates(roots(trust.ca_file.as_deref())?)
+            .with_no_client_auth()
+    };
+    Ok(Arc::new(config))
+}
+
+fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
+    let mut store = RootCertStore::empty();
+    // Unreadable system certificates are skipped (as every rustls user does); none at all is an
+    // error below unless a CA file is given.
+    let native = rustls_native_certs::load_native_certs();
+    store.add_parsable_certificates(native.certs);
+    if let Some(path) = ca_file {
+        for cert in read_pem(path)? {
+            store.add(cert).map_err(|e| TlsError::BadCert {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?;
+        }
+    }
+    if store.is_empty() {
+        return Err(TlsError::NoRoots);
+    }
+    Ok(store)
+}
+
+/// The certificates of a PEM file (other sections, such as keys, are ignored).
+fn read_pem(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::NotPem {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty {
+            path: path.to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The verifier of the insecure mode: every certificate is accepted, signatures are still
+/// checked (so the handshake is a real one).
+#[derive(Debug)]
+struct AcceptAnything(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnything {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_or_empty_ca_file_is_a_clear_error() {
+        let missing = TlsTrust {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            insecure_skip_verify: false,
+        };
+        let err = client_config(&missing).unwrap_err().to_string();
+        assert!(err.contains("cannot read the CA file /nonexistent/ca.pem"), "{err}");
+
+        let dir = std::env::temp_dir().join(format!("flowgate-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let err = client_config(&TlsTrust {
+            ca_file: Some(empty.clone()),
+            insecure_skip_verify: false,
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("holds no certificate"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn the_system_roots_load() {
+        // The machines have Debian's ca-certificates; without a CA file these are the roots.
+        client_config(&TlsTrust::default()).unwrap();
+        client_config(&TlsTrust {
+            ca_file: None,
+            insecure_skip_verify: true,
+        })
+        .unwrap();
+    }
+}
