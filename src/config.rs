@@ -63,12 +63,26 @@ pub struct GatewayConfig {
     pub flows_dir: Option<PathBuf>,
 
     /// Base URL of the execution engine; the gateway appends `/ws/execute/<flow_id>`.
+    /// `ws://`, or `wss://` for an engine on another host: its certificate is verified against
+    /// the system's roots and `--outbound-ca-file`.
     #[arg(
         long,
         env = "FLOWGATE_ENGINE_URL",
         default_value = "ws://127.0.0.1:8001"
     )]
     pub engine_url: String,
+
+    /// Extra trusted CA certificates (PEM) for the gateway's outbound TLS: a `wss://`
+    /// `--engine-url`, `wss://` hop upstreams, an `https://` `--hop-auth-url`. They are added to
+    /// the system's roots, which are always trusted.
+    #[arg(long, env = "FLOWGATE_OUTBOUND_CA_FILE", value_name = "PATH")]
+    pub outbound_ca_file: Option<PathBuf>,
+
+    /// FOR TESTS ONLY: accept any certificate on the gateway's outbound TLS (the engine, hop
+    /// upstreams, the auth service), which lets anyone on the path read and change the traffic.
+    /// A warning is logged at startup.
+    #[arg(long, env = "FLOWGATE_INSECURE_OUTBOUND_TLS_FOR_TESTS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub insecure_outbound_tls_for_tests: bool,
 
     /// Encoding of the flow definition sent to the engine (handshake frame 2): `yaml` for
     /// flowgate's engine, `json` for the original Python engine.
@@ -537,13 +551,17 @@ fn parse_hop(text: &str) -> Result<Hop, String> {
             "hop path `{path}` must be a plain path starting with /"
         ));
     }
-    if upstream.starts_with("wss://") {
+    let scheme_end = if upstream.starts_with("ws://") {
+        "ws://".len()
+    } else if upstream.starts_with("wss://") {
+        "wss://".len()
+    } else {
+        0
+    };
+    if scheme_end == 0 || upstream.len() <= scheme_end {
         return Err(format!(
-            "hop upstream `{upstream}`: wss:// is not supported yet; use ws:// on a private network"
+            "hop upstream `{upstream}` must be a ws:// or wss:// URL"
         ));
-    }
-    if !upstream.starts_with("ws://") || upstream.len() <= "ws://".len() {
-        return Err(format!("hop upstream `{upstream}` must be a ws:// URL"));
     }
     Ok(Hop {
         path: path.to_owned(),
@@ -592,6 +610,8 @@ impl GatewayConfig {
             database_url: None,
             flows_dir: None,
             engine_url: engine_url.into(),
+            outbound_ca_file: None,
+            insecure_outbound_tls_for_tests: false,
             engine_flow_format: FlowFormat::Yaml,
             auth: crate::auth::AuthConfig::hs256_for_tests("test-secret"),
             allow_query_token: true,
@@ -697,7 +717,17 @@ mod tests {
                 .unwrap_err()
                 .contains("starting with /")
         );
-        assert!(parse_hop("/a=wss://x").unwrap_err().contains("wss://"));
+        assert_eq!(parse_hop("/a=wss://x").unwrap().upstream, "wss://x");
+        assert!(
+            parse_hop("/a=wss://")
+                .unwrap_err()
+                .contains("ws:// or wss://")
+        );
+        assert!(
+            parse_hop("/a=https://x")
+                .unwrap_err()
+                .contains("ws:// or wss://")
+        );
         assert!(parse_hop("/a=http://x").unwrap_err().contains("ws:// URL"));
         assert_eq!(
             parse_http_url("http://auth:8700/api/v1/auth/validate").unwrap(),

@@ -85,6 +85,49 @@ fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
     Ok(store)
 }
 
+/// The rustls error somewhere in `err`'s chain (an I/O error's inner error included: that is
+/// how tokio-rustls reports a refused certificate).
+pub fn rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(r) = e.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            && let Some(r) = rustls_error(inner)
+        {
+            return Some(r);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// A sentence for a failed TLS handshake: what was wrong with the server's certificate, or the
+/// handshake's error.
+pub fn describe(err: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    match err {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer) => {
+            "its TLS certificate is not trusted: it is issued by an unknown CA".into()
+        }
+        rustls::Error::InvalidCertificate(C::NotValidForName)
+        | rustls::Error::InvalidCertificate(C::NotValidForNameContext { .. }) => {
+            "its TLS certificate is not valid for the host name in the URL".into()
+        }
+        rustls::Error::InvalidCertificate(C::Expired)
+        | rustls::Error::InvalidCertificate(C::ExpiredContext { .. }) => {
+            "its TLS certificate has expired".into()
+        }
+        rustls::Error::InvalidCertificate(other) => {
+            format!("its TLS certificate was refused ({other:?})")
+        }
+        other => format!("the TLS handshake failed: {other}"),
+    }
+}
+
 /// The certificates of a PEM file (other sections, such as keys, are ignored).
 fn read_pem(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     use rustls::pki_types::pem::PemObject;
@@ -167,7 +210,10 @@ mod tests {
             insecure_skip_verify: false,
         };
         let err = client_config(&missing).unwrap_err().to_string();
-        assert!(err.contains("cannot read the CA file /nonexistent/ca.pem"), "{err}");
+        assert!(
+            err.contains("cannot read the CA file /nonexistent/ca.pem"),
+            "{err}"
+        );
 
         let dir = std::env::temp_dir().join(format!("flowgate-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

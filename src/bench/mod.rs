@@ -1133,6 +1133,7 @@ async fn drive(
                 read_buffer_bytes: 2048,
                 write_buffer_bytes: 512,
                 close_timeout: Duration::from_millis(200),
+                tls: None,
             },
             engine_key: engine_key.clone(),
             flow: payload.flow.clone(),

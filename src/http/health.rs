@@ -50,29 +50,52 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     (status, Json(body))
 }
 
-/// A TCP connect to the engine's host and port, bounded by the engine connect timeout.
+/// A TCP connect to the engine's host and port, and for a `wss://` engine the TLS handshake
+/// (its certificate checked as a run's connection checks it), bounded by the engine connect
+/// timeout in all.
 async fn engine_reachable(state: &AppState) -> Result<(), String> {
     let url = &state.config.engine_url;
-    let rest = url
-        .strip_prefix("ws://")
-        .or_else(|| url.strip_prefix("wss://"))
-        .ok_or_else(|| format!("engine URL must start with ws:// or wss://: {url}"))?;
-    let hostport = rest.split('/').next().unwrap_or(rest);
-    let hostport = if hostport.contains(':') && !hostport.ends_with(']') {
-        hostport.to_owned()
-    } else if url.starts_with("wss://") {
-        format!("{hostport}:443")
-    } else {
-        format!("{hostport}:80")
+    let (tls, rest) = match (url.strip_prefix("wss://"), url.strip_prefix("ws://")) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        (None, None) => return Err(format!("engine URL must start with ws:// or wss://: {url}")),
     };
-    match tokio::time::timeout(
-        state.config.engine_connect_timeout,
-        tokio::net::TcpStream::connect(&hostport),
-    )
-    .await
-    {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(format!("cannot connect to {hostport}: {e}")),
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let (host, hostport) = match hostport.rsplit_once(':') {
+        Some((host, _)) if !hostport.ends_with(']') => (host, hostport.to_owned()),
+        _ => (
+            hostport,
+            format!("{hostport}:{}", if tls { 443 } else { 80 }),
+        ),
+    };
+    let probe = async {
+        let tcp = tokio::net::TcpStream::connect(&hostport)
+            .await
+            .map_err(|e| format!("cannot connect to {hostport}: {e}"))?;
+        if !tls {
+            return Ok(());
+        }
+        let config = state
+            .outbound_tls
+            .clone()
+            .ok_or("no TLS configuration for a wss:// engine")?;
+        let name =
+            rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+                .map_err(|_| format!("`{host}` is not a valid TLS server name"))?;
+        tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map(drop)
+            .map_err(|e| match crate::tls::rustls_error(&e) {
+                Some(tls) => format!(
+                    "TLS with {hostport} failed: {} (a private CA goes in --outbound-ca-file)",
+                    crate::tls::describe(tls)
+                ),
+                None => format!("TLS with {hostport} failed: {e}"),
+            })
+    };
+    match tokio::time::timeout(state.config.engine_connect_timeout, probe).await {
+        Ok(result) => result,
         Err(_) => Err(format!(
             "no connection to {hostport} within the connect timeout"
         )),

@@ -61,9 +61,11 @@ pub enum StartError {
     #[error("cannot open the agent store: {0}")]
     Store(#[from] crate::store::StoreError),
     #[error(
-        "--engine-url must be a ws:// URL (got `{0}`); TLS to the engine is not supported: keep the engine hop on a private network"
+        "--engine-url must be a ws:// or wss:// URL with a host, e.g. ws://127.0.0.1:8001 (got `{0}`)"
     )]
     EngineUrl(String),
+    #[error("cannot set up outbound TLS (--outbound-ca-file): {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("invalid client authentication settings: {0}")]
     Auth(String),
     #[error("cannot start the run log: {0}")]
@@ -95,9 +97,13 @@ impl Gateway {
 
     /// Bind with an already opened store (tests, demo).
     pub async fn with_store(config: GatewayConfig, store: Store) -> Result<Gateway, StartError> {
-        if !config.engine_url.starts_with("ws://") {
+        let engine_scheme_ends = ["ws://", "wss://"]
+            .iter()
+            .find_map(|p| config.engine_url.strip_prefix(p));
+        if engine_scheme_ends.is_none_or(|rest| rest.is_empty() || rest.starts_with('/')) {
             return Err(StartError::EngineUrl(config.engine_url.clone()));
         }
+        let outbound_tls = outbound_tls(&config)?;
         check_dialects(&config)?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -204,11 +210,8 @@ impl Gateway {
             citizen_sessions: Arc::new(crate::relay::dialect::citizen::Sessions::new(citizen_ttl)),
             vercel_chats: Arc::default(),
             cluster,
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .map_err(|e| StartError::Http(e.to_string()))?,
+            http: http_client(outbound_tls.as_deref())?,
+            outbound_tls,
         };
         Ok(Gateway {
             listener,
@@ -694,4 +697,43 @@ pub fn next_steps(config: &GatewayConfig, addr: SocketAddr) -> String {
         "  Health:     http://{admin}/readyz   Metrics: http://{admin}/metrics   Ctrl-C stops it."
     ));
     out
+}
+
+/// The outbound TLS client configuration, built once when anything outbound may use TLS: a
+/// `wss://` engine or hop upstream, an `https://` auth service, or a CA file to check.
+fn outbound_tls(config: &GatewayConfig) -> Result<Option<Arc<rustls::ClientConfig>>, StartError> {
+    let needed = config.engine_url.starts_with("wss://")
+        || config.hops.iter().any(|h| h.upstream.starts_with("wss://"))
+        || config
+            .hop_auth_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"))
+        || config.outbound_ca_file.is_some()
+        || config.insecure_outbound_tls_for_tests;
+    if !needed {
+        return Ok(None);
+    }
+    if config.insecure_outbound_tls_for_tests {
+        tracing::warn!(
+            "--insecure-outbound-tls-for-tests is on: the certificates of the engine, hop \
+             upstreams and the auth service are NOT checked; never use this outside a test"
+        );
+    }
+    let trust = crate::tls::TlsTrust {
+        ca_file: config.outbound_ca_file.clone(),
+        insecure_skip_verify: config.insecure_outbound_tls_for_tests,
+    };
+    Ok(Some(crate::tls::client_config(&trust)?))
+}
+
+/// Outbound HTTP (the hops' auth-service check): no proxy from the environment, no redirects,
+/// each call bounded by its caller; TLS with the outbound configuration when there is one.
+fn http_client(tls: Option<&rustls::ClientConfig>) -> Result<reqwest::Client, StartError> {
+    let mut builder = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(tls) = tls {
+        builder = builder.tls_backend_preconfigured(tls.clone());
+    }
+    builder.build().map_err(|e| StartError::Http(e.to_string()))
 }

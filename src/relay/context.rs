@@ -47,6 +47,9 @@ pub struct AppState {
     /// The other gateways (NATS JetStream), when `--nats-url` is set.
     pub cluster: Option<crate::cluster::Cluster>,
     /// Outbound HTTP (the hops' auth-service check): no proxy from the environment, no
-    /// redirects, each call bounded by its caller.
+    /// redirects, each call bounded by its caller, TLS as `outbound_tls`.
     pub http: reqwest::Client,
+    /// TLS for `wss://` engine and hop upstream connections (system roots plus
+    /// `--outbound-ca-file`); `None` when nothing outbound is configured with TLS.
+    pub outbound_tls: Option<Arc<rustls::ClientConfig>>,
 }

@@ -91,6 +91,8 @@ pub struct EngineTarget {
     pub write_buffer_bytes: usize,
     /// How long a close waits for the engine's reply (`--engine-close-timeout`).
     pub close_timeout: Duration,
+    /// TLS for a `wss://` URL (`None`: tungstenite's default, the system's roots).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// The four payloads the gateway sends in the handshake.
@@ -135,7 +137,9 @@ pub async fn open(
     config.read_buffer_size = target.read_buffer_bytes;
     config.write_buffer_size = target.write_buffer_bytes;
     config.max_write_buffer_size = target.write_buffer_bytes.max(target.max_frame_bytes) * 2;
-    let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+    let connector = target.tls.clone().map(tokio_tungstenite::Connector::Rustls);
+    let connect =
+        tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, connector);
     let (mut socket, _) = match tokio::time::timeout(target.connect_timeout, connect).await {
         Err(_) => {
             return Err(EngineError::Unavailable(format!(
@@ -198,6 +202,12 @@ pub async fn close(mut socket: EngineSocket, code: crate::close::CloseCode, wait
 fn describe_ws_error(e: WsError) -> EngineError {
     if let WsError::Http(resp) = &e {
         return EngineError::Unavailable(format!("the engine answered HTTP {}", resp.status()));
+    }
+    if let Some(tls) = crate::tls::rustls_error(&e) {
+        return EngineError::Unavailable(format!(
+            "{} (a private CA goes in --outbound-ca-file)",
+            crate::tls::describe(tls)
+        ));
     }
     EngineError::Unreachable(e)
 }

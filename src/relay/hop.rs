@@ -236,7 +236,15 @@ async fn connect(
     let attempt = |request| {
         tokio::time::timeout_at(
             deadline,
-            tokio_tungstenite::connect_async_with_config(request, Some(config), true),
+            tokio_tungstenite::connect_async_tls_with_config(
+                request,
+                Some(config),
+                true,
+                state
+                    .outbound_tls
+                    .clone()
+                    .map(tokio_tungstenite::Connector::Rustls),
+            ),
         )
     };
     let mut result = attempt(request.clone()).await;
@@ -271,9 +279,13 @@ async fn connect(
             },
             s => Refusal::unavailable(format!("the upstream answered HTTP {s}")),
         }),
-        Ok(Err(e)) => Err(Refusal::unavailable(format!(
-            "the upstream is unreachable: {e}"
-        ))),
+        Ok(Err(e)) => Err(Refusal::unavailable(match crate::tls::rustls_error(&e) {
+            Some(tls) => format!(
+                "the upstream is not usable: {} (a private CA goes in --outbound-ca-file)",
+                crate::tls::describe(tls)
+            ),
+            None => format!("the upstream is unreachable: {e}"),
+        })),
         Ok(Ok((socket, response))) => {
             let chosen = response
                 .headers()

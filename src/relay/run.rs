@@ -310,6 +310,7 @@ pub async fn execute(state: AppState, spec: RunSpec, shared: Arc<RunShared>) {
             read_buffer_bytes: config.ws_read_buffer_bytes,
             write_buffer_bytes: config.ws_write_buffer_bytes,
             close_timeout: config.engine_close_timeout,
+            tls: state.outbound_tls.clone(),
         };
         let flow_id = em.run_id.to_string();
         let opened = cancel

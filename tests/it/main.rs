@@ -29,6 +29,7 @@ mod omni2;
 mod openai;
 mod ops;
 mod outage;
+mod outbound_tls;
 mod page;
 mod readme;
 mod runlog;
