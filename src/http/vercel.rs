@@ -87,39 +87,49 @@ pub async fn chat(State(state): State<AppState>, headers: HeaderMap, body: Bytes
         conversation_history: Some(request.history),
         ..RunRequest::default()
     };
-    // One run per chat: the check and the start are one step for the chat registry.
+    let busy = || {
+        refuse(
+            "conflict",
+            format!(
+                "chat `{chat}` has a run in progress: resume it (GET /api/chat/{chat}/stream) or stop it (POST /api/chat/{chat}/stop)"
+            ),
+        )
+    };
+    // One run per chat across the gateways: the shared run log records the chat's run before
+    // it starts, in one statement that refuses while the chat's last run is going; then any
+    // gateway can resume or stop it.
+    let run_id = uuid::Uuid::new_v4();
+    if let crate::runlog::RunLog::Postgres(log) = &state.runlog {
+        let pending = state.config.heartbeat_interval * 6;
+        match log.claim_chat(&user, &chat, run_id, pending).await {
+            Ok(true) => {}
+            Ok(false) => return busy(),
+            Err(e) => tracing::warn!(
+                error = %crate::logfmt::chain(&e),
+                "cannot record the chat's run: only this gateway can resume it or see it busy"
+            ),
+        }
+    }
+    // And on this gateway the check and the start are one step for the chat registry.
     let runs = state.runs.clone();
     let started = state.vercel_chats.start_if_idle(
         &user,
         &chat,
         |run_id| runs.get(run_id).is_some_and(|r| !r.is_finished()),
         || {
-            let attached = turn::start(
+            let attached = turn::start_as(
                 &state,
                 identity,
-                agent_id.clone(),
-                run,
+                (run_id, agent_id.clone(), run),
                 crate::relay::trace::TraceContext::new_root().child_header(),
                 OnDrop::Policy,
             );
-            let run_id = attached.shared.run_id;
             (attached, run_id)
         },
     );
     let Ok(attached) = started else {
-        return refuse(
-            "conflict",
-            format!(
-                "chat `{chat}` has a run in progress: resume it (GET /api/chat/{chat}/stream) or stop it (POST /api/chat/{chat}/stop)"
-            ),
-        );
+        return busy();
     };
-    // Any gateway can resume or stop the chat's run (the shared run log knows it).
-    if let crate::runlog::RunLog::Postgres(log) = &state.runlog
-        && let Err(e) = log.set_chat_run(&user, &chat, attached.shared.run_id).await
-    {
-        tracing::warn!(error = %crate::logfmt::chain(&e), "cannot record the chat's run: only this gateway can resume it");
-    }
     let encoder = UiParts::new(attached.shared.run_id, agent_id);
     let mut follower = Follower::new(attached, encoder, state.config.client_batch);
     match follower.started().await {

@@ -128,7 +128,18 @@ pub fn start(
     traceparent: String,
     on_drop: OnDrop,
 ) -> Attached {
-    let run_id = Uuid::new_v4();
+    let run = (Uuid::new_v4(), agent_id, request);
+    start_as(state, identity, run, traceparent, on_drop)
+}
+
+/// [`start`] with a run id chosen by the caller (recorded elsewhere before the run starts).
+pub fn start_as(
+    state: &AppState,
+    identity: Identity,
+    (run_id, agent_id, request): (Uuid, String, RunRequest),
+    traceparent: String,
+    on_drop: OnDrop,
+) -> Attached {
     let shared = state.runs.create(
         run_id,
         identity.user_id.clone(),

@@ -427,24 +427,34 @@ impl PgRunLog {
             .collect()
     }
 
-    /// `run_id` is now the run of the `vercel` chat `chat_id` of `user_id`.
-    pub async fn set_chat_run(
+    /// Make `run_id` the run of the `vercel` chat `chat_id` of `user_id`, unless the chat's
+    /// current run is still going: `false` then. One statement, so two gateways asked at once
+    /// cannot both win. A run is going while its row says `running`, or, before its row is
+    /// written, for `pending` after the chat was claimed for it.
+    pub async fn claim_chat(
         &self,
         user_id: &str,
         chat_id: &str,
         run_id: Uuid,
-    ) -> Result<(), RunLogError> {
-        let query = sqlx::query(
+        pending: Duration,
+    ) -> Result<bool, RunLogError> {
+        let query = sqlx::query_scalar::<_, Uuid>(
             "INSERT INTO flowgate_chat (user_id, chat_id, run_id) VALUES ($1, $2, $3) \
-             ON CONFLICT (user_id, chat_id) DO UPDATE SET run_id = $3, started_at = now()",
+             ON CONFLICT (user_id, chat_id) DO UPDATE SET run_id = $3, started_at = now() \
+             WHERE NOT EXISTS (SELECT 1 FROM flowgate_run r \
+                               WHERE r.run_id = flowgate_chat.run_id AND r.status = 'running') \
+               AND (EXISTS (SELECT 1 FROM flowgate_run r WHERE r.run_id = flowgate_chat.run_id) \
+                    OR flowgate_chat.started_at < now() - make_interval(secs => $4)) \
+             RETURNING run_id",
         )
         .bind(user_id)
         .bind(chat_id)
         .bind(run_id)
-        .execute(&self.shared.pool);
+        .bind(pending.as_secs_f64())
+        .fetch_optional(&self.shared.pool);
         bounded(self.shared.config.write_timeout, query)
             .await
-            .map(|_| ())
+            .map(|claimed| claimed.is_some())
     }
 
     /// The run the `vercel` chat `chat_id` of `user_id` started last.

@@ -816,6 +816,16 @@ async fn a_vercel_chat_resumes_and_stops_through_any_gateway(pool: PgPool) {
         .unwrap();
     let run_id = run_id_header(&r);
     known(b, &run_id).await;
+    // One run per chat across the gateways: a second message through B is refused while A's
+    // run goes on (and through A as well).
+    for app in [b, a] {
+        let second = post(app, "/api/chat")
+            .json(&chat("chat-y"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(second.status(), 409, "{}", second.text().await.unwrap());
+    }
     let stopped = post(b, "/api/chat/chat-y/stop").send().await.unwrap();
     assert_eq!(stopped.status(), 204);
     let events = sse_body(r).await;
@@ -825,6 +835,15 @@ async fn a_vercel_chat_resumes_and_stops_through_any_gateway(pool: PgPool) {
         a.ended_run(&run_id).await.status,
         flowgate::runlog::RunState::Cancelled
     );
+    // The run has ended: the chat takes the next message, through either gateway.
+    let next = post(b, "/api/chat")
+        .json(&chat("chat-y"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(next.status(), 200);
+    let events = sse_body(next).await;
+    assert_eq!(events.last().unwrap().data, "[DONE]");
     for app in apps {
         app.stop().await;
     }
