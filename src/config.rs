@@ -707,7 +707,7 @@ mod tests {
     }
 
     #[test]
-    fn a_hop_is_a_plain_path_and_a_ws_upstream() {
+    fn a_hop_is_a_plain_path_and_a_ws_or_wss_upstream() {
         let hop = parse_hop("/ws/chat=ws://traefik:8090/ws/chat").unwrap();
         assert_eq!(hop.path, "/ws/chat");
         assert_eq!(hop.upstream, "ws://traefik:8090/ws/chat");
@@ -728,7 +728,11 @@ mod tests {
                 .unwrap_err()
                 .contains("ws:// or wss://")
         );
-        assert!(parse_hop("/a=http://x").unwrap_err().contains("ws:// URL"));
+        assert!(
+            parse_hop("/a=http://x")
+                .unwrap_err()
+                .contains("ws:// or wss:// URL")
+        );
         assert_eq!(
             parse_http_url("http://auth:8700/api/v1/auth/validate").unwrap(),
             "http://auth:8700/api/v1/auth/validate"

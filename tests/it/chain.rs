@@ -473,8 +473,8 @@ async fn assistant_run_has_the_exact_event_order() {
 }
 
 #[tokio::test]
-async fn a_non_ws_engine_url_is_refused_at_startup_with_a_clear_error() {
-    for url in ["wss://engine:8001", "http://engine:8001", "engine:8001"] {
+async fn an_engine_url_not_ws_or_wss_is_refused_at_startup_with_a_clear_error() {
+    for url in ["http://engine:8001", "engine:8001", "wss://", "ws:///ws"] {
         let config = flowgate::config::GatewayConfig::for_tests(url);
         let store = flowgate::store::Store::Files(flowgate::store::files::FilesStore::embedded());
         let err = flowgate::http::Gateway::with_store(config, store)
@@ -482,7 +482,8 @@ async fn a_non_ws_engine_url_is_refused_at_startup_with_a_clear_error() {
             .err()
             .expect("refused");
         assert!(
-            err.to_string().contains("--engine-url must be a ws:// URL"),
+            err.to_string()
+                .contains("--engine-url must be a ws:// or wss:// URL with a host"),
             "{err}"
         );
     }
