@@ -99,10 +99,24 @@ pub(super) fn tls_problem(error: &reqwest::Error) -> Option<TlsProblem> {
     chain(error).find_map(|e| {
         let e = e.downcast_ref::<rustls::Error>()?;
         Some(match e {
-            rustls::Error::InvalidCertificate(c) => TlsProblem::Certificate(c.to_string()),
+            rustls::Error::InvalidCertificate(c) => TlsProblem::Certificate(certificate_text(c)),
             other => TlsProblem::Other(other.to_string()),
         })
     })
+}
+
+/// Why a certificate was refused, in words (rustls prints some reasons as bare names).
+fn certificate_text(error: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as C;
+    match error {
+        C::UnknownIssuer => "it is signed by an unknown certificate authority".into(),
+        C::BadSignature => "its signature does not verify".into(),
+        C::Expired => "it has expired".into(),
+        C::NotValidYet => "it is not valid yet".into(),
+        C::NotValidForName => "it is not valid for the host name".into(),
+        C::Revoked => "it has been revoked".into(),
+        other => other.to_string(),
+    }
 }
 
 /// The innermost cause of `error` (`Connection refused (os error 111)` rather than reqwest's
