@@ -216,3 +216,35 @@ async fn a_bad_ca_file_stops_the_engine_at_startup_naming_the_flag() {
         assert!(err.contains(path.to_str().unwrap()), "{err}");
     }
 }
+
+#[tokio::test]
+async fn a_rest_api_response_over_the_size_cap_is_an_element_error() {
+    let big = "x".repeat(4096);
+    let app = axum::Router::new().route(
+        "/big",
+        axum::routing::get(move || {
+            let big = big.clone();
+            async move { big }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (ca, ca_file) = ca_with_file("cap");
+    let tls = tls_proxy(ca.server_config(&["127.0.0.1", "localhost"]), backend).await;
+    let allowed = format!("127.0.0.1:{}", tls.port());
+    let engine = spawn_engine(EngineConfig {
+        rest_allow_hosts: vec![allowed.clone()],
+        rest_max_response_bytes: 1024,
+        ca_file: Some(ca_file),
+        ..EngineConfig::for_tests()
+    })
+    .await;
+    let flow = rest_flow(json!({"url": format!("https://{allowed}/big")}));
+    let events = run_to_end(&engine, &flow, &json!({})).await;
+    let error = api_result(&events).unwrap_err();
+    assert_eq!(
+        error,
+        "REST API call failed: the response is larger than 1024 bytes"
+    );
+}
