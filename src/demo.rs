@@ -77,12 +77,15 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     let engine = match Engine::build(engine_config).await {
         Ok(e) => e,
         Err(e) => {
-            let why = crate::startup::listen_failed(
-                "the demo's engine",
-                args.engine_listen,
-                &e,
-                "--engine-listen (FLOWGATE_ENGINE_LISTEN)",
-            );
+            let why = match e {
+                crate::engine::BuildError::Listen(e) => crate::startup::listen_failed(
+                    "the demo's engine",
+                    args.engine_listen,
+                    &e,
+                    "--engine-listen (FLOWGATE_ENGINE_LISTEN)",
+                ),
+                other => other.to_string(),
+            };
             eprintln!("flowgate demo: {why}");
             return ExitCode::from(1);
         }

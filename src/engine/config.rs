@@ -1,15 +1,17 @@
 //! Configuration of the reference engine (`flowgate engine`).
 //!
 //! LLM endpoint: by default `llm_text` uses the offline scripted model (`--llm-tokens`,
-//! `--llm-token-delay`). With `--llm-base-url http://host:port/v1` it streams from an
-//! OpenAI-compatible `POST {base}/chat/completions` instead (see [`super::openai`]); plain
-//! `http://` only, an `https://` URL is refused at startup because this build has no TLS (put a
-//! local proxy in front of a TLS endpoint). The API key is never a flag: `--llm-api-key-env` names
-//! the environment variable that holds it, read once when the flags are parsed, and the key is
-//! kept in a [`Secret`] that never prints.
+//! `--llm-token-delay`). With `--llm-base-url https://host/v1` (or `http://`) it streams from an
+//! OpenAI-compatible `POST {base}/chat/completions` instead (see [`super::openai`]). The API key
+//! is never a flag: `--llm-api-key-env` names the environment variable that holds it, read once
+//! when the flags are parsed, and the key is kept in a [`Secret`] that never prints.
+//!
+//! Outbound `https://` (the endpoint, `rest_api`) trusts the system's roots plus `--ca-file`;
+//! the file is read when the engine starts ([`super::outbound`]), and an unusable one stops it.
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset};
@@ -77,9 +79,10 @@ fn api_key_env(name: &str) -> Result<ApiKeyEnv, String> {
 /// [`EngineConfig`]. The default (no `base_url`) keeps the scripted model.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LlmEndpointConfig {
-    /// OpenAI-compatible endpoint for `llm_text` (e.g. `http://127.0.0.1:8080/v1`; the engine
-    /// posts to `{base}/chat/completions` with `stream: true`). Plain `http://` only: this build
-    /// has no TLS, an `https://` URL is refused at startup. Unset: the scripted model is used.
+    /// OpenAI-compatible endpoint for `llm_text` (e.g. `https://api.openai.com/v1` or
+    /// `http://127.0.0.1:8080/v1`; the engine posts to `{base}/chat/completions` with
+    /// `stream: true`). `https://` certificates are checked against the system's roots and
+    /// `--ca-file`. Unset: the scripted model is used.
     #[arg(long = "llm-base-url", value_name = "URL", env = "FLOWGATE_ENGINE_LLM_BASE_URL", value_parser = super::target::base_url)]
     pub base_url: Option<String>,
 
@@ -100,8 +103,9 @@ pub struct LlmEndpointConfig {
     #[arg(skip)]
     pub api_key: Option<Secret>,
 
-    /// Bound of each wait on the LLM endpoint: connecting, the first byte of the response, and
-    /// the gap between two pieces of the stream. Exceeding it is an element error.
+    /// Bound of each wait on the LLM endpoint: connecting (TCP and TLS), the response header
+    /// (at most twice this from the start of the request), and the gap between two pieces of
+    /// the stream. Exceeding it is an element error.
     #[arg(long = "llm-timeout", env = "FLOWGATE_ENGINE_LLM_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 
@@ -109,8 +113,8 @@ pub struct LlmEndpointConfig {
     #[arg(long = "llm-max-output-bytes", env = "FLOWGATE_ENGINE_LLM_MAX_OUTPUT_BYTES", default_value_t = 1024 * 1024)]
     pub max_output_bytes: usize,
 
-    /// Longest line (bytes) read from the endpoint: the response header, each stream line and
-    /// an error body; longer is an element error.
+    /// Longest line (bytes) read from the endpoint: the response header (all of it), each
+    /// stream line and an error body; longer is an element error.
     #[arg(long = "llm-max-line-bytes", env = "FLOWGATE_ENGINE_LLM_MAX_LINE_BYTES", default_value_t = 64 * 1024)]
     pub max_line_bytes: usize,
 }
@@ -236,8 +240,9 @@ pub struct EngineConfig {
     #[arg(long, env = "FLOWGATE_ENGINE_FIXED_TIME", value_parser = rfc3339)]
     pub fixed_time: Option<DateTime<FixedOffset>>,
 
-    /// Hosts (`host:port`, comma separated; a bare `host` means port 80 only) that `rest_api`
-    /// elements may call over plain `http://`. Empty (the default) blocks every call.
+    /// Hosts (`host:port`, comma separated) that `rest_api` elements may call over `http://` or
+    /// `https://`; a bare `host` means the URL's default port only (80 for `http://`, 443 for
+    /// `https://`). Redirects are never followed. Empty (the default) blocks every call.
     #[arg(long, env = "FLOWGATE_ENGINE_REST_ALLOW_HOSTS", value_delimiter = ',')]
     pub rest_allow_hosts: Vec<String>,
 
@@ -249,6 +254,10 @@ pub struct EngineConfig {
     /// error.
     #[arg(long, env = "FLOWGATE_ENGINE_REST_MAX_RESPONSE_BYTES", default_value_t = 1024 * 1024)]
     pub rest_max_response_bytes: usize,
+
+    /// Extra trusted CA certificates (PEM) for outbound https:// (the model endpoint, rest_api).
+    #[arg(long = "ca-file", value_name = "PATH", env = "FLOWGATE_ENGINE_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl EngineConfig {
@@ -277,6 +286,7 @@ impl EngineConfig {
             rest_allow_hosts: Vec::new(),
             rest_timeout: Duration::from_secs(10),
             rest_max_response_bytes: 1024 * 1024,
+            ca_file: None,
         }
     }
 }
@@ -293,18 +303,25 @@ mod tests {
     }
 
     #[test]
-    fn endpoint_defaults_match_the_flag_defaults_and_https_is_refused() {
+    fn endpoint_defaults_match_the_flag_defaults_and_https_is_accepted() {
         let parsed = Cli::try_parse_from(["engine"]).unwrap().llm;
         let default = LlmEndpointConfig::default();
         assert_eq!(parsed.api_key_env.name(), default.api_key_env.name());
         assert_eq!(parsed.timeout, default.timeout);
         assert_eq!(parsed.max_output_bytes, default.max_output_bytes);
         assert_eq!(parsed.max_line_bytes, default.max_line_bytes);
-        let err = Cli::try_parse_from(["engine", "--llm-base-url", "https://api.example.com/v1"])
+        let https = Cli::try_parse_from(["engine", "--llm-base-url", "https://api.example.com/v1"])
+            .expect("https is accepted")
+            .llm;
+        assert_eq!(
+            https.base_url.as_deref(),
+            Some("https://api.example.com/v1")
+        );
+        let err = Cli::try_parse_from(["engine", "--llm-base-url", "https://u:p@h/v1"])
             .err()
-            .expect("https is refused")
+            .expect("user info is refused")
             .to_string();
-        assert!(err.contains("no TLS"), "{err}");
+        assert!(err.contains("no usable host"), "{err}");
         let with_key = ApiKeyEnv {
             name: "K".into(),
             key: Some(Secret::new("sk-live-123")),

@@ -598,7 +598,7 @@ async fn stream_endpoint(
 ) -> Result<String, Failure> {
     let element_error = |e: openai::LlmError| Failure::Element(e.to_string());
     let mut stream = tokio::select! {
-        opened = openai::open(&env.config.llm_endpoint, request) => {
+        opened = openai::open(&env.http.llm, &env.config.llm_endpoint, request) => {
             opened.map_err(element_error)?
         }
         _ = emitter.wait_cancelled() => return Err(Failure::Cancelled),

@@ -4,22 +4,24 @@
 //! as YAML or JSON) and the socket loop (`server`), the flow model (`flow`), the depth-first
 //! executor of section 4 (`executor`), what an element sees of its run (`run`), the element
 //! library (`elements`, `rest`), the scripted streaming LLM (`llm`), the OpenAI-compatible
-//! streaming client used with `--llm-base-url` (`openai`), the plain `http://` URLs both clients
-//! and the flags accept (`target`), the engine's counters (`stats`) and the fault modes tests use
-//! (`fault`). This file is the entry point ([`Engine`], [`serve`]) and re-exports, nothing else.
-//! Used by tests, benchmarks, the demo and the compose stack.
+//! streaming client used with `--llm-base-url` (`openai`), the shared reqwest clients both use
+//! and how their errors read (`outbound`), the `http://`/`https://` URLs they and the flags
+//! accept (`target`), the engine's counters (`stats`) and the fault modes tests use (`fault`).
+//! This file is the entry point ([`Engine`], [`serve`]) and re-exports, nothing else. Used by
+//! tests, benchmarks, the demo and the compose stack.
 //!
 //! Dependencies point one way, from the entry point down to the leaves (tests/it/layout.rs
 //! checks that the files form no cycle):
 //!
 //! ```text
-//! mod      -> server, config, fault, stats
-//! server   -> executor, run, flow, config, fault, stats
+//! mod      -> server, outbound, config, fault, stats
+//! server   -> executor, run, flow, outbound, config, fault, stats
 //! executor -> elements, run, flow, stats
 //! elements -> rest, openai, llm, run, flow
-//! rest     -> target, run, llm, flow
-//! openai   -> target, config
-//! run      -> config
+//! rest     -> target, outbound, run, llm, flow
+//! openai   -> target, outbound, config
+//! run      -> outbound, config
+//! outbound -> config (and crate::tls)
 //! config   -> target, fault
 //! leaves: flow, llm, target, fault, stats
 //! ```
@@ -35,6 +37,7 @@ pub mod fault;
 pub mod flow;
 pub mod llm;
 pub mod openai;
+pub mod outbound;
 pub mod rest;
 pub mod run;
 pub mod server;
@@ -43,6 +46,7 @@ pub mod target;
 
 pub use config::EngineConfig;
 pub use fault::Fault;
+pub use outbound::{Outbound, OutboundError};
 pub use stats::EngineStats;
 
 use std::net::SocketAddr;
@@ -51,20 +55,37 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Why an engine could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The outbound clients (`--ca-file`).
+    #[error(transparent)]
+    Outbound(#[from] OutboundError),
+    /// Binding `--listen`.
+    #[error("cannot listen: {0}")]
+    Listen(#[source] std::io::Error),
+}
+
 /// A bound, not yet serving engine. `build` binds; `run` serves until `shutdown` is cancelled.
 pub struct Engine {
     listener: tokio::net::TcpListener,
     config: EngineConfig,
+    http: Outbound,
     stats: Arc<EngineStats>,
 }
 
 impl Engine {
-    /// Bind the listener (use port 0 in tests) without serving yet.
-    pub async fn build(config: EngineConfig) -> std::io::Result<Engine> {
-        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    /// Build the outbound clients (reading `--ca-file`) and bind the listener (use port 0 in
+    /// tests) without serving yet.
+    pub async fn build(config: EngineConfig) -> Result<Engine, BuildError> {
+        let http = Outbound::new(&config)?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(BuildError::Listen)?;
         Ok(Engine {
             listener,
             config,
+            http,
             stats: Arc::default(),
         })
     }
@@ -88,6 +109,7 @@ impl Engine {
         let tracker = TaskTracker::new();
         let state = server::AppState {
             config: Arc::new(self.config),
+            http: self.http,
             stats: self.stats,
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
@@ -123,8 +145,14 @@ pub async fn serve(config: EngineConfig) -> Result<(), String> {
              gateway), or listen on 127.0.0.1 with --listen (FLOWGATE_ENGINE_LISTEN)"
         ));
     }
-    let engine = Engine::build(config).await.map_err(|e| {
-        crate::startup::listen_failed("the engine", addr, &e, "--listen (FLOWGATE_ENGINE_LISTEN)")
+    let engine = Engine::build(config).await.map_err(|e| match e {
+        BuildError::Listen(e) => crate::startup::listen_failed(
+            "the engine",
+            addr,
+            &e,
+            "--listen (FLOWGATE_ENGINE_LISTEN)",
+        ),
+        other => other.to_string(),
     })?;
     tracing::info!(addr = %engine.local_addr(), "engine listening");
     let shutdown = CancellationToken::new();

@@ -1,14 +1,16 @@
 //! The OpenAI-compatible streaming client behind `llm_text` when `--llm-base-url` is set.
 //!
-//! One request per element: `POST {base}/chat/completions` over plain `http://` HTTP/1.1
-//! (written by hand over a `TcpStream`, like [`super::rest`]; `Connection: close`), with
-//! `Authorization: Bearer <key>` when a key is configured and the JSON body
-//! `{model, messages: [{role: "user", content: <rendered prompt>}], temperature, max_tokens,
-//! stream: true}`. There is no TLS in this build: an `https://` base URL is refused when the
-//! flags are parsed ([`super::target::base_url`]) and again here.
+//! One request per element, made with the engine's shared reqwest client
+//! ([`super::outbound::Outbound::llm`]): `POST {base}/chat/completions` over `https://` or
+//! `http://` (HTTP/1.1), with `Authorization: Bearer <key>` (a sensitive header: never shown in
+//! logs or debug output) when a key is configured and the JSON body `{model, messages: [{role:
+//! "user", content: <rendered prompt>}], temperature, max_tokens, stream: true}`. The endpoint's
+//! certificate must be trusted by the system's roots or `--ca-file`; an untrusted one is its own
+//! error ([`LlmError::Certificate`]) naming the flag. Redirects are not followed (a 3xx is a
+//! status error) and no proxy variable is read.
 //!
-//! The response is a `text/event-stream` (content-length, chunked or close-delimited body):
-//! every `data: {json}` line with a non-empty `choices[0].delta.content` is one chunk, in order;
+//! The response is a `text/event-stream` (any body framing: reqwest decodes it): every
+//! `data: {json}` line with a non-empty `choices[0].delta.content` is one chunk, in order;
 //! `data: [DONE]` ends the stream, and a body that ends before it is an error. Each `data:` line
 //! is one JSON object (the OpenAI convention; multi-line SSE `data` fields are not joined);
 //! comments, `event:`/`id:`/`retry:` lines and chunks without content are skipped, and a
@@ -17,40 +19,43 @@
 //! ignored `stream`) is read whole and its `choices[0].message.content` is one chunk.
 //!
 //! Failures are [`LlmError`]s whose text is the user's element error: a non-2xx status gives
-//! `LLM request failed: <status> <reason>: <error.message of the JSON body>`; connecting, the
-//! first response byte and every later read are each bounded by `--llm-timeout`; the header,
-//! each stream line and an error body by `--llm-max-line-bytes`; the streamed text by
-//! `--llm-max-output-bytes`. Dropping a [`ChatStream`] closes the connection at once, which is
-//! how a cancelled run stops the endpoint's generation. The key is never logged.
+//! `LLM request failed: <status> <reason>: <error.message of the JSON body>`. Connecting (TCP and
+//! TLS) is bounded by `--llm-timeout` (the client's connect timeout), the whole wait for the
+//! response header by twice that, and every later read by `--llm-timeout`; the header, each
+//! stream line and an error body by `--llm-max-line-bytes`; the streamed text by
+//! `--llm-max-output-bytes`. Dropping a [`ChatStream`] drops the response, and with it the
+//! connection (an unfinished body is never put back in the pool), which is how a cancelled run
+//! stops the endpoint's generation. The key is never logged.
 
 use std::time::Duration;
 
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::config::LlmEndpointConfig;
+use super::outbound::{TlsProblem, head_bytes, root_cause, tls_problem};
 use super::target::{Target, parse_base};
 
 /// Longest piece of a body quoted in an error message (characters).
 const QUOTE_CHARS: usize = 200;
-
-/// Size of one socket read.
-const READ_CHUNK: usize = 8 * 1024;
 
 /// Why a request to the LLM endpoint failed. The `Display` text is the element error.
 #[derive(Debug, thiserror::Error)]
 pub enum LlmError {
     #[error("LLM endpoint '{url}' is not usable: {reason}")]
     BadUrl { url: String, reason: String },
-    #[error("LLM request failed: cannot connect to {addr}: {source}")]
-    Connect {
-        addr: String,
-        source: std::io::Error,
-    },
+    #[error("LLM request failed: cannot connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
     #[error("LLM request failed: no connection to {addr} within {timeout:?} (--llm-timeout)")]
     ConnectTimeout { addr: String, timeout: Duration },
-    #[error("LLM request failed: the API key contains a line break")]
+    #[error(
+        "LLM request failed: the endpoint's TLS certificate is not trusted ({reason}); give its \
+         CA with --ca-file"
+    )]
+    Certificate { addr: String, reason: String },
+    #[error("LLM request failed: TLS with {addr} failed: {reason}")]
+    Tls { addr: String, reason: String },
+    #[error("LLM request failed: the API key is not a valid header value (a line break?)")]
     BadKey,
     #[error("LLM request failed: {0}")]
     Io(String),
@@ -88,36 +93,10 @@ pub struct ChatRequest<'a> {
     pub max_tokens: u64,
 }
 
-/// How the response body is delimited.
-#[derive(Debug)]
-enum Framing {
-    /// `Content-Length`: bytes still to come.
-    Length(usize),
-    /// `Transfer-Encoding: chunked`.
-    Chunked(ChunkState),
-    /// Until the server closes the connection.
-    Close,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum ChunkState {
-    /// Expecting a chunk-size line.
-    Size,
-    /// Inside a chunk, this many bytes left.
-    Data(usize),
-    /// Expecting the CRLF after a chunk's data.
-    DataEnd,
-    /// The last (zero) chunk was read.
-    Done,
-}
-
 /// An open streaming response; [`ChatStream::next_chunk`] yields the deltas in order.
 pub struct ChatStream {
-    stream: TcpStream,
-    /// Raw bytes read from the socket, not yet decoded from the body framing.
-    raw: Vec<u8>,
-    framing: Framing,
-    /// Decoded body bytes not yet split into lines.
+    response: reqwest::Response,
+    /// Body bytes not yet split into lines.
     lines: Vec<u8>,
     /// A non-streaming `application/json` answer.
     whole_json: bool,
@@ -128,10 +107,6 @@ pub struct ChatStream {
     max_output: usize,
 }
 
-fn io_error(what: &str, e: std::io::Error) -> LlmError {
-    LlmError::Io(format!("{what}: {e}"))
-}
-
 fn quote(text: &str) -> String {
     let text = text.trim();
     match text.char_indices().nth(QUOTE_CHARS) {
@@ -140,30 +115,44 @@ fn quote(text: &str) -> String {
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+/// Why sending the request (up to the response header) failed.
+fn send_error(addr: &str, timeout: Duration, e: &reqwest::Error) -> LlmError {
+    let addr = addr.to_owned();
+    match tls_problem(e) {
+        Some(TlsProblem::Certificate(reason)) => return LlmError::Certificate { addr, reason },
+        Some(TlsProblem::Other(reason)) => return LlmError::Tls { addr, reason },
+        None => {}
+    }
+    if e.is_connect() && e.is_timeout() {
+        LlmError::ConnectTimeout { addr, timeout }
+    } else if e.is_connect() {
+        LlmError::Connect {
+            addr,
+            reason: root_cause(e),
+        }
+    } else if e.is_timeout() {
+        LlmError::FirstByteTimeout(timeout)
+    } else {
+        LlmError::Io(format!("the request to {addr} failed: {}", root_cause(e)))
+    }
 }
 
 /// Send the request and read the response header. A non-2xx status is an error carrying the
 /// API's message.
 pub async fn open(
+    client: &reqwest::Client,
     config: &LlmEndpointConfig,
     request: &ChatRequest<'_>,
 ) -> Result<ChatStream, LlmError> {
     let base = config.base_url.as_deref().unwrap_or_default();
     let target = check_base(base)?;
-    let addr = format!("{}:{}", target.host, target.port);
+    let addr = target.authority();
+    let mut url = target.url.clone();
+    url.set_path(&format!(
+        "{}/chat/completions",
+        target.url.path().trim_end_matches('/')
+    ));
     let timeout = config.timeout;
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr.as_str()))
-        .await
-        .map_err(|_| LlmError::ConnectTimeout {
-            addr: addr.clone(),
-            timeout,
-        })?
-        .map_err(|source| LlmError::Connect {
-            addr: addr.clone(),
-            source,
-        })?;
     let body = json!({
         "model": request.model,
         "messages": [{"role": "user", "content": request.prompt}],
@@ -172,29 +161,26 @@ pub async fn open(
         "stream": true,
     })
     .to_string();
-    let path = format!("{}/chat/completions", target.path.trim_end_matches('/'));
-    let mut head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-         User-Agent: flowgate-engine\r\nAccept: text/event-stream\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+    let mut builder = client
+        .post(url.clone())
+        .header(ACCEPT, "text/event-stream")
+        .header(CONTENT_TYPE, "application/json")
+        .body(body);
     if let Some(key) = config.key() {
-        if key.expose().contains(['\r', '\n']) {
-            return Err(LlmError::BadKey);
-        }
-        head.push_str("Authorization: Bearer ");
-        head.push_str(key.expose());
-        head.push_str("\r\n");
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+            .map_err(|_| LlmError::BadKey)?;
+        value.set_sensitive(true);
+        builder = builder.header(AUTHORIZATION, value);
     }
-    head.push_str("\r\n");
-    let mut bytes = head.into_bytes();
-    bytes.extend_from_slice(body.as_bytes());
-    tracing::debug!(%addr, path, model = request.model, "LLM request");
+    tracing::debug!(%addr, path = url.path(), model = request.model, "LLM request");
+    // Connecting is bounded by the client's connect timeout (`--llm-timeout`); this bounds the
+    // whole wait for the response header.
+    let response = tokio::time::timeout(timeout.saturating_mul(2), builder.send())
+        .await
+        .map_err(|_| LlmError::FirstByteTimeout(timeout))?
+        .map_err(|e| send_error(&addr, timeout, &e))?;
     let mut chat = ChatStream {
-        stream,
-        raw: Vec::new(),
-        framing: Framing::Close,
+        response,
         lines: Vec::new(),
         whole_json: false,
         done: false,
@@ -203,92 +189,21 @@ pub async fn open(
         max_line: config.max_line_bytes.max(1),
         max_output: config.max_output_bytes,
     };
-    tokio::time::timeout(timeout, chat.stream.write_all(&bytes))
-        .await
-        .map_err(|_| LlmError::Io(format!("sending the request took longer than {timeout:?}")))?
-        .map_err(|e| io_error("sending the request failed", e))?;
-    chat.read_head().await?;
+    chat.check_head().await?;
     Ok(chat)
 }
 
 impl ChatStream {
-    /// Read more raw bytes; `Ok(0)` at end of stream. `first` picks the time-to-first-byte error.
-    async fn fill(&mut self, first: bool) -> Result<usize, LlmError> {
-        let mut buf = [0u8; READ_CHUNK];
-        let n = tokio::time::timeout(self.timeout, self.stream.read(&mut buf))
-            .await
-            .map_err(|_| {
-                if first {
-                    LlmError::FirstByteTimeout(self.timeout)
-                } else {
-                    LlmError::GapTimeout(self.timeout)
-                }
-            })?
-            .map_err(|e| io_error("reading the response failed", e))?;
-        self.raw.extend_from_slice(&buf[..n]);
-        Ok(n)
-    }
-
-    async fn read_head(&mut self) -> Result<(), LlmError> {
-        let end = loop {
-            if let Some(i) = find(&self.raw, b"\r\n\r\n") {
-                break i;
-            }
-            if self.raw.len() > self.max_line {
-                return Err(LlmError::LineTooLong(self.max_line));
-            }
-            let first = self.raw.is_empty();
-            if self.fill(first).await? == 0 {
-                return Err(LlmError::Io(
-                    "the endpoint closed the connection without a response".into(),
-                ));
-            }
-        };
-        let head = String::from_utf8_lossy(&self.raw[..end]).into_owned();
-        self.raw.drain(..end + 4);
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or_default();
-        let mut parts = status_line.splitn(3, ' ');
-        let code: u16 = match (parts.next(), parts.next().and_then(|c| c.parse().ok())) {
-            (Some(v), Some(code)) if v.starts_with("HTTP/1.") => code,
-            _ => {
-                return Err(LlmError::Malformed(format!(
-                    "'{}' is not an HTTP status line",
-                    quote(status_line)
-                )));
-            }
-        };
-        let reason = parts.next().unwrap_or_default().trim();
-        let mut length = None;
-        let mut chunked = false;
-        let mut content_type = String::new();
-        for line in lines {
-            let Some((name, value)) = line.split_once(':') else {
-                continue;
-            };
-            let value = value.trim();
-            match name.trim().to_ascii_lowercase().as_str() {
-                "content-length" => {
-                    length = Some(value.parse::<usize>().map_err(|_| {
-                        LlmError::Malformed(format!("bad Content-Length '{}'", quote(value)))
-                    })?);
-                }
-                "transfer-encoding" => chunked = value.to_ascii_lowercase().contains("chunked"),
-                "content-type" => content_type = value.to_ascii_lowercase(),
-                _ => {}
-            }
+    async fn check_head(&mut self) -> Result<(), LlmError> {
+        if head_bytes(&self.response) > self.max_line {
+            return Err(LlmError::LineTooLong(self.max_line));
         }
-        self.framing = match (chunked, length) {
-            (true, _) => Framing::Chunked(ChunkState::Size),
-            (false, Some(n)) => Framing::Length(n),
-            (false, None) => Framing::Close,
+        let code = self.response.status();
+        let status = match code.canonical_reason() {
+            Some(reason) => format!("{} {reason}", code.as_u16()),
+            None => code.as_u16().to_string(),
         };
-        let status = if reason.is_empty() {
-            code.to_string()
-        } else {
-            format!("{code} {reason}")
-        };
-        if !(200..300).contains(&code) {
+        if !code.is_success() {
             let body = self.read_all(self.max_line, true).await.unwrap_or_default();
             let text = String::from_utf8_lossy(&body);
             let message = serde_json::from_str::<Value>(&text)
@@ -301,6 +216,12 @@ impl ChatStream {
                 LlmError::Status { status, message }
             });
         }
+        let content_type = self
+            .response
+            .headers()
+            .get(CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase())
+            .unwrap_or_default();
         self.whole_json = content_type.starts_with("application/json");
         let sse = content_type.is_empty() || content_type.starts_with("text/event-stream");
         if !self.whole_json && !sse {
@@ -312,83 +233,18 @@ impl ChatStream {
         Ok(())
     }
 
-    /// The next piece of the decoded body, `None` at its end.
-    async fn body_bytes(&mut self) -> Result<Option<Vec<u8>>, LlmError> {
-        loop {
-            match self.framing {
-                Framing::Length(0) | Framing::Chunked(ChunkState::Done) => return Ok(None),
-                Framing::Length(left) => {
-                    if self.raw.is_empty() && self.fill(false).await? == 0 {
-                        return Err(LlmError::Malformed(
-                            "the body ended before its Content-Length".into(),
-                        ));
-                    }
-                    let n = left.min(self.raw.len());
-                    self.framing = Framing::Length(left - n);
-                    return Ok(Some(self.raw.drain(..n).collect()));
+    /// The next piece of the body, `None` at its end; each wait bounded by `--llm-timeout`.
+    async fn body_bytes(&mut self) -> Result<Option<bytes::Bytes>, LlmError> {
+        tokio::time::timeout(self.timeout, self.response.chunk())
+            .await
+            .map_err(|_| LlmError::GapTimeout(self.timeout))?
+            .map_err(|e| {
+                if e.is_timeout() {
+                    LlmError::GapTimeout(self.timeout)
+                } else {
+                    LlmError::Io(format!("reading the response failed: {}", root_cause(&e)))
                 }
-                Framing::Close => {
-                    if self.raw.is_empty() && self.fill(false).await? == 0 {
-                        return Ok(None);
-                    }
-                    return Ok(Some(std::mem::take(&mut self.raw)));
-                }
-                Framing::Chunked(ChunkState::Size) => {
-                    let Some(end) = find(&self.raw, b"\r\n") else {
-                        if self.raw.len() > self.max_line {
-                            return Err(LlmError::LineTooLong(self.max_line));
-                        }
-                        self.fill_or_truncated().await?;
-                        continue;
-                    };
-                    let line = String::from_utf8_lossy(&self.raw[..end]).into_owned();
-                    let size_text = line.split(';').next().unwrap_or_default().trim();
-                    let size = usize::from_str_radix(size_text, 16).map_err(|_| {
-                        LlmError::Malformed(format!("bad chunk size '{}'", quote(&line)))
-                    })?;
-                    self.raw.drain(..end + 2);
-                    self.framing = Framing::Chunked(if size == 0 {
-                        ChunkState::Done
-                    } else {
-                        ChunkState::Data(size)
-                    });
-                }
-                Framing::Chunked(ChunkState::Data(left)) => {
-                    if self.raw.is_empty() {
-                        self.fill_or_truncated().await?;
-                    }
-                    let n = left.min(self.raw.len());
-                    self.framing = Framing::Chunked(if n == left {
-                        ChunkState::DataEnd
-                    } else {
-                        ChunkState::Data(left - n)
-                    });
-                    return Ok(Some(self.raw.drain(..n).collect()));
-                }
-                Framing::Chunked(ChunkState::DataEnd) => {
-                    if self.raw.len() < 2 {
-                        self.fill_or_truncated().await?;
-                        continue;
-                    }
-                    if &self.raw[..2] != b"\r\n" {
-                        return Err(LlmError::Malformed(
-                            "a chunk is longer than its size".into(),
-                        ));
-                    }
-                    self.raw.drain(..2);
-                    self.framing = Framing::Chunked(ChunkState::Size);
-                }
-            }
-        }
-    }
-
-    async fn fill_or_truncated(&mut self) -> Result<(), LlmError> {
-        if self.fill(false).await? == 0 {
-            return Err(LlmError::Malformed(
-                "the connection closed inside a chunk".into(),
-            ));
-        }
-        Ok(())
+            })
     }
 
     /// The rest of the body, at most `limit` bytes: more is an error, or with `truncate` the

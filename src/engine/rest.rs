@@ -1,86 +1,110 @@
-//! The `rest_api` element: one plain `http://` HTTP/1.1 request to an allowed host.
+//! The `rest_api` element: one `http://` or `https://` request to an allowed host.
 //!
 //! Calls are an SSRF risk, so they are off unless `--rest-allow-hosts` lists the URL's
-//! `host:port` (a bare `host` is port 80 only); anything else, a URL with spaces or control
-//! characters (request injection), and every `https://` URL, is an element error. The request is
-//! written by hand over a `TcpStream` (`Connection: close`), bounded by `--rest-timeout` (the
-//! element's `timeout` parameter, in seconds, can only shorten it) and
-//! `--rest-max-response-bytes`. Parameters: `url`, `method` (GET), `headers` (object), `body`
-//! (or the `body` input); inputs named in `query` are not supported. Events: `api_request`,
-//! `api_response` or `api_error`. Outputs: `response` (JSON when it parses, else text),
-//! `status_code`.
+//! `host:port` (a bare `host` is the scheme's default port only: 80 for `http://`, 443 for
+//! `https://`); anything else, and a URL with spaces or control characters (request injection),
+//! is an element error. The host and port checked are those of the parsed URL that is requested
+//! ([`super::target`]). Redirects are never followed: a 3xx is the element's response
+//! (`status_code` 302 and its body), so a redirect cannot lead to a host outside the list
+//! (following one only after checking its target would be as safe today, but one check in one
+//! place is easier to keep right). No proxy variable is read.
+//!
+//! The request goes through the engine's shared reqwest client
+//! ([`super::outbound::Outbound::rest`]); `https://` certificates are checked against the
+//! system's roots and `--ca-file`. The whole call is bounded by `--rest-timeout` (the element's
+//! `timeout` parameter, in seconds, can only shorten it) and `--rest-max-response-bytes`
+//! (header and body). Parameters: `url`, `method` (GET), `headers` (object; `Host`,
+//! `Content-Length` and `Transfer-Encoding` are the client's own and refused, as is a name or
+//! value that is not a valid header), `body` (or the `body` input); inputs named in `query` are
+//! not supported. Events: `api_request`, `api_response` or `api_error`. Outputs: `response`
+//! (JSON when it parses, else text), `status_code`.
 
 use std::time::Duration;
 
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::flow::Node;
 use super::llm::text_of;
+use super::outbound::{TlsProblem, head_bytes, root_cause, tls_problem};
 use super::run::{Emitter, Failure, Outcome, RunEnv};
 use super::target::{Target, parse_url};
 
+/// Headers the client sets itself; an element may not (routing and body framing).
+const RESERVED_HEADERS: &[&str] = &["host", "content-length", "transfer-encoding"];
+
 /// Is the target in `--rest-allow-hosts`? Entries are `host:port`; an entry without a port
-/// allows port 80 only (never every port of the host).
+/// allows the URL scheme's default port only (80 or 443, never every port of the host).
 fn allowed(allow: &[String], t: &Target) -> bool {
-    let with_port = format!("{}:{}", t.host, t.port);
+    let with_port = t.authority();
     allow
         .iter()
         .map(|a| a.trim().to_ascii_lowercase())
-        .any(|a| a == with_port || (t.port == 80 && a == t.host))
+        .any(|a| a == with_port || (t.port == t.default_port() && a == t.host))
 }
 
-fn decode_chunked(mut body: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = body.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&body[..line_end]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        body = &body[line_end + 2..];
-        if size == 0 {
-            return Some(out);
+/// Why sending the request failed, as the element error's tail.
+fn send_error(t: &Target, e: &reqwest::Error) -> String {
+    let addr = t.authority();
+    match tls_problem(e) {
+        Some(TlsProblem::Certificate(reason)) => format!(
+            "the TLS certificate of {addr} is not trusted ({reason}); give its CA with --ca-file"
+        ),
+        Some(TlsProblem::Other(reason)) => format!("TLS with {addr} failed: {reason}"),
+        None if e.is_connect() => format!("cannot connect to {addr}: {}", root_cause(e)),
+        None => format!("the request to {addr} failed: {}", root_cause(e)),
+    }
+}
+
+/// Send the request and read the response, at most `limit` bytes of header and body.
+async fn exchange(
+    request: reqwest::RequestBuilder,
+    t: &Target,
+    limit: usize,
+) -> Result<(u16, Vec<u8>), String> {
+    let too_large = || format!("the response is larger than {limit} bytes");
+    let mut response = request.send().await.map_err(|e| send_error(t, &e))?;
+    let status = response.status().as_u16();
+    let room = limit
+        .checked_sub(head_bytes(&response))
+        .ok_or_else(too_large)?;
+    if response.content_length().is_some_and(|n| n > room as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(piece) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("reading the response failed: {}", root_cause(&e)))?
+    {
+        if body.len() + piece.len() > room {
+            return Err(too_large());
         }
-        out.extend_from_slice(body.get(..size)?);
-        body = body.get(size + 2..)?;
-    }
-}
-
-async fn exchange(t: &Target, request: Vec<u8>, limit: usize) -> Result<(u16, Vec<u8>), String> {
-    let mut stream = tokio::net::TcpStream::connect((t.host.as_str(), t.port))
-        .await
-        .map_err(|e| format!("cannot connect to {}:{}: {e}", t.host, t.port))?;
-    stream
-        .write_all(&request)
-        .await
-        .map_err(|e| format!("sending the request failed: {e}"))?;
-    let mut raw = Vec::new();
-    (&mut stream)
-        .take(limit as u64 + 1)
-        .read_to_end(&mut raw)
-        .await
-        .map_err(|e| format!("reading the response failed: {e}"))?;
-    if raw.len() > limit {
-        return Err(format!("the response is larger than {limit} bytes"));
-    }
-    let head_end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("the response has no complete header")?;
-    let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or("the response has no status code")?;
-    let mut body = raw[head_end + 4..].to_vec();
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    if chunked {
-        body = decode_chunked(&body).ok_or("the chunked response body is malformed")?;
+        body.extend_from_slice(&piece);
     }
     Ok((status, body))
+}
+
+/// The element's `headers` parameter as request headers.
+fn headers(node: &Node) -> Result<HeaderMap, String> {
+    let mut map = HeaderMap::new();
+    let Some(Value::Object(headers)) = node.parameters.get("headers") else {
+        return Ok(map);
+    };
+    for (name, value) in headers {
+        let value = text_of(value);
+        if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            return Err(format!("header '{name}' is set by the engine"));
+        }
+        let invalid = || format!("header '{name}' is not valid");
+        if name.contains(['\r', '\n', ':']) || value.contains(['\r', '\n']) {
+            return Err(invalid());
+        }
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid())?;
+        let value = HeaderValue::from_str(&value).map_err(|_| invalid())?;
+        map.append(name, value);
+    }
+    Ok(map)
 }
 
 /// Run a `rest_api` element.
@@ -145,31 +169,20 @@ async fn prepare_and_send(
     if !method.chars().all(|c| c.is_ascii_uppercase()) || method.is_empty() {
         return Err(format!("'{method}' is not an HTTP method"));
     }
+    let method = reqwest::Method::from_bytes(method.as_bytes())
+        .map_err(|_| format!("'{method}' is not an HTTP method"))?;
     let body = inputs
         .get("body")
         .or_else(|| node.parameters.get("body"))
         .filter(|v| !v.is_null())
         .map(text_of);
-    let mut request = format!(
-        "{method} {} HTTP/1.1\r\nHost: {}:{}\r\nConnection: close\r\nUser-Agent: flowgate-engine\r\n",
-        target.path, target.host, target.port
-    );
-    if let Some(Value::Object(headers)) = node.parameters.get("headers") {
-        for (name, value) in headers {
-            let value = text_of(value);
-            if name.contains(['\r', '\n', ':']) || value.contains(['\r', '\n']) {
-                return Err(format!("header '{name}' is not valid"));
-            }
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-    }
-    if let Some(body) = &body {
-        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    request.push_str("\r\n");
-    let mut bytes = request.into_bytes();
+    let mut request = env
+        .http
+        .rest
+        .request(method, target.url.clone())
+        .headers(headers(node)?);
     if let Some(body) = body {
-        bytes.extend_from_slice(body.as_bytes());
+        request = request.body(body);
     }
     let mut limit = env.config.rest_timeout;
     if let Some(secs) = node.parameters.get("timeout").and_then(Value::as_f64)
@@ -178,7 +191,7 @@ async fn prepare_and_send(
         limit = limit.min(Duration::from_secs_f64(secs));
     }
     let max = env.config.rest_max_response_bytes;
-    tokio::time::timeout(limit, exchange(&target, bytes, max))
+    tokio::time::timeout(limit, exchange(request, &target, max))
         .await
         .map_err(|_| format!("no response within {limit:?}"))?
 }
@@ -191,25 +204,56 @@ mod tests {
     fn urls_parse_and_only_listed_hosts_are_allowed() {
         let t = parse_url("http://Example.com:8080/a?b=1").unwrap();
         assert_eq!(
-            (t.host.as_str(), t.port, t.path.as_str()),
-            ("example.com", 8080, "/a?b=1")
+            (t.host.as_str(), t.port, t.url.path(), t.url.query()),
+            ("example.com", 8080, "/a", Some("b=1"))
         );
-        // An entry without a port is port 80 only, never every port of the host.
+        // An entry without a port is the scheme's default port only, never every port.
         assert!(!allowed(&["example.com".into()], &t));
         assert!(allowed(&["example.com:8080".into()], &t));
         assert!(!allowed(&["example.com:80".into()], &t));
         assert!(!allowed(&[], &t));
         let t80 = parse_url("http://example.com/a").unwrap();
         assert!(allowed(&["example.com".into()], &t80));
-        assert!(parse_url("https://example.com/").is_err());
         assert!(parse_url("http://user@host/").is_err());
+        assert!(parse_url("ftp://example.com/").is_err());
     }
 
     #[test]
-    fn chunked_bodies_decode() {
-        assert_eq!(
-            decode_chunked(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(),
-            b"abcde"
-        );
+    fn a_bare_host_is_port_443_for_https_and_80_for_http() {
+        let tls = parse_url("https://example.com/a").unwrap();
+        assert_eq!(tls.port, 443);
+        assert!(allowed(&["example.com".into()], &tls));
+        assert!(allowed(&["example.com:443".into()], &tls));
+        assert!(!allowed(&["example.com:80".into()], &tls));
+        // Port 443 over plain http is not the bare entry's port, nor 80 over https.
+        let plain_443 = parse_url("http://example.com:443/").unwrap();
+        assert!(!allowed(&["example.com".into()], &plain_443));
+        let tls_80 = parse_url("https://example.com:80/").unwrap();
+        assert!(!allowed(&["example.com".into()], &tls_80));
+    }
+
+    #[test]
+    fn header_injection_and_framing_headers_are_refused() {
+        let node = |headers: Value| Node {
+            id: "api".into(),
+            type_name: "rest_api".into(),
+            kind: Some("rest_api"),
+            name: "API".into(),
+            processing_message: None,
+            parameters: json!({"headers": headers}).as_object().unwrap().clone(),
+            input_schema: Map::new(),
+            output_schema: Map::new(),
+        };
+        assert!(headers(&node(json!({"X-Ok": "1"}))).is_ok());
+        for bad in [
+            json!({"X-A": "1\r\nX-Injected: 2"}),
+            json!({"X-A\r\nX-B": "1"}),
+            json!({"X A": "1"}),
+            json!({"Host": "internal"}),
+            json!({"content-length": "0"}),
+            json!({"Transfer-Encoding": "chunked"}),
+        ] {
+            assert!(headers(&node(bad.clone())).is_err(), "{bad} accepted");
+        }
     }
 }

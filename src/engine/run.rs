@@ -2,7 +2,7 @@
 //! cancellation), the run's environment ([`RunEnv`]), how an element ends ([`Outcome`] with an
 //! optional branch [`Route`], or a [`Failure`]) and why a run stops ([`Stop`]).
 //!
-//! Below the executor and the elements (it needs only `config`): the executor drives elements
+//! Below the executor and the elements (it needs only `config` and `outbound`): the executor drives elements
 //! through these types, and the elements (`elements`, `rest`) see these, never the executor. The
 //! server builds each run's `Emitter` and `RunEnv`.
 
@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::config::EngineConfig;
+use super::outbound::Outbound;
 
 /// Why a run stopped early.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -101,6 +102,8 @@ impl Emitter {
 #[derive(Debug, Clone)]
 pub struct RunEnv {
     pub config: Arc<EngineConfig>,
+    /// The engine's outbound HTTP clients (the LLM endpoint, `rest_api`).
+    pub http: Outbound,
     /// The `run` object of the config frame (`run_id`, `agent_id`, `user_id`, `version`), or empty.
     pub run: Map<String, Value>,
 }

@@ -28,6 +28,7 @@ use super::config::EngineConfig;
 use super::executor::Executor;
 use super::fault::Fault;
 use super::flow::Flow;
+use super::outbound::Outbound;
 use super::run::{Emitter, RunEnv, epoch_secs};
 use super::stats::EngineStats;
 use crate::close::CloseCode;
@@ -36,6 +37,8 @@ use crate::close::CloseCode;
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<EngineConfig>,
+    /// The outbound HTTP clients, built once at startup and shared by every run.
+    pub http: Outbound,
     pub stats: Arc<EngineStats>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
@@ -364,6 +367,7 @@ async fn session(socket: WebSocket, flow_id: String, state: AppState) {
     );
     let env = RunEnv {
         config: state.config.clone(),
+        http: state.http.clone(),
         run,
     };
     stream_run(conn, flow, initial, env, fault, &flow_id, &state).await;

@@ -134,6 +134,27 @@ async fn a_busy_port_names_the_address_and_the_flag_for_gateway_and_engine() {
 }
 
 #[tokio::test]
+async fn an_unusable_ca_file_stops_the_engine_in_one_line_naming_the_flag() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("first-contact-ca-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, "not a certificate\n").unwrap();
+    let ca_file = ca_file.to_str().unwrap();
+    let out = run_bin(
+        &["engine", "--listen", "127.0.0.1:0", "--ca-file", ca_file],
+        &[],
+    )
+    .await;
+    let line = assert_one_plain_line(&out);
+    assert!(
+        line.contains("--ca-file") && line.contains(ca_file),
+        "{line}"
+    );
+    assert!(line.contains("holds no certificate"), "{line}");
+}
+
+#[tokio::test]
 async fn serve_says_what_to_do_next_and_logs_plain_values() {
     let engine = spawn_engine(flowgate::engine::EngineConfig::for_tests()).await;
     let mut child = tokio::process::Command::new(BIN)
