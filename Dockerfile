@@ -18,6 +18,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 # ---- runtime -------------------------------------------------------------------------------
 FROM debian:bookworm-slim AS runtime
+# The system's root certificates: outbound TLS (a wss:// engine, an https:// model provider)
+# verifies against them.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 flowgate \
     && useradd --system --uid 10001 --gid flowgate --no-create-home --shell /usr/sbin/nologin flowgate
 WORKDIR /app

@@ -85,47 +85,67 @@ fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
     Ok(store)
 }
 
-/// The rustls error somewhere in `err`'s chain (an I/O error's inner error included: that is
-/// how tokio-rustls reports a refused certificate).
-pub fn rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if let Some(r) = e.downcast_ref::<rustls::Error>() {
-            return Some(r);
-        }
-        if let Some(inner) = e
-            .downcast_ref::<std::io::Error>()
-            .and_then(std::io::Error::get_ref)
-            && let Some(r) = rustls_error(inner)
-        {
-            return Some(r);
-        }
-        current = e.source();
-    }
-    None
+/// What went wrong in a TLS handshake, when that is why a connection failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsProblem {
+    /// The server's certificate was refused (unknown issuer, expired, wrong name, ...): why, in
+    /// words.
+    Certificate(String),
+    /// Any other TLS failure (no common protocol, a plain-text server, ...).
+    Other(String),
 }
 
-/// A sentence for a failed TLS handshake: what was wrong with the server's certificate, or the
-/// handshake's error.
-pub fn describe(err: &rustls::Error) -> String {
-    use rustls::CertificateError as C;
-    match err {
-        rustls::Error::InvalidCertificate(C::UnknownIssuer) => {
-            "its TLS certificate is not trusted: it is issued by an unknown CA".into()
+impl TlsProblem {
+    /// The sentence for a failed connection to `who` (`the engine`, `127.0.0.1:8443`), naming
+    /// the flag that takes a private CA.
+    pub fn sentence(&self, who: &str, ca_flag: &str) -> String {
+        match self {
+            TlsProblem::Certificate(reason) => format!(
+                "the TLS certificate of {who} is not trusted ({reason}); give its CA with {ca_flag}"
+            ),
+            TlsProblem::Other(reason) => format!("TLS with {who} failed: {reason}"),
         }
-        rustls::Error::InvalidCertificate(C::NotValidForName)
-        | rustls::Error::InvalidCertificate(C::NotValidForNameContext { .. }) => {
-            "its TLS certificate is not valid for the host name in the URL".into()
-        }
-        rustls::Error::InvalidCertificate(C::Expired)
-        | rustls::Error::InvalidCertificate(C::ExpiredContext { .. }) => {
-            "its TLS certificate has expired".into()
-        }
-        rustls::Error::InvalidCertificate(other) => {
-            format!("its TLS certificate was refused ({other:?})")
-        }
-        other => format!("the TLS handshake failed: {other}"),
     }
+}
+
+/// The TLS failure behind `error`, found by walking its source chain down to rustls.
+pub fn problem(error: &(dyn std::error::Error + 'static)) -> Option<TlsProblem> {
+    chain(error).find_map(|e| {
+        let e = e.downcast_ref::<rustls::Error>()?;
+        Some(match e {
+            rustls::Error::InvalidCertificate(c) => TlsProblem::Certificate(certificate_text(c)),
+            other => TlsProblem::Other(other.to_string()),
+        })
+    })
+}
+
+/// Why a certificate was refused, in words (rustls prints some reasons as bare names).
+fn certificate_text(error: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as C;
+    match error {
+        C::UnknownIssuer => "it is signed by an unknown certificate authority".into(),
+        C::BadSignature => "its signature does not verify".into(),
+        C::Expired | C::ExpiredContext { .. } => "it has expired".into(),
+        C::NotValidYet | C::NotValidYetContext { .. } => "it is not valid yet".into(),
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            "it is not valid for the host name".into()
+        }
+        C::Revoked => "it has been revoked".into(),
+        other => other.to_string(),
+    }
+}
+
+/// `error` and its sources. `std::io::Error::source` skips the error it wraps (that is how
+/// tokio-rustls reports a refused certificate); this steps into it.
+pub fn chain<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |e| match e.downcast_ref::<std::io::Error>() {
+        Some(io) => io
+            .get_ref()
+            .map(|inner| inner as &(dyn std::error::Error + 'static)),
+        None => e.source(),
+    })
 }
 
 /// The certificates of a PEM file (other sections, such as keys, are ignored).
@@ -227,6 +247,22 @@ mod tests {
         .to_string();
         assert!(err.contains("holds no certificate"), "{err}");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn the_chain_steps_into_io_errors_down_to_rustls() {
+        let refused = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, refused);
+        let outer: Box<dyn std::error::Error + Send + Sync> = Box::new(io);
+        assert_eq!(chain(outer.as_ref()).count(), 2);
+        assert_eq!(
+            problem(outer.as_ref()),
+            Some(TlsProblem::Certificate(
+                "it is signed by an unknown certificate authority".into()
+            ))
+        );
+        let plain = std::io::Error::other("connection refused");
+        assert_eq!(problem(&plain), None);
     }
 
     #[test]

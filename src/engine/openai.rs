@@ -33,8 +33,9 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use serde_json::{Value, json};
 
 use super::config::LlmEndpointConfig;
-use super::outbound::{TlsProblem, head_bytes, root_cause, tls_problem};
+use super::outbound::{head_bytes, root_cause};
 use super::target::{Target, parse_base};
+use crate::tls::TlsProblem;
 
 /// Longest piece of a body quoted in an error message (characters).
 const QUOTE_CHARS: usize = 200;
@@ -118,7 +119,7 @@ fn quote(text: &str) -> String {
 /// Why sending the request (up to the response header) failed.
 fn send_error(addr: &str, timeout: Duration, e: &reqwest::Error) -> LlmError {
     let addr = addr.to_owned();
-    match tls_problem(e) {
+    match crate::tls::problem(e) {
         Some(TlsProblem::Certificate(reason)) => return LlmError::Certificate { addr, reason },
         Some(TlsProblem::Other(reason)) => return LlmError::Tls { addr, reason },
         None => {}

@@ -85,61 +85,13 @@ fn trust_nothing() -> rustls::ClientConfig {
         .with_no_client_auth()
 }
 
-/// What went wrong in a TLS handshake, when that is why a request failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum TlsProblem {
-    /// The server's certificate was refused (unknown issuer, expired, wrong name, ...).
-    Certificate(String),
-    /// Any other TLS failure (no common protocol, a plain-text server, ...).
-    Other(String),
-}
-
-/// The TLS failure behind `error`, found by walking its source chain down to rustls.
-pub(super) fn tls_problem(error: &reqwest::Error) -> Option<TlsProblem> {
-    chain(error).find_map(|e| {
-        let e = e.downcast_ref::<rustls::Error>()?;
-        Some(match e {
-            rustls::Error::InvalidCertificate(c) => TlsProblem::Certificate(certificate_text(c)),
-            other => TlsProblem::Other(other.to_string()),
-        })
-    })
-}
-
-/// Why a certificate was refused, in words (rustls prints some reasons as bare names).
-fn certificate_text(error: &rustls::CertificateError) -> String {
-    use rustls::CertificateError as C;
-    match error {
-        C::UnknownIssuer => "it is signed by an unknown certificate authority".into(),
-        C::BadSignature => "its signature does not verify".into(),
-        C::Expired => "it has expired".into(),
-        C::NotValidYet => "it is not valid yet".into(),
-        C::NotValidForName => "it is not valid for the host name".into(),
-        C::Revoked => "it has been revoked".into(),
-        other => other.to_string(),
-    }
-}
-
 /// The innermost cause of `error` (`Connection refused (os error 111)` rather than reqwest's
 /// `error sending request for url (...)`).
 pub(super) fn root_cause(error: &reqwest::Error) -> String {
-    chain(error)
+    crate::tls::chain(error)
         .last()
         .map(|e| e.to_string())
         .unwrap_or_else(|| error.to_string())
-}
-
-/// `error` and its sources. `std::io::Error::source` skips the error it wraps; this steps into
-/// it, so a rustls error inside an I/O error is seen.
-fn chain<'a>(
-    error: &'a (dyn std::error::Error + 'static),
-) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
-    std::iter::successors(Some(error), |e| match e.downcast_ref::<std::io::Error>() {
-        Some(io) => match io.get_ref() {
-            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
-            None => None,
-        },
-        None => e.source(),
-    })
 }
 
 /// Approximate size of a response's header on the wire: the status line and every
@@ -158,23 +110,6 @@ pub(super) fn head_bytes(response: &reqwest::Response) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_chain_steps_into_io_errors_down_to_rustls() {
-        let rustls_error =
-            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
-        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, rustls_error);
-        let outer: Box<dyn std::error::Error + Send + Sync> = Box::new(io);
-        let found: Vec<String> = chain(outer.as_ref()).map(|e| e.to_string()).collect();
-        assert_eq!(found.len(), 2, "{found:?}");
-        assert!(
-            chain(outer.as_ref()).any(|e| matches!(
-                e.downcast_ref::<rustls::Error>(),
-                Some(rustls::Error::InvalidCertificate(_))
-            )),
-            "{found:?}"
-        );
-    }
 
     #[test]
     fn a_bad_ca_file_names_the_flag() {

@@ -26,7 +26,7 @@ use serde_json::{Map, Value, json};
 
 use super::flow::Node;
 use super::llm::text_of;
-use super::outbound::{TlsProblem, head_bytes, root_cause, tls_problem};
+use super::outbound::{head_bytes, root_cause};
 use super::run::{Emitter, Failure, Outcome, RunEnv};
 use super::target::{Target, parse_url};
 
@@ -46,11 +46,8 @@ fn allowed(allow: &[String], t: &Target) -> bool {
 /// Why sending the request failed, as the element error's tail.
 fn send_error(t: &Target, e: &reqwest::Error) -> String {
     let addr = t.authority();
-    match tls_problem(e) {
-        Some(TlsProblem::Certificate(reason)) => format!(
-            "the TLS certificate of {addr} is not trusted ({reason}); give its CA with --ca-file"
-        ),
-        Some(TlsProblem::Other(reason)) => format!("TLS with {addr} failed: {reason}"),
+    match crate::tls::problem(e) {
+        Some(tls) => tls.sentence(&addr, "--ca-file"),
         None if e.is_connect() => format!("cannot connect to {addr}: {}", root_cause(e)),
         None => format!("the request to {addr} failed: {}", root_cause(e)),
     }

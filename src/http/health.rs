@@ -86,11 +86,8 @@ async fn engine_reachable(state: &AppState) -> Result<(), String> {
             .connect(name, tcp)
             .await
             .map(drop)
-            .map_err(|e| match crate::tls::rustls_error(&e) {
-                Some(tls) => format!(
-                    "TLS with {hostport} failed: {} (a private CA goes in --outbound-ca-file)",
-                    crate::tls::describe(tls)
-                ),
+            .map_err(|e| match crate::tls::problem(&e) {
+                Some(tls) => tls.sentence(&hostport, "--outbound-ca-file"),
                 None => format!("TLS with {hostport} failed: {e}"),
             })
     };

@@ -203,11 +203,8 @@ fn describe_ws_error(e: WsError) -> EngineError {
     if let WsError::Http(resp) = &e {
         return EngineError::Unavailable(format!("the engine answered HTTP {}", resp.status()));
     }
-    if let Some(tls) = crate::tls::rustls_error(&e) {
-        return EngineError::Unavailable(format!(
-            "{} (a private CA goes in --outbound-ca-file)",
-            crate::tls::describe(tls)
-        ));
+    if let Some(tls) = crate::tls::problem(&e) {
+        return EngineError::Unavailable(tls.sentence("the engine", "--outbound-ca-file"));
     }
     EngineError::Unreachable(e)
 }

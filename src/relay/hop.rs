@@ -279,11 +279,8 @@ async fn connect(
             },
             s => Refusal::unavailable(format!("the upstream answered HTTP {s}")),
         }),
-        Ok(Err(e)) => Err(Refusal::unavailable(match crate::tls::rustls_error(&e) {
-            Some(tls) => format!(
-                "the upstream is not usable: {} (a private CA goes in --outbound-ca-file)",
-                crate::tls::describe(tls)
-            ),
+        Ok(Err(e)) => Err(Refusal::unavailable(match crate::tls::problem(&e) {
+            Some(tls) => tls.sentence("the upstream", "--outbound-ca-file"),
             None => format!("the upstream is unreachable: {e}"),
         })),
         Ok(Ok((socket, response))) => {

@@ -273,6 +273,12 @@ fn dockerfile_runtime_stage_is_slim_unprivileged_and_ships_flows() {
         "{}",
         last[0]
     );
+    // Outbound TLS (wss:// engines, https:// model providers) trusts the system's roots.
+    assert!(
+        last.iter()
+            .any(|l| l.contains("apt-get install") && l.contains("ca-certificates")),
+        "the runtime stage installs ca-certificates: {last:?}"
+    );
 
     let user = last
         .iter()

@@ -95,14 +95,15 @@ async fn an_engine_certificate_from_an_unknown_ca_or_for_another_name_is_refused
     assert_eq!(last["data"]["code"], "engine_unavailable", "{last}");
     let message = last["data"]["error"].as_str().unwrap_or_default();
     assert!(
-        message.contains("not trusted") && message.contains("unknown CA"),
+        message.contains("the TLS certificate of the engine is not trusted")
+            && message.contains("unknown certificate authority"),
         "{last}"
     );
     assert!(message.contains("--outbound-ca-file"), "{last}");
     let (status, body) = readyz(&app).await;
     assert_eq!(status, 503, "{body}");
     let why = body["engine"]["error"].as_str().unwrap_or_default();
-    assert!(why.contains("unknown CA"), "{body}");
+    assert!(why.contains("unknown certificate authority"), "{body}");
     app.stop().await;
 
     // A trusted CA, but the certificate names another host.
@@ -200,7 +201,10 @@ async fn a_hop_reaches_a_wss_upstream_through_the_ca_file_and_refuses_an_unknown
     let refused = c.next().await.expect("a refusal frame");
     assert_eq!(refused["type"], "error", "{refused}");
     let message = refused.to_string();
-    assert!(message.contains("unknown CA"), "{refused}");
+    assert!(
+        message.contains("unknown certificate authority") && message.contains("--outbound-ca-file"),
+        "{refused}"
+    );
     drop(c);
     hop.stop().await;
     backend.stop().await;
