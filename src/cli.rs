@@ -32,7 +32,7 @@ pub enum Command {
     /// Run the gateway: HTTP + WebSocket server.
     Serve(Box<ServeArgs>),
     /// Run the reference execution engine.
-    Engine(EngineArgs),
+    Engine(Box<EngineArgs>),
     /// Gateway + engine in one process on the embedded sample agents (no database needed).
     Demo(DemoArgs),
     /// Mint a development JWT with the configured secret.

@@ -3,6 +3,9 @@
 //! [`ClientConfig`] on aws-lc-rs, trusting the system's roots (Debian's `ca-certificates`, read
 //! by `rustls-native-certs`) plus, optionally, the certificates of one PEM file (a private CA).
 //!
+//! [`server_config`] and [`TlsListener`] are the other side: the reference engine serving
+//! `wss://` itself (`flowgate engine --tls-cert --tls-key`).
+//!
 //! The insecure mode accepts any certificate; it exists for tests against a throwaway
 //! certificate and is named so in every flag that turns it on, and the caller logs a warning.
 
@@ -14,21 +17,37 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-/// Why the TLS settings cannot be used. The text names the flag's file and what to do.
+/// Why the TLS settings cannot be used. The text names the file and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read the CA file {path}: {source}")]
+    #[error("cannot read the {what} {path}: {source}")]
     Read {
+        what: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("the CA file {path} is not PEM: {reason}")]
-    NotPem { path: PathBuf, reason: String },
-    #[error("the CA file {path} holds no certificate (expected `-----BEGIN CERTIFICATE-----`)")]
-    Empty { path: PathBuf },
+    #[error("the {what} {path} is not PEM: {reason}")]
+    NotPem {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("the {what} {path} holds no certificate (expected `-----BEGIN CERTIFICATE-----`)")]
+    Empty { what: &'static str, path: PathBuf },
     #[error("a certificate in the CA file {path} is not usable as a root: {reason}")]
     BadCert { path: PathBuf, reason: String },
+    #[error(
+        "the key file {path} holds no private key (expected `-----BEGIN PRIVATE KEY-----`, \
+         `RSA PRIVATE KEY` or `EC PRIVATE KEY`): {reason}"
+    )]
+    Key { path: PathBuf, reason: String },
+    #[error("the certificate {cert} and the key {key} cannot serve TLS together: {reason}")]
+    Pair {
+        cert: PathBuf,
+        key: PathBuf,
+        reason: String,
+    },
     #[error(
         "no trusted root certificates: the system has none (install ca-certificates) and no CA \
          file was given"
@@ -72,7 +91,7 @@ fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
     let native = rustls_native_certs::load_native_certs();
     store.add_parsable_certificates(native.certs);
     if let Some(path) = ca_file {
-        for cert in read_pem(path)? {
+        for cert in read_pem("CA file", path)? {
             store.add(cert).map_err(|e| TlsError::BadCert {
                 path: path.to_owned(),
                 reason: e.to_string(),
@@ -149,24 +168,140 @@ pub fn chain<'a>(
 }
 
 /// The certificates of a PEM file (other sections, such as keys, are ignored).
-fn read_pem(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+fn read_pem(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     use rustls::pki_types::pem::PemObject;
     let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
+        what,
         path: path.to_owned(),
         source,
     })?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::NotPem {
+            what,
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
     if certs.is_empty() {
         return Err(TlsError::Empty {
+            what,
             path: path.to_owned(),
         });
     }
     Ok(certs)
+}
+
+/// A server configuration from a certificate chain file and its private key file (PEM), for
+/// HTTP/1.1 (the WebSocket upgrade).
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let chain = read_pem("certificate file", cert)?;
+    let bytes = std::fs::read(key).map_err(|source| TlsError::Read {
+        what: "key file",
+        path: key.to_owned(),
+        source,
+    })?;
+    let private = PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| TlsError::Key {
+        path: key.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("aws-lc-rs supports the default protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .map_err(|e| TlsError::Pair {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Most TLS handshakes a [`TlsListener`] runs at once; more connections wait in the kernel's
+/// accept queue.
+const MAX_HANDSHAKES: usize = 256;
+
+/// Finished handshakes waiting for the server to take them.
+const READY_QUEUE: usize = 64;
+
+/// A listener for `axum::serve` that ends TLS: TCP connections are accepted and their
+/// handshakes run in their own tasks (at most [`MAX_HANDSHAKES`] at once, each bounded by a
+/// timeout), so a slow or silent client never holds up the others. Failed handshakes are
+/// logged at debug level and dropped.
+pub struct TlsListener {
+    ready: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        std::net::SocketAddr,
+    )>,
+    addr: std::net::SocketAddr,
+    acceptor: tokio::task::JoinHandle<()>,
+}
+
+impl TlsListener {
+    pub fn new(
+        mut tcp: tokio::net::TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        handshake_timeout: std::time::Duration,
+    ) -> std::io::Result<TlsListener> {
+        let addr = tcp.local_addr()?;
+        let (tx, ready) = tokio::sync::mpsc::channel(READY_QUEUE);
+        let tls = tokio_rustls::TlsAcceptor::from(config);
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+        let acceptor = tokio::spawn(async move {
+            loop {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                // axum's accept: retries (and logs) what a busy system refuses.
+                let (stream, peer) = axum::serve::Listener::accept(&mut tcp).await;
+                // Events are small and latency-bound: no Nagle delay.
+                let _ = stream.set_nodelay(true);
+                let (tls, tx) = (tls.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = tx.send((stream, peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "no TLS handshake in time"),
+                    }
+                });
+            }
+        });
+        Ok(TlsListener {
+            ready,
+            addr,
+            acceptor,
+        })
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(accepted) => accepted,
+            // The acceptor task ended (it does not, short of a panic): accept nothing more.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.addr)
+    }
 }
 
 /// The verifier of the insecure mode: every certificate is accepted, signatures are still

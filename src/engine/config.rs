@@ -152,6 +152,25 @@ pub struct EngineConfig {
     )]
     pub listen: SocketAddr,
 
+    /// Serve `wss://` with this certificate chain (PEM; the server's certificate first), so
+    /// gateways on other hosts reach the engine over TLS. Needs --tls-key.
+    #[arg(
+        long,
+        env = "FLOWGATE_ENGINE_TLS_CERT",
+        value_name = "PATH",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM: PKCS#8, RSA or EC) of --tls-cert.
+    #[arg(
+        long,
+        env = "FLOWGATE_ENGINE_TLS_KEY",
+        value_name = "PATH",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
     /// Shared key (HS256) that gateways sign their engine-hop token with. When set, connections
     /// without a valid `Authorization: Bearer` token are refused with 401.
     #[arg(long, env = "FLOWGATE_ENGINE_KEY", hide_env_values = true)]
@@ -265,6 +284,8 @@ impl EngineConfig {
     pub fn for_tests() -> EngineConfig {
         EngineConfig {
             listen: "127.0.0.1:0".parse().expect("valid address"),
+            tls_cert: None,
+            tls_key: None,
             engine_key: None,
             llm_tokens: 5,
             llm_token_delay: Duration::from_millis(5),

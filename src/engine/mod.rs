@@ -64,6 +64,9 @@ pub enum BuildError {
     /// Binding `--listen`.
     #[error("cannot listen: {0}")]
     Listen(#[source] std::io::Error),
+    /// `--tls-cert` and `--tls-key`.
+    #[error("cannot serve TLS (--tls-cert, --tls-key): {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A bound, not yet serving engine. `build` binds; `run` serves until `shutdown` is cancelled.
@@ -72,6 +75,8 @@ pub struct Engine {
     config: EngineConfig,
     http: Outbound,
     stats: Arc<EngineStats>,
+    /// `wss://` (`--tls-cert`, `--tls-key`).
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Engine {
@@ -79,6 +84,10 @@ impl Engine {
     /// tests) without serving yet.
     pub async fn build(config: EngineConfig) -> Result<Engine, BuildError> {
         let http = Outbound::new(&config)?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+            _ => None,
+        };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(BuildError::Listen)?;
@@ -87,6 +96,7 @@ impl Engine {
             config,
             http,
             stats: Arc::default(),
+            tls,
         })
     }
 
@@ -95,6 +105,11 @@ impl Engine {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// `wss` when the engine serves TLS (`--tls-cert`), else `ws`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "wss" } else { "ws" }
     }
 
     /// The engine's counters (shared with the running engine).
@@ -106,6 +121,7 @@ impl Engine {
     /// (1012), waiting at most `shutdown_grace` for them.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let grace = self.config.shutdown_grace;
+        let handshake_timeout = self.config.handshake_timeout;
         let tracker = TaskTracker::new();
         let state = server::AppState {
             config: Arc::new(self.config),
@@ -116,14 +132,25 @@ impl Engine {
             flows: Default::default(),
         };
         let app = server::router(state);
-        use axum::serve::ListenerExt;
-        // Events are small and latency-bound: no Nagle delay.
-        let listener = self.listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await;
+        let stop = shutdown.clone().cancelled_owned();
+        let result = match self.tls {
+            Some(tls) => {
+                let listener = crate::tls::TlsListener::new(self.listener, tls, handshake_timeout)?;
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }
+            None => {
+                use axum::serve::ListenerExt;
+                // Events are small and latency-bound: no Nagle delay.
+                let listener = self.listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }
+        };
         tracker.close();
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!(
@@ -154,7 +181,8 @@ pub async fn serve(config: EngineConfig) -> Result<(), String> {
         ),
         other => other.to_string(),
     })?;
-    tracing::info!(addr = %engine.local_addr(), "engine listening");
+    let url = format!("{}://{}", engine.scheme(), engine.local_addr());
+    tracing::info!(%url, "engine listening");
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {

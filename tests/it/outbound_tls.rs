@@ -121,6 +121,51 @@ async fn an_engine_certificate_from_an_unknown_ca_or_for_another_name_is_refused
 }
 
 #[tokio::test]
+async fn the_reference_engine_serves_wss_itself_with_its_certificate_and_key() {
+    let ca = TestCa::new("flowgate test CA");
+    let dir = temp_dir("engine-serves");
+    let ca_file = ca.write_pem(&dir, "ca.pem");
+    let (cert, key) = ca.write_server_files(&dir, &["localhost"]);
+    let mut engine_config = EngineConfig::for_tests();
+    engine_config.tls_cert = Some(cert.clone());
+    engine_config.tls_key = Some(key.clone());
+    let engine = spawn_engine(engine_config).await;
+    let mut config = GatewayConfig::for_tests(format!("wss://localhost:{}", engine.addr.port()));
+    config.outbound_ca_file = Some(ca_file);
+    let app = spawn_gateway_files(config).await;
+    assert_completed(&one_run(&app).await);
+    let (status, body) = readyz(&app).await;
+    assert_eq!(status, 200, "{body}");
+    app.stop().await;
+    // A plain ws:// client gets no WebSocket from a TLS port.
+    let plain = GatewayConfig::for_tests(format!("ws://localhost:{}", engine.addr.port()));
+    let app = spawn_gateway_files(plain).await;
+    let frames = one_run(&app).await;
+    assert_eq!(frames.last().unwrap()["data"]["code"], "engine_unavailable");
+    app.stop().await;
+    drop(engine);
+
+    // A key that is not the certificate's, or no key at all, stops the engine at startup.
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let (_, other_key) = ca.write_server_files(&other, &["localhost"]);
+    for (key, says) in [
+        (other_key, "cannot serve TLS together"),
+        (cert.clone(), "holds no private key"),
+    ] {
+        let mut engine_config = EngineConfig::for_tests();
+        engine_config.tls_cert = Some(cert.clone());
+        engine_config.tls_key = Some(key);
+        let err = match flowgate::engine::Engine::build(engine_config).await {
+            Ok(_) => panic!("the engine started"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("--tls-cert") && err.contains(says), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
 async fn the_insecure_test_flag_accepts_a_certificate_nobody_trusts() {
     let ca = TestCa::new("nobody trusts this CA");
     let (_engine, tls) = tls_engine(&ca, &["localhost"]).await;

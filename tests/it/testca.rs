@@ -37,6 +37,21 @@ impl TestCa {
         path
     }
 
+    /// A certificate for `names` signed by this CA and its key, written as PEM to
+    /// `dir/server.pem` (the certificate, then the CA's) and `dir/server.key`.
+    pub fn write_server_files(&self, dir: &Path, names: &[&str]) -> (PathBuf, PathBuf) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        let (cert_path, key_path) = (dir.join("server.pem"), dir.join("server.key"));
+        std::fs::write(&cert_path, cert.pem() + &self.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (cert_path, key_path)
+    }
+
     /// A server configuration with a certificate for `names` (DNS names or IP addresses) signed
     /// by this CA.
     pub fn server_config(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
