@@ -17,6 +17,7 @@
 //!
 //! Numbers are printed, never asserted (docs/style.md 13): a missed target says `MISSED`.
 
+mod cluster;
 pub mod error;
 pub mod procs;
 pub mod report;
@@ -44,7 +45,7 @@ use procs::ChildProc;
 pub use report::Report;
 use report::{Added, ConfigEcho, CpuReport, PathReport, RssReport};
 use session::{Counters, DirectTarget, GatewayTarget, Plan};
-use stats::Tally;
+use stats::{Merge, Tally};
 
 /// A duration in milliseconds (`20`, `0.5`) or humantime (`20ms`, `1h`).
 fn parse_millis(s: &str) -> Result<Duration, String> {
@@ -113,6 +114,29 @@ pub struct BenchArgs {
     /// Streaming mode only.
     #[arg(long, value_name = "PATH", conflicts_with = "idle")]
     pub nginx: Option<Option<PathBuf>>,
+
+    /// Multi-gateway mode (issue 16, docs/scaling.md): after the single-gateway phases, start a
+    /// nats-server (JetStream) and two gateways on `--database-url` (required) and the same
+    /// engine, and run `--sessions` sessions whose runs start on the first gateway (the owner)
+    /// and are followed live, from their first frame, by a second client on the other one
+    /// (`resume`); reports the added latency of that follow per event and each process's CPU
+    /// per event. Streaming mode only.
+    #[arg(long, conflicts_with_all = ["idle", "gateway_url"])]
+    pub cluster: bool,
+
+    /// The nats-server executable `--cluster` starts (default: `FLOWGATE_TEST_NATS_SERVER`,
+    /// else `nats-server` on PATH, else /usr/sbin/nats-server).
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "cluster",
+        conflicts_with = "nats_url"
+    )]
+    pub nats_server: Option<PathBuf>,
+
+    /// With `--cluster`: use this running NATS server (JetStream on) instead of starting one.
+    #[arg(long, value_name = "URL", requires = "cluster")]
+    pub nats_url: Option<String>,
 
     /// Benchmark this running gateway (`ws://host:port`) instead of starting one.
     #[arg(long)]
@@ -396,6 +420,51 @@ fn env_pair(k: &str, v: impl ToString) -> (String, String) {
     (k.to_owned(), v.to_string())
 }
 
+/// The settings of a gateway the bench starts (before `--database-url`, NATS and
+/// `--gateway-env`).
+fn gateway_env(
+    args: &BenchArgs,
+    addr: SocketAddr,
+    engine_url: &str,
+    secret: &Secret,
+    engine_key: Option<&Secret>,
+) -> Vec<(String, String)> {
+    let mut env = vec![
+        env_pair("FLOWGATE_LISTEN", addr),
+        env_pair("FLOWGATE_ENGINE_URL", engine_url),
+        env_pair("FLOWGATE_JWT_SECRET", secret.expose()),
+        // The bench's clients come from few addresses at a high rate.
+        env_pair("FLOWGATE_UPGRADES_PER_SECOND", 0),
+        env_pair("FLOWGATE_CLIENT_MESSAGES_PER_SECOND", 0),
+        env_pair("FLOWGATE_MAX_SESSIONS", args.sessions.max(10_000) + 64),
+        // Every bench client comes from 127.0.0.1.
+        env_pair("FLOWGATE_MAX_CONNECTIONS_PER_ADDRESS", 0),
+        env_pair("FLOWGATE_MAX_CONNECTIONS", args.sessions.max(10_000) + 128),
+    ];
+    if let Some(key) = engine_key {
+        env.push(env_pair("FLOWGATE_ENGINE_KEY", key.expose()));
+    }
+    env
+}
+
+/// The clients' view of a gateway at `addr` (`base`: `ws://host:port`).
+fn gateway_target(
+    args: &BenchArgs,
+    addr: SocketAddr,
+    base: &str,
+    local_ips: Vec<IpAddr>,
+    jwt_secret: Secret,
+) -> Arc<GatewayTarget> {
+    Arc::new(GatewayTarget {
+        addr,
+        url: format!("{base}/api/chat/execute/{}", args.agent),
+        local_ips,
+        request: serde_json::json!({"message": args.message}).to_string(),
+        jwt_secret,
+        token_ttl: args.warmup + args.duration + args.ramp_timeout + Duration::from_secs(3600),
+    })
+}
+
 /// The `--database-url` database.
 struct Database {
     url: Secret,
@@ -575,18 +644,18 @@ fn cpu_seconds(
 }
 
 /// Wait for every session (bounded) and merge their tallies.
-async fn collect(mut set: JoinSet<Tally>, deadline: Instant) -> Tally {
-    let mut total = Tally::default();
+async fn collect<T: Merge>(mut set: JoinSet<T>, deadline: Instant) -> T {
+    let mut total = T::default();
     loop {
         match tokio::time::timeout_at(deadline, set.join_next()).await {
-            Ok(Some(Ok(t))) => total.merge(t),
-            Ok(Some(Err(e))) => total.error("session_panicked", e.to_string()),
+            Ok(Some(Ok(t))) => total.merge_from(t),
+            Ok(Some(Err(e))) => total.phase_error("session_panicked", e.to_string()),
             Ok(None) => break,
             Err(_) => {
                 let stuck = set.len();
                 set.abort_all();
                 for _ in 0..stuck {
-                    total.error("session_stuck", "a session did not finish in time");
+                    total.phase_error("session_stuck", "a session did not finish in time".into());
                 }
                 break;
             }
@@ -745,17 +814,24 @@ struct Children {
     /// nginx's prefix folder (configuration, pid file, logs, temp paths); removed after nginx
     /// stopped.
     nginx_dir: Option<procs::TempDir>,
+    /// `--cluster`: the two gateways (owner, follower).
+    cluster: Vec<ChildProc>,
+    /// `--cluster`: the nats-server, and its JetStream store (removed after it stopped).
+    nats: Option<ChildProc>,
+    nats_dir: Option<procs::TempDir>,
 }
 
 impl Children {
     async fn stop(self, wait: Duration) {
-        for c in [self.nginx, self.gateway, self.engine]
-            .into_iter()
-            .flatten()
-        {
+        for c in self.cluster.into_iter().chain(
+            [self.nats, self.nginx, self.gateway, self.engine]
+                .into_iter()
+                .flatten(),
+        ) {
             c.stop(wait).await;
         }
         drop(self.nginx_dir);
+        drop(self.nats_dir);
     }
 }
 
@@ -866,14 +942,23 @@ fn nginx_log_notes(children: &Children, logs: Option<&Path>, notes: &mut Vec<Str
 
 fn cpu_report(pid: u32, p: &PhaseResult, tck: u64) -> Option<CpuReport> {
     let secs = cpu_seconds(p.start.relay, p.end.relay, tck)?;
-    let events = p.tally.frames_in_window;
-    Some(CpuReport {
+    Some(cpu_per_event(
+        pid,
+        secs,
+        p.window_s,
+        p.tally.frames_in_window,
+    ))
+}
+
+/// `secs` of CPU over `window_s` seconds in which `events` were relayed.
+fn cpu_per_event(pid: u32, secs: f64, window_s: f64, events: u64) -> CpuReport {
+    CpuReport {
         pid,
         cpu_seconds: secs,
-        cpu_percent: secs / p.window_s.max(1e-9) * 100.0,
+        cpu_percent: secs / window_s.max(1e-9) * 100.0,
         events,
         cpu_seconds_per_million_events: (events > 0).then(|| secs / events as f64 * 1e6),
-    })
+    }
 }
 
 fn rss_report(pid: u32, p: &PhaseResult, baseline: Option<procs::ProcSample>) -> Option<RssReport> {
@@ -911,28 +996,40 @@ pub async fn execute(args: &BenchArgs) -> Result<Report, BenchError> {
             ));
         }
     }
+    if args.cluster && args.database_url.is_none() {
+        return Err(BenchError::Args(
+            "--cluster needs --database-url: the gateways of a cluster share one Postgres \
+             database, where run ownership lives (create one: `createdb -h 127.0.0.1 -U \
+             postgres flowgate_bench`)"
+                .into(),
+        ));
+    }
     let tck = procs::clock_ticks();
     let payload = load_payload(args).await?;
-    let nginx = find_nginx(args).await?;
+    let found = Found {
+        nginx: find_nginx(args).await?,
+        nats: match (args.cluster, &args.nats_url) {
+            (true, None) => Some(procs::find_nats_server(args.nats_server.as_deref())?),
+            _ => None,
+        },
+    };
     let mut children = Children::default();
-    let result = drive(
-        args,
-        &payload,
-        nginx.as_ref(),
-        &mut children,
-        nofile,
-        tck,
-        notes,
-    )
-    .await;
+    let result = drive(args, &payload, &found, &mut children, nofile, tck, notes).await;
     children.stop(args.close_timeout).await;
     result
+}
+
+/// The external programs of this invocation, found before anything starts.
+struct Found {
+    nginx: Option<Nginx>,
+    /// `--cluster`'s nats-server (`None` with `--nats-url` or without `--cluster`).
+    nats: Option<PathBuf>,
 }
 
 async fn drive(
     args: &BenchArgs,
     payload: &Payload,
-    nginx: Option<&Nginx>,
+    found: &Found,
     children: &mut Children,
     nofile: Option<u64>,
     tck: u64,
@@ -945,6 +1042,7 @@ async fn drive(
     };
     let logs = args.child_logs.as_deref().map(procs::log_dir).transpose()?;
     let logs: Option<&Path> = logs.as_deref();
+    let nginx = found.nginx.as_ref();
     // The gateway's database, filled before the gateway starts.
     let database = match &args.database_url {
         Some(url) => {
@@ -1009,21 +1107,7 @@ async fn drive(
         let engine_url = engine_url
             .clone()
             .ok_or_else(|| BenchError::Args("no engine for the gateway".into()))?;
-        let mut env = vec![
-            env_pair("FLOWGATE_LISTEN", addr),
-            env_pair("FLOWGATE_ENGINE_URL", &engine_url),
-            env_pair("FLOWGATE_JWT_SECRET", secret.expose()),
-            // The bench's clients come from few addresses at a high rate.
-            env_pair("FLOWGATE_UPGRADES_PER_SECOND", 0),
-            env_pair("FLOWGATE_CLIENT_MESSAGES_PER_SECOND", 0),
-            env_pair("FLOWGATE_MAX_SESSIONS", args.sessions.max(10_000) + 64),
-            // Every bench client comes from 127.0.0.1.
-            env_pair("FLOWGATE_MAX_CONNECTIONS_PER_ADDRESS", 0),
-            env_pair("FLOWGATE_MAX_CONNECTIONS", args.sessions.max(10_000) + 128),
-        ];
-        if let Some(key) = &engine_key {
-            env.push(env_pair("FLOWGATE_ENGINE_KEY", key.expose()));
-        }
+        let mut env = gateway_env(args, addr, &engine_url, &secret, engine_key.as_ref());
         if args.idle {
             let idle = (delay * 2).max(Duration::from_secs(120));
             env.push(env_pair(
@@ -1073,15 +1157,13 @@ async fn drive(
             .collect(),
         _ => Vec::new(),
     };
-    let request = serde_json::json!({"message": args.message}).to_string();
-    let gw_target = Arc::new(GatewayTarget {
-        addr: gw_addr,
-        url: format!("{gw_base}/api/chat/execute/{}", args.agent),
-        local_ips: local_ips.clone(),
-        request,
-        jwt_secret,
-        token_ttl: args.warmup + args.duration + args.ramp_timeout + Duration::from_secs(3600),
-    });
+    let gw_target = gateway_target(
+        args,
+        gw_addr,
+        &gw_base,
+        local_ips.clone(),
+        jwt_secret.clone(),
+    );
     let baseline = gw_pid.and_then(procs::sample);
 
     let gw_phase = if args.idle {
@@ -1187,6 +1269,43 @@ async fn drive(
         _ => None,
     };
 
+    // The multi-gateway phase, on its own gateways: the single gateway and nginx stop first.
+    let cluster = match (&database, &engine_url) {
+        (Some(db), Some(engine)) if args.cluster => {
+            for c in [children.gateway.take(), children.nginx.take()]
+                .into_iter()
+                .flatten()
+            {
+                c.stop(args.close_timeout).await;
+            }
+            children.nginx_dir = None;
+            let setup = cluster::Setup {
+                args,
+                exe: &exe,
+                logs,
+                nats_bin: found.nats.as_deref(),
+                engine_url: engine,
+                engine_key: engine_key.as_ref(),
+                engine_pid,
+                jwt_secret: &gw_target.jwt_secret,
+                database: db,
+                local_ips: local_ips.clone(),
+                tck,
+            };
+            let report = cluster::run(&setup, children).await?;
+            notes.push(format!(
+                "cluster: two gateways on {} with NATS {} ({}); the single-gateway numbers \
+                 come from the phase before it in this invocation (its own gateway, without \
+                 NATS, stopped before the cluster started)",
+                db.place,
+                report.nats_url,
+                report.nats_server.as_deref().unwrap_or("a running server")
+            ));
+            Some(report)
+        }
+        _ => None,
+    };
+
     let gw_cpu = gw_pid
         .filter(|_| !args.idle)
         .and_then(|pid| cpu_report(pid, &gw_phase, tck));
@@ -1219,8 +1338,19 @@ async fn drive(
         .zip(direct.as_ref())
         .map(|(n, d)| Added::between(n, d));
     let paths = || [Some(&gateway), direct.as_ref(), nginx_path.as_ref()];
-    let errors = paths().into_iter().flatten().map(|p| p.errors).sum();
-    let lost_runs = paths().into_iter().flatten().map(|p| p.lost_runs).sum();
+    let errors = paths().into_iter().flatten().map(|p| p.errors).sum::<u64>()
+        + cluster.as_ref().map_or(0, |c| c.errors);
+    let lost_runs = paths()
+        .into_iter()
+        .flatten()
+        .map(|p| p.lost_runs)
+        .sum::<u64>()
+        + cluster.as_ref().map_or(0, |c| c.lost_runs);
+    // The cluster's gateways count in the run log target too.
+    let runs_log_incomplete = match cluster.as_ref().map(|c| c.runs_log_incomplete) {
+        Some(c) => runs_log_incomplete.zip(c).map(|(a, b)| a + b),
+        None => runs_log_incomplete,
+    };
     if gateway.merged_frames > 0 {
         notes.push(format!(
             "the gateway merged {} chunk frames for clients that fell behind (the bench client \
@@ -1268,6 +1398,7 @@ async fn drive(
         nginx_added,
         nginx_cpu,
         nginx_rss,
+        cluster,
         errors,
         lost_runs,
         runs_log_incomplete,
