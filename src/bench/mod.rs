@@ -1496,6 +1496,39 @@ mod tests {
     }
 
     #[test]
+    fn cluster_flags_belong_to_the_cluster_mode() {
+        let a = BenchArgs::parse_from(["--cluster", "--database-url", "postgres://h/d"]).unwrap();
+        assert!(a.cluster && a.nats_server.is_none() && a.nats_url.is_none());
+        let a =
+            BenchArgs::parse_from(["--cluster", "--nats-url", "nats://127.0.0.1:4222"]).unwrap();
+        assert_eq!(a.nats_url.as_deref(), Some("nats://127.0.0.1:4222"));
+        for argv in [
+            &["--nats-url", "nats://h:4222"][..],
+            &["--nats-server", "/usr/sbin/nats-server"],
+        ] {
+            let err = BenchArgs::parse_from(argv.iter().copied()).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "{err}"
+            );
+        }
+        let err = BenchArgs::parse_from([
+            "--cluster",
+            "--nats-url",
+            "nats://h:4222",
+            "--nats-server",
+            "/x",
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err.kind(),
+            clap::error::ErrorKind::ArgumentConflict,
+            "{err}"
+        );
+    }
+
+    #[test]
     fn nginx_flag_takes_an_optional_path_and_streaming_mode_only() {
         assert_eq!(
             BenchArgs::parse_from(["--sessions", "5"]).unwrap().nginx,

@@ -894,3 +894,71 @@ pub async fn cluster_streaming(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(warm_end: Instant, end: Instant) -> Plan {
+        Plan {
+            warm_end,
+            end,
+            events: 1,
+            keep_connection: false,
+            connect_timeout: Duration::from_secs(1),
+            frame_timeout: Duration::from_secs(1),
+            close_timeout: Duration::from_secs(1),
+            retry_pause: Duration::from_millis(1),
+            max_frame_bytes: 1024,
+            read_buffer_bytes: 1024,
+        }
+    }
+
+    #[test]
+    fn merged_frames_give_every_seq_they_cover_their_time_and_gaps_are_refused() {
+        let t = Instant::now();
+        let ms = |n: u64| t + Duration::from_millis(n);
+        let seqs = by_seq(&vec![(1, 1, ms(1)), (2, 4, ms(5)), (5, 5, ms(6))]).unwrap();
+        assert_eq!(seqs, [ms(1), ms(5), ms(5), ms(5), ms(6)]);
+        assert!(by_seq(&vec![(1, 1, ms(1)), (3, 3, ms(2))]).is_none());
+        assert!(by_seq(&vec![(2, 2, ms(1))]).is_none());
+    }
+
+    #[test]
+    fn the_follow_is_measured_per_seq_live_frames_only_and_a_difference_is_lost() {
+        let t = Instant::now();
+        let ms = |n: u64| t + Duration::from_millis(n);
+        let p = plan(ms(0), ms(1_000));
+        // The follower starts at 12 ms: seq 1 and 2 (owner at 10 and 11 ms) are catch-up.
+        let owner: Trace = vec![
+            (1, 1, ms(10)),
+            (2, 2, ms(11)),
+            (3, 3, ms(20)),
+            (4, 4, ms(30)),
+        ];
+        let follower: Trace = vec![(1, 2, ms(12)), (3, 3, ms(21)), (4, 4, ms(29))];
+        let mut c = ClusterTally::default();
+        compare(&owner, &follower, &p, &mut c);
+        assert_eq!(c.compared, 1);
+        assert_eq!(c.mismatched, 0);
+        assert_eq!(c.catch_up, 2);
+        assert_eq!(c.follow_us, [1_000, 0]);
+        assert_eq!(c.follower_first, 1);
+        assert_eq!(c.attach_us, [2_000]);
+
+        let short: Trace = vec![(1, 3, ms(12))];
+        let mut c = ClusterTally::default();
+        compare(&owner, &short, &p, &mut c);
+        assert_eq!((c.mismatched, c.follower.lost_runs), (1, 1));
+        assert_eq!(c.follower.errors["follow:mismatch"], 1);
+        assert!(c.follow_us.is_empty());
+
+        // Outside the window: compared, not sampled.
+        let mut c = ClusterTally::default();
+        compare(&owner, &follower, &plan(ms(100), ms(200)), &mut c);
+        assert_eq!(
+            (c.compared, c.follow_us.len(), c.attach_us.len()),
+            (1, 0, 0)
+        );
+    }
+}
