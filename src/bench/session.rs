@@ -798,6 +798,12 @@ async fn follow_run(
         };
         let is_error = serde_json::from_str::<Envelope>(&text).is_ok_and(|e| e.kind == "error");
         let unknown = is_error && text.contains("is unknown") && Instant::now() + pause < deadline;
+        if is_error && !unknown {
+            // The resume was refused (an `error` frame is not part of a run): nothing follows.
+            let mut r = RunRead::new(t0, plan, check, &mut t.follower);
+            r.frame(&text, Instant::now(), epoch_us());
+            return RunEnd::Failed;
+        }
         if !unknown {
             break (text, t0);
         }
