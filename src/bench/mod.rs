@@ -11,13 +11,14 @@
 //! directly against the engine (the bench performs the engine handshake itself with the flow
 //! payload the gateway would send), so "added" = gateway − direct from one invocation; with
 //! `--nginx`, the direct phase's clients once more through an nginx child process proxying the
-//! engine (the reference relay: the same frames as opaque bytes, one worker process). In
-//! `--idle` mode the engine's scripted model waits `--idle-delay` between chunks, every session
-//! holds one run open, and the gateway's RSS is read with all sessions open.
+//! engine (the reference relay: the same frames as opaque bytes, one worker process); with
+//! `--cluster`, a last phase on two gateways and NATS (issue 16; see the section of
+//! `cluster_phase_run`). In `--idle` mode the engine's scripted model waits `--idle-delay`
+//! between chunks, every session holds one run open, and the gateway's RSS is read with all
+//! sessions open.
 //!
 //! Numbers are printed, never asserted (docs/style.md 13): a missed target says `MISSED`.
 
-mod cluster;
 pub mod error;
 pub mod procs;
 pub mod report;
@@ -43,9 +44,9 @@ use crate::workflow::FlowFormat;
 pub use error::BenchError;
 use procs::ChildProc;
 pub use report::Report;
-use report::{Added, ConfigEcho, CpuReport, PathReport, RssReport};
-use session::{Counters, DirectTarget, GatewayTarget, Plan};
-use stats::{Merge, Tally};
+use report::{Added, ClusterReport, ConfigEcho, CpuReport, PathReport, RssReport};
+use session::{ClusterTarget, Counters, DirectTarget, GatewayTarget, Plan};
+use stats::{Merge, Tally, summarize};
 
 /// A duration in milliseconds (`20`, `0.5`) or humantime (`20ms`, `1h`).
 fn parse_millis(s: &str) -> Result<Duration, String> {
@@ -684,6 +685,33 @@ fn plan(args: &BenchArgs, warm_end: Instant, end: Instant) -> Plan {
     }
 }
 
+/// The timing and shared state of a streaming phase: it starts in 100 ms; samples count in
+/// [start + warm-up, start + warm-up + duration].
+struct Window {
+    start: Instant,
+    warm_end: Instant,
+    end: Instant,
+    plan: Arc<Plan>,
+    counters: Arc<Counters>,
+    gate: Arc<Semaphore>,
+}
+
+impl Window {
+    fn new(args: &BenchArgs) -> Window {
+        let start = Instant::now() + Duration::from_millis(100);
+        let warm_end = start + args.warmup;
+        let end = warm_end + args.duration;
+        Window {
+            start,
+            warm_end,
+            end,
+            plan: Arc::new(plan(args, warm_end, end)),
+            counters: Arc::new(Counters::default()),
+            gate: Arc::new(Semaphore::new(args.connect_concurrency.max(1))),
+        }
+    }
+}
+
 /// One streaming phase: sessions start staggered over one interval, run back to back; the
 /// window is [start + warm-up, start + warm-up + duration]. `relay_pid`: the process sampled
 /// between client and engine (the gateway, nginx, or none for the direct path).
@@ -693,16 +721,17 @@ async fn streaming_phase(
     relay_pid: Option<u32>,
     engine_pid: Option<u32>,
 ) -> PhaseResult {
-    let start = Instant::now() + Duration::from_millis(100);
-    let warm_end = start + args.warmup;
-    let end = warm_end + args.duration;
-    let plan = Arc::new(plan(args, warm_end, end));
-    let counters = Arc::new(Counters::default());
-    let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    let Window {
+        start,
+        warm_end,
+        end,
+        plan,
+        counters,
+        gate,
+    } = Window::new(args);
     let mut set = JoinSet::new();
-    let n = args.sessions;
-    for i in 0..n {
-        let start_at = start + args.interval.mul_f64(i as f64 / n as f64);
+    for i in 0..args.sessions {
+        let start_at = start + args.interval.mul_f64(i as f64 / args.sessions as f64);
         let (plan, gate, counters) = (plan.clone(), gate.clone(), counters.clone());
         match &path {
             PathKind::Gateway(t) => set.spawn(session::gateway_streaming(
@@ -975,6 +1004,259 @@ fn rss_report(pid: u32, p: &PhaseResult, baseline: Option<procs::ProcSample>) ->
         added_rss_per_session_kib: (open > 0)
             .then(|| end.rss_kib.saturating_sub(base) as f64 / open as f64),
     })
+}
+
+// `flowgate bench --cluster` (issue 16, docs/scaling.md): the multi-gateway phase.
+//
+// Starts a nats-server with JetStream (or uses `--nats-url`) and two gateways on the
+// `--database-url` database and the bench's engine, each with `FLOWGATE_NATS_URL` (each has its
+// own run log instance id, so its own node id), waits until both report
+// `flowgate_cluster_ready 1`, then runs the sessions of [`session::cluster_streaming`]: every
+// run is started on the owner and followed from its first frame by a second client of the same
+// user on the follower. The follower's receive time of each `seq` minus the owner-client's (one
+// monotonic clock, this process) is the added latency of the cross-gateway follow; the two
+// `seq` sequences must be identical. CPU is read from `/proc` for the owner, the follower and
+// the nats-server over the measured window, per event relayed to the bench's clients.
+
+/// What the phase needs from the single-gateway setup.
+struct ClusterSetup<'a> {
+    args: &'a BenchArgs,
+    exe: &'a Path,
+    logs: Option<&'a Path>,
+    /// The nats-server to start (`None` with `--nats-url`).
+    nats_bin: Option<&'a Path>,
+    engine_url: &'a str,
+    engine_key: Option<&'a Secret>,
+    engine_pid: Option<u32>,
+    jwt_secret: &'a Secret,
+    database: &'a Database,
+    local_ips: Vec<IpAddr>,
+    tck: u64,
+}
+
+/// Start NATS and the two gateways, run the sessions, report.
+async fn cluster_phase_run(
+    s: &ClusterSetup<'_>,
+    children: &mut Children,
+) -> Result<ClusterReport, BenchError> {
+    let args = s.args;
+    let (nats_url, nats_server, nats_pid) = match (&args.nats_url, s.nats_bin) {
+        (Some(url), _) => (url.clone(), None, None),
+        (None, Some(bin)) => {
+            let version = procs::nats_version(bin, args.startup_timeout)
+                .await
+                .unwrap_or_else(|| bin.display().to_string());
+            let dir = procs::TempDir::new("flowgate-bench-nats")?;
+            let addr = procs::free_port()?;
+            progress(&format!("starting {version} on {addr} (JetStream)"));
+            let child = procs::spawn(procs::Spawn {
+                name: "nats-server",
+                exe: bin,
+                args: procs::nats_args(addr, dir.path()),
+                env: Vec::new(),
+                addr,
+                logs: s.logs,
+                startup_timeout: args.startup_timeout,
+            })
+            .await;
+            // The store goes when the server has stopped (or did not start).
+            children.nats_dir = Some(dir);
+            let child = child?;
+            let pid = child.pid;
+            children.nats = Some(child);
+            (format!("nats://{addr}"), Some(version), Some(pid))
+        }
+        (None, None) => return Err(BenchError::Args("--cluster: no nats-server".into())),
+    };
+
+    let mut gateways: Vec<(SocketAddr, u32)> = Vec::new();
+    for name in ["gateway-owner", "gateway-follower"] {
+        let addr = procs::free_port()?;
+        let mut env = gateway_env(args, addr, s.engine_url, s.jwt_secret, s.engine_key);
+        env.push(env_pair("DATABASE_URL", s.database.url.expose()));
+        env.push(env_pair("FLOWGATE_NATS_URL", &nats_url));
+        env.extend(args.gateway_env.iter().cloned());
+        progress(&format!(
+            "starting the {name} on {addr} (NATS {nats_url}, run log: {})",
+            s.database.place
+        ));
+        let child = procs::spawn(procs::Spawn {
+            name,
+            exe: s.exe,
+            args: vec!["serve".into()],
+            env,
+            addr,
+            logs: s.logs,
+            startup_timeout: args.startup_timeout,
+        })
+        .await?;
+        gateways.push((addr, child.pid));
+        children.cluster.push(child);
+    }
+    for &(addr, _) in &gateways {
+        cluster_ready(addr, args, &nats_url).await?;
+    }
+    let [(owner_addr, owner_pid), (follower_addr, follower_pid)] = gateways[..] else {
+        unreachable!("two gateways were started");
+    };
+    let target = |addr: SocketAddr| {
+        gateway_target(
+            args,
+            addr,
+            &format!("ws://{addr}"),
+            s.local_ips.clone(),
+            s.jwt_secret.clone(),
+        )
+    };
+    let target = Arc::new(ClusterTarget {
+        owner: target(owner_addr),
+        follower: target(follower_addr),
+    });
+
+    progress(&format!(
+        "cluster: {} sessions (owner {owner_addr}, follower {follower_addr}), {:?} warm-up + {:?}",
+        args.sessions, args.warmup, args.duration
+    ));
+    let pids = [
+        Some(owner_pid),
+        Some(follower_pid),
+        nats_pid,
+        s.engine_pid,
+        Some(std::process::id()),
+    ];
+    let phase = cluster_phase(args, target, pids).await;
+
+    let mut incomplete = Some(0);
+    for addr in [owner_addr, follower_addr] {
+        let n = scrape::counter(
+            addr,
+            "flowgate_runs_log_incomplete_total",
+            args.connect_timeout,
+        )
+        .await
+        .ok();
+        incomplete = incomplete.zip(n).map(|(a, b)| a + b);
+    }
+
+    let tck = s.tck;
+    let secs = |i: usize| cpu_seconds(phase.start[i], phase.end[i], tck);
+    let window_s = phase.window_s;
+    let cpu = |i: usize, events: u64| Some(cpu_per_event(pids[i]?, secs(i)?, window_s, events));
+    let mut t = phase.tally;
+    let (owner_events, follower_events) = (t.owner.frames_in_window, t.follower.frames_in_window);
+    let others = (secs(3), secs(4));
+    let follow_added_us = summarize(&mut t.follow_us);
+    let follow_start_us = summarize(&mut t.attach_us);
+    let owner = PathReport::from_tally(std::mem::take(&mut t.owner), window_s, others);
+    let follower = PathReport::from_tally(std::mem::take(&mut t.follower), window_s, others);
+    Ok(ClusterReport {
+        nats_url,
+        nats_server,
+        owner_url: format!("ws://{owner_addr}"),
+        follower_url: format!("ws://{follower_addr}"),
+        errors: owner.errors + follower.errors,
+        lost_runs: owner.lost_runs + follower.lost_runs,
+        owner,
+        follower,
+        follow_added_us,
+        follow_start_us,
+        follower_first_events: t.follower_first,
+        catch_up_events: t.catch_up,
+        resume_retries: t.resume_retries,
+        runs_compared: t.compared,
+        runs_mismatched: t.mismatched,
+        owner_cpu: cpu(0, owner_events),
+        follower_cpu: cpu(1, follower_events),
+        nats_cpu: cpu(2, follower_events),
+        runs_log_incomplete: incomplete,
+    })
+}
+
+/// Wait until the gateway at `addr` says `flowgate_cluster_ready 1` (NATS connected, the
+/// stream made, its probe back), within `--startup-timeout`.
+async fn cluster_ready(
+    addr: SocketAddr,
+    args: &BenchArgs,
+    nats_url: &str,
+) -> Result<(), BenchError> {
+    let deadline = Instant::now() + args.startup_timeout;
+    loop {
+        let last = match scrape::counter(addr, "flowgate_cluster_ready", args.connect_timeout).await
+        {
+            Ok(1) => return Ok(()),
+            Ok(n) => format!("flowgate_cluster_ready {n}"),
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            return Err(BenchError::Setup(format!(
+                "the gateway on {addr} did not join the cluster within {:?} ({last}); is \
+                 JetStream on at {nats_url}? (--child-logs DIR keeps the gateways' logs)",
+                args.startup_timeout
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What the cluster phase measured; readings in the order of the pids: owner, follower,
+/// nats-server, engine, this process.
+struct ClusterPhase {
+    tally: session::ClusterTally,
+    window_s: f64,
+    start: [Option<procs::ProcSample>; 5],
+    end: [Option<procs::ProcSample>; 5],
+}
+
+fn read_all(pids: &[Option<u32>; 5]) -> (Instant, [Option<procs::ProcSample>; 5]) {
+    (Instant::now(), pids.map(|p| p.and_then(procs::sample)))
+}
+
+/// The sessions start staggered over one interval and run back to back; the window is
+/// [start + warm-up, start + warm-up + duration], as in the single-gateway phase.
+async fn cluster_phase(
+    args: &BenchArgs,
+    target: Arc<ClusterTarget>,
+    pids: [Option<u32>; 5],
+) -> ClusterPhase {
+    let Window {
+        start,
+        warm_end,
+        end,
+        plan,
+        counters,
+        gate,
+    } = Window::new(args);
+    let mut set = JoinSet::new();
+    for i in 0..args.sessions {
+        let start_at = start + args.interval.mul_f64(i as f64 / args.sessions as f64);
+        set.spawn(session::cluster_streaming(
+            i,
+            target.clone(),
+            plan.clone(),
+            start_at,
+            gate.clone(),
+            counters.clone(),
+        ));
+    }
+    tokio::time::sleep_until(warm_end).await;
+    let (t0, first) = read_all(&pids);
+    tokio::time::sleep_until(end).await;
+    let (t1, last) = read_all(&pids);
+    // A run in flight at the end finishes on both sides (the follower may wait for the run id
+    // and resume again for up to a frame timeout).
+    let run_len = args.interval * args.events as u32;
+    let deadline = Instant::now()
+        + run_len
+        + args.frame_timeout * 2
+        + args.connect_timeout * 2
+        + args.close_timeout;
+    let tally = collect(set, deadline).await;
+    ClusterPhase {
+        tally,
+        window_s: (t1 - t0).as_secs_f64(),
+        start: first,
+        end: last,
+    }
 }
 
 /// Run the benchmark and build its report.
@@ -1279,7 +1561,7 @@ async fn drive(
                 c.stop(args.close_timeout).await;
             }
             children.nginx_dir = None;
-            let setup = cluster::Setup {
+            let setup = ClusterSetup {
                 args,
                 exe: &exe,
                 logs,
@@ -1292,7 +1574,7 @@ async fn drive(
                 local_ips: local_ips.clone(),
                 tck,
             };
-            let report = cluster::run(&setup, children).await?;
+            let report = cluster_phase_run(&setup, children).await?;
             notes.push(format!(
                 "cluster: two gateways on {} with NATS {} ({}); the single-gateway numbers \
                  come from the phase before it in this invocation (its own gateway, without \

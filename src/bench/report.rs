@@ -406,7 +406,10 @@ fn latency_rows(a: Option<&Added>) -> [LatencyRow; 5] {
     ]
 }
 
-fn opt_us(s: Option<Summary>, f: fn(&Summary) -> u64) -> String {
+/// One statistic of a [`Summary`].
+type Stat = fn(&Summary) -> u64;
+
+fn opt_us(s: Option<Summary>, f: Stat) -> String {
     s.map(|s| us(f(&s) as i64)).unwrap_or_else(|| "—".into())
 }
 
@@ -600,27 +603,16 @@ impl Report {
                 let _ = writeln!(s, "| {metric} | {single} | {owner} | {follower} | {add} |");
             };
         let lat = |p: &PathReport, f: fn(&Summary) -> u64| opt_us(p.event_latency_us, f);
-        row(
-            "event latency p50",
-            lat(g, |s| s.p50),
-            lat(&c.owner, |s| s.p50),
-            lat(&c.follower, |s| s.p50),
-            opt_us(c.follow_added_us, |s| s.p50),
-        );
-        row(
-            "event latency p99",
-            lat(g, |s| s.p99),
-            lat(&c.owner, |s| s.p99),
-            lat(&c.follower, |s| s.p99),
-            opt_us(c.follow_added_us, |s| s.p99),
-        );
-        row(
-            "event latency max",
-            lat(g, |s| s.max),
-            lat(&c.owner, |s| s.max),
-            lat(&c.follower, |s| s.max),
-            opt_us(c.follow_added_us, |s| s.max),
-        );
+        let stats: [(&str, Stat); 3] = [("p50", |s| s.p50), ("p99", |s| s.p99), ("max", |s| s.max)];
+        for (name, f) in stats {
+            row(
+                &format!("event latency {name}"),
+                lat(g, f),
+                lat(&c.owner, f),
+                lat(&c.follower, f),
+                opt_us(c.follow_added_us, f),
+            );
+        }
         row(
             "follow start (owner's first frame → follower's) p50 / p99",
             String::new(),
