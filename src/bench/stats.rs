@@ -100,6 +100,23 @@ impl Tally {
     }
 }
 
+/// What a session returns and a phase merges (a [`Tally`], or a cluster session's pair).
+pub trait Merge: Default + Send + 'static {
+    fn merge_from(&mut self, other: Self);
+    /// Count an error of the phase itself (a session that panicked or did not finish).
+    fn phase_error(&mut self, kind: &str, message: String);
+}
+
+impl Merge for Tally {
+    fn merge_from(&mut self, other: Tally) {
+        self.merge(other);
+    }
+
+    fn phase_error(&mut self, kind: &str, message: String) {
+        self.error(kind, message);
+    }
+}
+
 /// Checks one run's stream as it arrives: `seq` 1, 2, 3 … without gaps (a merged chunk frame
 /// covers `merged_seqs: [first, last]`), the number of `llm_chunk` events, one terminal event.
 #[derive(Debug)]

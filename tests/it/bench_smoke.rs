@@ -209,3 +209,81 @@ async fn an_unreachable_database_is_a_clear_setup_error() {
     );
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+#[sqlx::test]
+async fn cluster_bench_follows_every_run_on_a_second_gateway(pool: sqlx::PgPool) {
+    let url = child_database_url(&pool);
+    let report = bench::execute(&args(&[
+        "--duration",
+        "1.5",
+        "--no-direct",
+        "--cluster",
+        "--database-url",
+        &url,
+    ]))
+    .await
+    .expect("the bench runs with --cluster");
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["errors"], 0, "{:#}", json);
+    assert_eq!(json["lost_runs"], 0, "{:#}", json);
+    assert_eq!(json["runs_log_incomplete"], 0, "{:#}", json);
+    let c = &json["cluster"];
+    assert_eq!(c["errors"], 0, "{c:#}");
+    assert_eq!(c["lost_runs"], 0, "{c:#}");
+    assert_eq!(c["runs_mismatched"], 0, "{c:#}");
+    assert_eq!(c["runs_log_incomplete"], 0, "{c:#}");
+    assert!(c["runs_compared"].as_u64().unwrap() >= 3, "{c:#}");
+    for side in ["owner", "follower"] {
+        let p = &c[side];
+        assert!(p["runs_ok"].as_u64().unwrap() >= 3, "{side}: {p:#}");
+        assert!(p["frames"].as_u64().unwrap() > 0, "{side}: {p:#}");
+        summary_is_ordered(&p["event_latency_us"]);
+        let cpu = &c[format!("{side}_cpu")];
+        assert!(cpu["cpu_seconds_per_million_events"].is_f64(), "{cpu:#}");
+    }
+    // Both clients of a run got the same frames; the owner's and the follower's counts agree.
+    assert_eq!(c["owner"]["runs_ok"], c["follower"]["runs_ok"], "{c:#}");
+    summary_is_ordered(&c["follow_added_us"]);
+    summary_is_ordered(&c["follow_start_us"]);
+    assert!(c["nats_cpu"]["cpu_seconds"].is_f64(), "{c:#}");
+    assert!(
+        c["nats_server"].as_str().unwrap().contains("nats-server"),
+        "{c:#}"
+    );
+    // The single-gateway numbers of the same invocation stand next to them.
+    assert!(
+        json["gateway"]["runs_ok"].as_u64().unwrap() >= 3,
+        "{json:#}"
+    );
+    assert!(json["gateway_cpu"]["cpu_seconds_per_million_events"].is_f64());
+    let table = report.markdown();
+    eprintln!("{table}");
+    assert!(
+        table.contains("| single gateway | owner | follower | the follow adds |"),
+        "{table}"
+    );
+    assert!(
+        table.contains("| nats-server CPU per 1M events |"),
+        "{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mode_needs_a_database_and_streaming() {
+    let err = bench::execute(&args(&["--cluster", "--duration", "1"]))
+        .await
+        .expect_err("no database, no cluster")
+        .to_string();
+    assert!(err.contains("--cluster needs --database-url"), "{err}");
+    for extra in [
+        &["--cluster", "--idle"][..],
+        &["--cluster", "--gateway-url", "ws://127.0.0.1:1"],
+    ] {
+        let err = BenchArgs::parse_from(extra.iter().copied()).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            clap::error::ErrorKind::ArgumentConflict,
+            "{extra:?}: {err}"
+        );
+    }
+}

