@@ -23,6 +23,42 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+/// The frames of one followed run ([`Cluster::follow`]). Its JetStream consumer is deleted
+/// when it is dropped, rather than left for the server's inactivity timeout (30 s), so that
+/// many short follows never pile up against the server's consumer limit. (A consumer the
+/// ordered consumer had to re-create after an error has another name, and expires.)
+pub struct Follow {
+    frames: futures_util::stream::BoxStream<'static, Result<(u64, Bytes), ClusterError>>,
+    consumer: Option<(stream::Stream, String, Duration)>,
+}
+
+impl Stream for Follow {
+    type Item = Result<(u64, Bytes), ClusterError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.frames.as_mut().poll_next(cx)
+    }
+}
+
+impl Drop for Follow {
+    fn drop(&mut self) {
+        let Some((stream, name, timeout)) = self.consumer.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let deleted = tokio::time::timeout(timeout, stream.delete_consumer(&name)).await;
+                if !matches!(deleted, Ok(Ok(_))) {
+                    tracing::debug!(consumer = %name, "a follow's consumer was not deleted: it expires");
+                }
+            });
+        }
+    }
+}
+
 /// What [`Cluster::connect`] needs.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -305,13 +341,12 @@ impl Cluster {
     }
 
     /// The frames of `run_id` from its first on, then live: `(seq, frame)` in stream order (a
-    /// republished frame may come twice: de-duplicate by `seq`).
-    pub async fn follow(
-        &self,
-        run_id: Uuid,
-    ) -> Result<impl Stream<Item = Result<(u64, Bytes), ClusterError>> + use<>, ClusterError> {
+    /// republished frame may come twice: de-duplicate by `seq`). Dropping the [`Follow`]
+    /// deletes its consumer.
+    pub async fn follow(&self, run_id: Uuid) -> Result<Follow, ClusterError> {
         let timeout = self.inner.config.timeout;
         let name = self.inner.config.stream.clone();
+        let consumer_name = format!("flowgate-follow-{}", Uuid::new_v4().simple());
         let open = async {
             let stream = self
                 .inner
@@ -321,28 +356,34 @@ impl Cluster {
                 .map_err(|e| e.to_string())?;
             let consumer = stream
                 .create_consumer(consumer::pull::OrderedConfig {
+                    name: Some(consumer_name.clone()),
                     filter_subject: run_subject(run_id),
                     deliver_policy: consumer::DeliverPolicy::All,
                     ..Default::default()
                 })
                 .await
                 .map_err(|e| e.to_string())?;
-            consumer.messages().await.map_err(|e| e.to_string())
+            let messages = consumer.messages().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((stream, messages))
         };
-        let messages = tokio::time::timeout(timeout, open)
+        let (stream, messages) = tokio::time::timeout(timeout, open)
             .await
             .map_err(|_| ClusterError::Timeout(timeout))?
             .map_err(|cause| ClusterError::Stream {
                 stream: name.clone(),
                 cause,
             })?;
-        Ok(messages.map(move |m| {
+        let frames = messages.map(move |m| {
             let m = m.map_err(|e| ClusterError::Stream {
                 stream: name.clone(),
                 cause: e.to_string(),
             })?;
             Ok((seq_of(m.headers.as_ref()), m.payload.clone()))
-        }))
+        });
+        Ok(Follow {
+            frames: Box::pin(frames),
+            consumer: Some((stream, consumer_name, timeout)),
+        })
     }
 
     /// The `seq` of the last frame stored for `run_id` (0 when there is none).

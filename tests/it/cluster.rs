@@ -185,6 +185,21 @@ async fn a_run_resumed_on_another_gateway_continues_where_it_left_off(pool: PgPo
         .map(|b| serde_json::from_slice(b).unwrap())
         .collect();
     assert_eq!(logged, all);
+    // The follow's consumer is deleted when the follow ends (not left for JetStream's
+    // inactivity timeout: thousands of follows would reach the server's consumer limit).
+    let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    wait_until(
+        "the follow's consumer is deleted",
+        Duration::from_secs(5),
+        || {
+            let js = js.clone();
+            async move {
+                let mut stream = js.get_stream("FLOWGATE_RUNS").await.unwrap();
+                stream.info().await.unwrap().state.consumer_count == 0
+            }
+        },
+    )
+    .await;
     let metrics = http_client()
         .get(a.http_url("/metrics"))
         .send()
