@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
@@ -37,15 +37,21 @@ impl TestCa {
         path
     }
 
-    /// A certificate for `names` signed by this CA and its key, written as PEM to
-    /// `dir/server.pem` (the certificate, then the CA's) and `dir/server.key`.
-    pub fn write_server_files(&self, dir: &Path, names: &[&str]) -> (PathBuf, PathBuf) {
+    /// A new key and a certificate for `names` (DNS names or IP addresses) signed by this CA.
+    fn issue(&self, names: &[&str]) -> (rcgen::Certificate, KeyPair) {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let key = KeyPair::generate().unwrap();
         let cert = CertificateParams::new(names)
             .unwrap()
             .signed_by(&key, &self.issuer)
             .unwrap();
+        (cert, key)
+    }
+
+    /// A certificate for `names` signed by this CA and its key, written as PEM to
+    /// `dir/server.pem` (the certificate, then the CA's) and `dir/server.key`.
+    pub fn write_server_files(&self, dir: &Path, names: &[&str]) -> (PathBuf, PathBuf) {
+        let (cert, key) = self.issue(names);
         let (cert_path, key_path) = (dir.join("server.pem"), dir.join("server.key"));
         std::fs::write(&cert_path, cert.pem() + &self.pem()).unwrap();
         std::fs::write(&key_path, key.serialize_pem()).unwrap();
@@ -55,12 +61,7 @@ impl TestCa {
     /// A server configuration with a certificate for `names` (DNS names or IP addresses) signed
     /// by this CA.
     pub fn server_config(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &self.issuer)
-            .unwrap();
+        let (cert, key) = self.issue(names);
         let chain = vec![cert.der().clone(), self.issuer.der().clone()];
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -73,12 +74,6 @@ impl TestCa {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Arc::new(config)
     }
-}
-
-/// The DER of a certificate, for tests that inspect one.
-#[allow(dead_code)]
-pub fn der(ca: &TestCa) -> CertificateDer<'static> {
-    ca.issuer.der().clone()
 }
 
 /// A TLS terminator on 127.0.0.1 (port 0): each connection's TLS is ended with `config` and its
