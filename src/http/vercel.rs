@@ -153,7 +153,7 @@ async fn live_run(state: &AppState, identity: &Identity, chat: &str) -> Option<L
         state
             .runs
             .get(&run_id)
-            .filter(|r| !r.is_finished() && r.user_id == identity.user_id)
+            .filter(|r| !r.is_finished() && !r.is_stopping() && r.user_id == identity.user_id)
     };
     let local = state.vercel_chats.run_of(&identity.user_id, chat);
     if let Some(run) = local.and_then(here) {
@@ -186,7 +186,16 @@ pub async fn resume(
     };
     let attached = match live_run(&state, &identity, &chat).await {
         None => return StatusCode::NO_CONTENT.into_response(),
-        Some(Live::Here(shared)) => turn::follow(&state, shared, 0, OnDrop::Policy),
+        Some(Live::Here(shared)) => match turn::follow(&state, shared, 0, OnDrop::Policy) {
+            Some(attached) => attached,
+            // Its follow stopped this instant (its clients all left): a new resume makes one.
+            None => {
+                return refuse(
+                    "engine_unavailable",
+                    format!("chat `{chat}`: the run's stream was restarting; resume again"),
+                );
+            }
+        },
         Some(Live::Elsewhere(info, owner)) => {
             match crate::relay::remote::follow(&state, &info, owner, 0).await {
                 // The mirror is attached for this stream already.

@@ -233,10 +233,36 @@ impl RunShared {
         self.lock().attached += 1;
     }
 
-    /// A session stopped following; returns how many still follow.
+    /// A mirror whose clients all left: it is stopping, and a resume needs a new one.
+    pub fn is_stopping(&self) -> bool {
+        self.remote
+            .as_ref()
+            .is_some_and(|r| r.unfollowed.is_cancelled())
+    }
+
+    /// A session starts following the run, unless it is a mirror whose clients all left (it
+    /// is stopping): `false` then. Under the same lock as [`RunShared::detach`], so a resume
+    /// attaching as the last client leaves either keeps the mirror going or is told to make a
+    /// new one, never attached to a mirror that stops.
+    pub fn attach_if_following(&self) -> bool {
+        let mut b = self.lock();
+        if self.is_stopping() {
+            return false;
+        }
+        b.attached += 1;
+        true
+    }
+
+    /// A session stopped following; returns how many still follow. A mirror's last client
+    /// stops the mirror (`Remote::unfollowed`).
     pub fn detach(&self) -> usize {
         let mut b = self.lock();
         b.attached = b.attached.saturating_sub(1);
+        if b.attached == 0
+            && let Some(remote) = &self.remote
+        {
+            remote.unfollowed.cancel();
+        }
         b.attached
     }
 
@@ -376,12 +402,8 @@ impl Registry {
         let mut runs = self.lock();
         // A mirror whose clients all left is stopping: a new one takes its place.
         if let Some(run) = runs.get(&run_id)
-            && run
-                .remote
-                .as_ref()
-                .is_none_or(|r| !r.unfollowed.is_cancelled())
+            && run.attach_if_following()
         {
-            run.attach();
             return (run.clone(), false);
         }
         let remote = Remote {
@@ -426,5 +448,34 @@ impl Registry {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mirror_whose_last_client_left_is_replaced_and_one_with_a_client_is_kept() {
+        let runs = Registry::default();
+        let (run_id, owner) = (Uuid::new_v4(), Uuid::new_v4());
+        let mirror = || runs.mirror(run_id, "alice".into(), "assistant".into(), owner);
+        let (first, created) = mirror();
+        assert!(created);
+        // A second client attaches before the first leaves: the mirror goes on.
+        let (again, created) = mirror();
+        assert!(!created && Arc::ptr_eq(&first, &again));
+        assert_eq!(first.detach(), 1);
+        assert!(!first.remote.as_ref().unwrap().unfollowed.is_cancelled());
+        // The last client leaves: the mirror stops, in the same step, and a resume now gets
+        // a new one (never the stopping one).
+        assert_eq!(first.detach(), 0);
+        assert!(first.remote.as_ref().unwrap().unfollowed.is_cancelled());
+        assert!(!first.attach_if_following());
+        let (second, created) = mirror();
+        assert!(created && !Arc::ptr_eq(&first, &second));
+        // The stopped mirror's removal leaves its successor registered.
+        runs.remove_if(&first);
+        assert!(runs.get(&run_id).is_some_and(|r| Arc::ptr_eq(&r, &second)));
     }
 }

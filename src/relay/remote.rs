@@ -79,13 +79,9 @@ pub async fn follow(
     Ok(shared)
 }
 
-/// Let go of a mirror the caller attached to without following it.
+/// Let go of a mirror the caller attached to without following it (the last client stops it).
 fn release(shared: &Arc<RunShared>) {
-    if shared.detach() == 0
-        && let Some(remote) = &shared.remote
-    {
-        remote.unfollowed.cancel();
-    }
+    shared.detach();
 }
 
 /// Frames a mirror holds while waiting for a missing one (a resent frame stored late).

@@ -672,15 +672,18 @@ impl<D: Dialect> Session<D> {
     async fn resume(&mut self, identity: &Identity, run_id: Uuid, after_seq: u64) -> Resumed {
         let state = self.state.clone();
         let not_yours = || format!("run `{run_id}` belongs to another user");
+        // A run here (its own, or a mirror still following): attach to it. A mirror whose
+        // clients all left is stopping: the run is followed anew below.
         if let Some(shared) = state.runs.get(&run_id) {
             if shared.user_id != identity.user_id {
                 return self.refuse_resume(ErrorCode::Forbidden, &not_yours()).await;
             }
-            shared.attach();
-            if self.dialect.rebuilds_on_resume() {
-                let _ = self.dialect.encode(shared.prefix(after_seq), false);
+            if shared.attach_if_following() {
+                if self.dialect.rebuilds_on_resume() {
+                    let _ = self.dialect.encode(shared.prefix(after_seq), false);
+                }
+                return Resumed::Live(shared);
             }
-            return Resumed::Live(shared);
         }
         let unavailable = |e: crate::runlog::RunLogError| {
             tracing::warn!(error = %failure::chain(&e), "run log unavailable for a resume");

@@ -38,11 +38,9 @@ pub enum OnDrop {
 impl Drop for Attached {
     fn drop(&mut self) {
         let left = self.shared.detach();
-        if let Some(remote) = &self.shared.remote {
-            // A mirror: the owner applies the detach policy once the mirror lets go.
-            if left == 0 {
-                remote.unfollowed.cancel();
-            }
+        if self.shared.remote.is_some() {
+            // A mirror (its last client stopped it): the owner applies the detach policy once
+            // the mirror lets go.
             return;
         }
         if left > 0 || self.shared.is_finished() {
@@ -106,17 +104,25 @@ pub fn check_limit(state: &AppState, identity: &Identity) -> Result<(), (ErrorCo
     Err((ErrorCode::TooManyRuns, why))
 }
 
-/// Follow a live run from after `cursor` (a resume), with `on_drop` when the follower lets go.
-pub fn follow(state: &AppState, shared: Arc<RunShared>, cursor: u64, on_drop: OnDrop) -> Attached {
-    shared.attach();
+/// Follow a live run from after `cursor` (a resume), with `on_drop` when the follower lets go;
+/// `None` for a mirror that is stopping (its clients all left: resume through a new one).
+pub fn follow(
+    state: &AppState,
+    shared: Arc<RunShared>,
+    cursor: u64,
+    on_drop: OnDrop,
+) -> Option<Attached> {
+    if !shared.attach_if_following() {
+        return None;
+    }
     let lag_at_attach = shared.lag(cursor);
-    Attached {
+    Some(Attached {
         shared,
         cursor,
         lag_at_attach,
         state: state.clone(),
         on_drop,
-    }
+    })
 }
 
 /// Start a run of `agent_id` as its own task and attach to it from the first frame.
