@@ -127,7 +127,10 @@ pub struct GatewayConfig {
     #[arg(long, env = "FLOWGATE_MAX_CLIENT_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub max_client_message_bytes: usize,
 
-    /// Time allowed for one store query (and for acquiring a pooled connection).
+    /// Time allowed for one store query (and for acquiring a pooled connection). It is also
+    /// the run log connections' `idle_in_transaction_session_timeout`: Postgres ends a
+    /// transaction left open longer (a frozen or cut-off gateway's), so its row locks never
+    /// hold up the gateway that takes its runs over.
     #[arg(long, env = "FLOWGATE_STORE_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub store_timeout: Duration,
 

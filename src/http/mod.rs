@@ -141,11 +141,17 @@ impl Gateway {
                     sweep: config.nats_url.is_none(),
                 };
                 // A pool of its own, to the same database: the run log's writes and the
-                // store's lookups never queue behind each other.
+                // store's lookups never queue behind each other. A transaction left open (its
+                // gateway frozen mid-write) is ended by Postgres after the store timeout, so
+                // its locks never block the gateway taking its runs over.
+                let idle_in_transaction = format!("{}ms", config.store_timeout.as_millis().max(1));
+                let runlog_options = (*pg.pool().connect_options())
+                    .clone()
+                    .options([("idle_in_transaction_session_timeout", idle_in_transaction)]);
                 let runlog_pool = sqlx::postgres::PgPoolOptions::new()
                     .max_connections(config.runlog_db_connections.max(1))
                     .acquire_timeout(config.store_timeout)
-                    .connect_lazy_with((*pg.pool().connect_options()).clone());
+                    .connect_lazy_with(runlog_options);
                 RunLog::Postgres(
                     PgRunLog::spawn_with_metrics(
                         runlog_pool,

@@ -154,6 +154,11 @@ enum Msg {
 impl PgRunLog {
     /// Register this gateway instance and start the writer and heartbeat tasks. The pool must
     /// be migrated (`store::postgres::migrate`).
+    /// The run log's own pool (diagnostics, tests).
+    pub fn pool(&self) -> &PgPool {
+        &self.shared.pool
+    }
+
     pub async fn spawn(pool: PgPool, config: PgRunLogConfig) -> Result<PgRunLog, RunLogError> {
         PgRunLog::spawn_with_metrics(pool, config, None).await
     }

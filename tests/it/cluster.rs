@@ -356,6 +356,9 @@ async fn serve_process(
         .env("FLOWGATE_ENGINE_URL", engine_url)
         .env("FLOWGATE_NATS_URL", &nats.url)
         .env("FLOWGATE_HEARTBEAT_INTERVAL", heartbeat)
+        // A write transaction this process leaves open when frozen (SIGSTOP) is ended by
+        // Postgres after this, within the in-process gateway's own 3 s store timeout.
+        .env("FLOWGATE_STORE_TIMEOUT", "2s")
         .env("FLOWGATE_LOG_FORMAT", "json")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

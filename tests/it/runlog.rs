@@ -522,3 +522,51 @@ async fn a_blocked_run_log_never_makes_agent_lookups_wait(pool: PgPool) {
     }
     lock.rollback().await.unwrap();
 }
+
+#[sqlx::test]
+async fn a_transaction_a_frozen_gateway_leaves_open_is_ended_by_postgres(pool: PgPool) {
+    // The run log's connections carry idle_in_transaction_session_timeout = --store-timeout:
+    // a gateway frozen mid-write (SIGSTOP, a cut network) cannot hold its row locks against
+    // the gateway that takes its runs over.
+    let app = crate::common::spawn_app_pg_with(
+        pool.clone(),
+        flowgate::engine::EngineConfig::for_tests(),
+        |c| c.store_timeout = Duration::from_millis(300),
+    )
+    .await;
+    let RunLog::Postgres(log) = &app.state.runlog else {
+        panic!("a Postgres run log")
+    };
+    let setting: String = sqlx::query_scalar("SHOW idle_in_transaction_session_timeout")
+        .fetch_one(log.pool())
+        .await
+        .unwrap();
+    assert_eq!(setting, "300ms");
+    // Left open, a transaction is ended by the server: its session goes away, and its next
+    // statement fails.
+    let mut tx = log.pool().begin().await.unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    crate::common::wait_until(
+        "Postgres ends the idle transaction's session",
+        Duration::from_secs(5),
+        || {
+            let pool = pool.clone();
+            async move {
+                let sessions: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
+                        .bind(pid)
+                        .fetch_one(&pool)
+                        .await
+                        .unwrap();
+                sessions == 0
+            }
+        },
+    )
+    .await;
+    assert!(sqlx::query("SELECT 1").execute(&mut *tx).await.is_err());
+    drop(tx);
+    app.stop().await;
+}
